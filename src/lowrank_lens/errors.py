@@ -1,0 +1,9 @@
+"""User-facing errors: one line that names the problem and the fix.
+
+The CLI prints `error: <message>` for these and exits with status 2, never a traceback.
+Anything else that escapes is a bug and keeps its traceback.
+"""
+
+
+class LensError(Exception):
+    """A problem with the user's input or environment, explained in one line."""

@@ -1,0 +1,3 @@
+from .llama import build_model, count_parameters, llama_config
+
+__all__ = ["build_model", "count_parameters", "llama_config"]
