@@ -8,6 +8,8 @@ from .base import Method, MethodPreset
 
 @register
 class FullRank(Method):
+    """Full-rank AdamW on every parameter (the baseline)."""
+
     name = "full-rank"
 
     @classmethod

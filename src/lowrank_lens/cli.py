@@ -1,0 +1,113 @@
+"""Command line: `lowrank-lens <command>` (also `python -m lowrank_lens`, which is what torchrun runs).
+
+Options map onto the typed config (config.py); any field can be set with `--set section.field=value`.
+Errors in the user's input print one line (`error: ...`) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import LensError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train LLaMA-style models with full-rank and low-rank methods; study the solutions.")
+
+Preset = Annotated[str, typer.Option("--preset", "-p", help="Scale preset: nano, micro, 60m, 130m, 350m, 1b.")]
+MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Training method (see `lowrank-lens list`).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any config field: section.field=value "
+                                                              "(sections: model, data, optim, train, method).")]
+
+
+def _resolve(preset: str, method: str, data: str | None, tokenizer: str | None, steps: int | None,
+             seed: int | None, precision: str | None, device: str | None, sets: list[str] | None):
+    from .presets import build_config
+
+    overrides = []
+    for key, value in (("data.source", data), ("data.tokenizer", tokenizer), ("train.steps", steps),
+                       ("train.seed", seed), ("train.precision", precision), ("train.device", device)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return build_config(preset, method, overrides + list(sets or []))
+
+
+@app.command()
+def train(
+    preset: Preset = "micro",
+    method: MethodOpt = "full-rank",
+    out: Annotated[Path, typer.Option(help="Parent folder of run directories.")] = Path("runs"),
+    data: Annotated[str | None, typer.Option(help="embedded, c4, or a path to text/jsonl/parquet files.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="'bpe' (trained on the corpus) or a HF name/path.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Number of optimizer updates.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Model-initialisation seed.")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16-mixed or bf16-pure.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    run_name: Annotated[str | None, typer.Option(help="Run directory name (default: preset-method-seedN).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run if it has checkpoints.")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Train one model. Works alone or under `torchrun --nproc_per_node N -m lowrank_lens train ...`."""
+    from .train import train as run_train
+
+    cfg = _resolve(preset, method, data, tokenizer, steps, seed, precision, device, set_)
+    run_train(cfg, out, run_name=run_name, resume=resume)
+
+
+@app.command()
+def resume(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<run-id>).")]) -> None:
+    """Continue a stopped run from its newest complete checkpoint, with its saved config."""
+    from .train import load_run_config
+    from .train import train as run_train
+
+    cfg = load_run_config(run_dir)
+    run_train(cfg, run_dir.parent, run_name=run_dir.name, resume=True)
+
+
+@app.command("config")
+def show_config(
+    preset: Preset = "micro",
+    method: MethodOpt = "full-rank",
+    set_: SetOpt = None,
+) -> None:
+    """Print the resolved config of a preset x method (with overrides) as JSON."""
+    cfg = _resolve(preset, method, None, None, None, None, None, None, set_)
+    typer.echo(json.dumps(cfg.to_dict(), indent=2))
+
+
+@app.command("list")
+def list_things() -> None:
+    """List presets and methods."""
+    from .methods import get_method, method_names
+    from .model import build_model, count_parameters
+    from .presets import MODEL_SHAPES
+
+    typer.echo("presets:")
+    for name, shape in MODEL_SHAPES.items():
+        n = count_parameters(build_model(shape, device="meta"))
+        typer.echo(f"  {name:6s} hidden {shape.hidden_size:5d}  layers {shape.num_layers:3d}  "
+                   f"vocab {shape.vocab_size:6d}  {n / 1e6:8.2f}M params")
+    typer.echo("methods:")
+    for name in method_names():
+        doc = (get_method(name).__doc__ or "").strip().splitlines()
+        typer.echo(f"  {name:10s} {doc[0] if doc else ''}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "datasets", "huggingface_hub", "filelock", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        app()
+    except LensError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The training loop. It calls the method's hooks and never names a method.
+
+One update at step s (s = updates done so far):
+  rows    = the rank's slice of the global batch at s      (a function of the data seed and s)
+  loss    = summed NLL / targets in the GLOBAL batch       (token-weighted, independent of world size)
+  lr      = optim.lr * method.lr_multiplier(s)
+  update, then method.after_step(s + 1, ...); validate / checkpoint / log at s + 1 when due.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..data import DataBundle, to_model_inputs
+from ..methods.base import Method
+from .checkpoint import RESUME_DIR, save_checkpoint, step_dir_name
+from .distributed import DistEnv
+from .evaluate import evaluate, token_nll
+from .logs import RunLogger, format_train_line, format_val_line
+from .memory import measure_memory
+
+log = logging.getLogger("lowrank_lens")
+
+
+@dataclass
+class TrainState:
+    """What the loop carries between steps and what a checkpoint must restore."""
+
+    step: int = 0
+    tokens: int = 0  # unmasked target tokens trained on, all ranks
+    memory: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Trainer:
+    cfg: RunConfig
+    run_dir: Path
+    env: DistEnv
+    method: Method
+    model: torch.nn.Module  # the unwrapped model (hooks and checkpoints see this one)
+    optimizer: torch.optim.Optimizer
+    data: DataBundle
+    logger: RunLogger
+    ckpt_steps: list[int]
+    state: TrainState = field(default_factory=TrainState)
+    ddp_model: torch.nn.Module | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.train.precision == "bf16-mixed":
+            return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---- one update ----------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        t, env = self.cfg.train, self.env
+        net = self.ddp_model or self.model
+        step = self.state.step
+        t0 = time.perf_counter()
+        rows = self.data.train.rows(step, t.total_batch_size, env.rank, env.world)  # [B/W, T]
+        input_ids, labels = to_model_inputs(rows, self.data.pad_id)
+        input_ids, labels = input_ids.to(env.device), labels.to(env.device)
+        data_s = time.perf_counter() - t0
+        n_global = int(env.sum([(labels[:, 1:] != -100).sum().item()])[0])
+
+        mult = self.method.lr_multiplier(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * mult
+
+        micro = t.micro_batch_size
+        n_micro = input_ids.shape[0] // micro
+        nll_total = 0.0
+        for k in range(n_micro):
+            sl = slice(k * micro, (k + 1) * micro)
+            last = k == n_micro - 1
+            sync = contextlib.nullcontext() if (last or self.ddp_model is None) else self.ddp_model.no_sync()
+            with sync:
+                with self.autocast():
+                    nll, _ = token_nll(net, input_ids[sl], labels[sl])
+                # DDP averages gradients over ranks; scaling by world makes the result sum(NLL) / n_global.
+                (nll * (env.world / max(n_global, 1))).backward()
+            nll_total += float(nll.detach())
+
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.optim.grad_clip > 0:
+            gnorm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        else:
+            gnorm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        self.optimizer.step()
+        if not self.state.memory:  # optimizer state exists only after the first step
+            self.state.memory = measure_memory(self.model, self.optimizer, env.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step = step + 1
+        extras = self.method.after_step(self.state.step, self.model, self.optimizer)
+        self.state.tokens += n_global
+        loss = float(env.sum([nll_total])[0]) / max(n_global, 1)
+        return {"loss": loss, "lr": self.cfg.optim.lr * mult, "grad_norm": float(gnorm), "data_s": data_s,
+                "n_tokens": n_global, **extras}
+
+    # ---- validation and checkpoints ------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        bs = self.cfg.train.eval_batch_size or self.cfg.train.micro_batch_size
+        res = evaluate(self.model, self.data.val_rows, self.data.pad_id, bs, self.env, self.autocast())
+        rec = {"kind": "val", "step": self.state.step, "tokens": self.state.tokens, **res}
+        self.logger.write(rec)
+        if self.env.is_main:
+            log.info(format_val_line(rec))
+        return res
+
+    def save(self, val: dict[str, float] | None, rolling: bool = False) -> None:
+        if not self.env.is_main:
+            return
+        step = self.state.step
+        meta = {"step": step, "tokens": self.state.tokens, "method": self.cfg.method,
+                "method_cfg": self.cfg.to_dict()["method_cfg"], "seed": self.cfg.train.seed,
+                "data_seed": self.cfg.data.shuffle_seed, "precision": self.cfg.train.precision,
+                "val": val or {}, "memory": self.state.memory}
+        resume = {"step": step, "tokens": self.state.tokens, "optimizer": self.optimizer.state_dict(),
+                  "rng_cpu": torch.get_rng_state(),
+                  "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        name = RESUME_DIR if rolling else step_dir_name(step)
+        save_checkpoint(self.run_dir / "ckpt" / name, self.model.state_dict(), meta, resume)
+
+    def restore(self, resume: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["rng_cpu"])
+        if resume["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(resume["rng_cuda"])
+        self.state.step, self.state.tokens = int(resume["step"]), int(resume["tokens"])
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        t = self.cfg.train
+        last_val: dict[str, float] = {}
+        interval_t, interval_tok, step_times = time.perf_counter(), 0, []
+        while self.state.step < t.steps:
+            t0 = time.perf_counter()
+            rec = self.train_step()
+            step_times.append(time.perf_counter() - t0)
+            interval_tok += rec["n_tokens"]
+            step = self.state.step
+            if not all(math.isfinite(rec[k]) for k in ("loss", "grad_norm")):
+                log.warning(f"step {step}: non-finite loss or gradient norm ({rec['loss']}, {rec['grad_norm']})")
+            if step % t.log_every == 0 or step == t.steps:
+                elapsed = time.perf_counter() - interval_t
+                rec = {"kind": "train", "step": step, "tokens": self.state.tokens,
+                       "tok_per_s": interval_tok / max(elapsed, 1e-9), **rec}
+                rec.pop("n_tokens")
+                self.logger.write(rec)
+                if self.env.is_main:
+                    eta = float(np.mean(step_times[-50:])) * (t.steps - step)
+                    log.info(format_train_line(rec, t.steps, eta))
+                interval_t, interval_tok = time.perf_counter(), 0
+            due_ckpt = step in self.ckpt_steps
+            if due_ckpt or (t.eval_every and step % t.eval_every == 0):
+                last_val = self.validate()
+            if due_ckpt:
+                self.save(last_val)
+            elif t.resume_every and step % t.resume_every == 0:
+                self.save(last_val, rolling=True)
+            if due_ckpt or t.resume_every:
+                interval_t = time.perf_counter()  # keep checkpoint time out of tok/s
+        return last_val

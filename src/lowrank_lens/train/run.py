@@ -1,0 +1,151 @@
+"""Set up a run directory (fresh or resumed), build data / model / method / optimizer, and train.
+
+    runs/<run-id>/config.json     resolved config + provenance + data fingerprint
+                 /log.jsonl       one object per logged step and per validation
+                 /val_tokens.npy  the fixed validation rows (int32 [N, T], -1 = masked)
+                 /ckpt/step_*/    see checkpoint.py
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import write_atomic, write_json_atomic
+from ..config import RunConfig, flatten
+from ..data import build_data
+from ..errors import LensError
+from ..methods import get_method
+from ..methods.base import check_param_groups
+from ..model import build_model
+from .checkpoint import checkpoint_steps, complete_checkpoints, load_model_state, load_resume_state
+from .distributed import DistEnv, init_distributed, shutdown
+from .logs import RunLogger
+from .loop import Trainer
+from .provenance import provenance
+
+log = logging.getLogger("lowrank_lens")
+
+# Keys that may differ between a run and its resumption: they change where and how we log, not the maths.
+RESUME_MAY_DIFFER = ("train.device", "train.sinks", "train.log_every", "data.cache_dir")
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    return f"{cfg.scale}-{cfg.method}-seed{cfg.train.seed}"
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    """Read config.json of a run (the one place where older run formats would be upgraded)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise LensError(f"{run_dir} has no config.json; is it a lowrank-lens run directory?")
+    d = json.loads(path.read_text())
+    d.pop("provenance", None)
+    d.pop("data_fingerprint", None)
+    d.pop("format_version", None)
+    return RunConfig.from_dict(d)
+
+
+def config_differences(saved: RunConfig, now: RunConfig) -> list[str]:
+    a, b = flatten(saved.to_dict()), flatten(now.to_dict())
+    keys = sorted((set(a) | set(b)) - {"notes"})
+    return [f"{k} (saved {a.get(k)!r}, now {b.get(k)!r})" for k in keys
+            if a.get(k) != b.get(k) and not k.startswith(RESUME_MAY_DIFFER)]
+
+
+def _load_init_from(model: torch.nn.Module, path: str) -> None:
+    """Warm start (e.g. ReLoRA from a full-rank checkpoint): a run dir means its latest checkpoint."""
+    p = Path(path)
+    ckpts = complete_checkpoints(p)
+    ckpt = ckpts[-1][1] if ckpts else p
+    state = load_model_state(ckpt)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise LensError(f"train.init_from {path} does not fit this model (missing {missing[:2]}, unexpected "
+                        f"{unexpected[:2]}); warm starts need a full-rank checkpoint of the same preset")
+
+
+def train(cfg: RunConfig, out: str | Path, run_name: str | None = None, resume: bool = False) -> Path:
+    """Train (or resume) one run; returns its directory. Works under torchrun (DDP) and alone."""
+    env = init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, Path(out) / (run_name or default_run_name(cfg)), resume, env)
+    finally:
+        shutdown()
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
+    t = cfg.train
+    if t.total_batch_size % (t.micro_batch_size * env.world):
+        raise LensError(f"train.total_batch_size {t.total_batch_size} is not divisible by micro_batch_size "
+                        f"{t.micro_batch_size} x {env.world} processes; change --set train.micro_batch_size")
+    existing = complete_checkpoints(run_dir)
+    if existing and not resume:
+        raise LensError(f"{run_dir} already holds a run; add --resume to continue it, or pass a new --run-name")
+    if existing:
+        diffs = config_differences(load_run_config(run_dir), cfg)
+        if diffs:
+            raise LensError(f"cannot resume {run_dir}: the config differs from the saved one in "
+                            f"{'; '.join(diffs)}. Rerun with the saved settings or start a new --run-name")
+        if existing[-1][0] >= t.steps:
+            log.info(f"{run_dir} is already complete ({t.steps} steps)")
+            return run_dir
+
+    data = build_data(cfg.data, cfg.model.vocab_size, is_main=env.is_main, barrier=env.barrier, log=log.info)
+    model = build_model(cfg.model, seed=t.seed)
+    if t.init_from:
+        _load_init_from(model, t.init_from)
+    method = get_method(cfg.method)(cfg.method_cfg, cfg)
+    torch.manual_seed(t.seed)  # any randomness of the surgery is a function of the seed (same on all ranks)
+    model = method.prepare_model(model)
+    if t.precision == "bf16-pure":
+        model = model.to(torch.bfloat16)
+    model = model.to(env.device)
+    optimizer = method.build_optimizer(model, cfg.optim)
+    check_param_groups(model, optimizer)
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", group["lr"])
+
+    if env.is_main and not existing:
+        if run_dir.exists():  # a run that died before its step-0 checkpoint: start over cleanly
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), "format_version": 1,
+                                                    "provenance": provenance(env.world, env.device),
+                                                    "data_fingerprint": data.fingerprint})
+        write_atomic(run_dir / "val_tokens.npy", lambda p: np.save(open(p, "wb"), data.val_rows))
+    env.barrier()
+
+    logger = RunLogger(run_dir, env.is_main, t.sinks, cfg.to_dict())
+    trainer = Trainer(cfg=cfg, run_dir=run_dir, env=env, method=method, model=model, optimizer=optimizer,
+                      data=data, logger=logger, ckpt_steps=checkpoint_steps(t.steps, t.checkpoints))
+    if existing:
+        step, path = existing[-1]
+        model.load_state_dict(load_model_state(path, verify=True))
+        trainer.restore(load_resume_state(path))
+        if env.is_main:
+            logger.truncate_after(step)
+            log.info(f"resuming {run_dir.name} from step {step}")
+    else:
+        torch.manual_seed(t.seed + 1_000_003 * env.rank)  # dropout etc.: distinct per rank, fixed per seed
+        trainer.save(trainer.validate())
+
+    if env.enabled:
+        trainer.ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    n_params = sum(p.numel() for p in model.parameters())
+    if env.is_main:
+        log.info(f"{run_dir.name}: {cfg.method} at {cfg.scale}, {n_params / 1e6:.2f}M parameters, {t.steps} steps "
+                 f"of {t.total_batch_size} x {cfg.data.seq_len} tokens, {env.world} process(es) on {env.device}")
+    try:
+        trainer.fit()
+    finally:
+        logger.close()
+    if env.is_main:
+        log.info(f"done: {run_dir}")
+    return run_dir
