@@ -4,10 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from lens_testutil import PYTHON, cli_env
 
 from lowrank_lens import cli
-
-from .conftest import PYTHON, cli_env
 
 
 def run_cli(args, capsys, monkeypatch):

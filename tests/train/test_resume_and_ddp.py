@@ -7,11 +7,10 @@ import time
 
 import pytest
 import torch
+from lens_testutil import PYTHON, cli_env
 
 from lowrank_lens.train.checkpoint import complete_checkpoints, load_model_state
 from lowrank_lens.train.logs import read_log
-
-from ..conftest import PYTHON, cli_env
 
 NANO = ["--preset", "nano", "--device", "cpu", "--steps", "40", "--set", "train.checkpoints=4",
         "--set", "train.log_every=1"]

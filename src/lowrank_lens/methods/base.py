@@ -86,6 +86,11 @@ class Method:
         """Effective weight (out x in) of every target layer, keyed by module name; None if none exists."""
         return {name: mod.weight.detach() for name, mod in target_modules(model, self.cfg.targets)}
 
+    def factors(self, model: nn.Module) -> dict[str, dict[str, torch.Tensor]] | None:
+        """Trained factors per target layer (e.g. {'A': r x in, 'B': out x r}) for methods without a dense
+        view; None when the dense view is the natural object."""
+        return None
+
 
 # ---- helpers shared by methods -----------------------------------------------------------------
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:

@@ -136,8 +136,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
         trainer.save(trainer.validate())
 
     if env.enabled:
+        # No buffer needs syncing (all are deterministic from the config); broadcasting them every forward
+        # would move e.g. SLTrain's sparse supports (~450 MB at 1b) for nothing.
         trainer.ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None, broadcast_buffers=False)
     n_params = sum(p.numel() for p in model.parameters())
     if env.is_main:
         log.info(f"{run_dir.name}: {cfg.method} at {cfg.scale}, {n_params / 1e6:.2f}M parameters, {t.steps} steps "
