@@ -1,4 +1,4 @@
-"""Exact resume after a real process kill, and 2-process DDP (gloo) against 1 process."""
+"""Exact resume after a real process kill, and 2-process DDP (gloo) against 1 process — for every method."""
 
 import os
 import signal
@@ -9,19 +9,23 @@ import pytest
 import torch
 from lens_testutil import PYTHON, cli_env
 
+from lowrank_lens.methods import method_names
 from lowrank_lens.train.checkpoint import complete_checkpoints, load_model_state
 from lowrank_lens.train.logs import read_log
 
-NANO = ["--preset", "nano", "--device", "cpu", "--steps", "40", "--set", "train.checkpoints=4",
+STEPS = 16
+NANO = ["--preset", "nano", "--device", "cpu", "--steps", str(STEPS), "--set", "train.checkpoints=2",
         "--set", "train.log_every=1"]
+ENV = {**cli_env(), "OMP_NUM_THREADS": "1"}
+_REFERENCE: dict = {}
 
 
-def _train_cmd(out, *extra):
-    return [PYTHON, "-m", "lowrank_lens", "train", *NANO, "--out", str(out), *extra]
+def _train_cmd(method, out, *extra):
+    return [PYTHON, "-m", "lowrank_lens", "train", *NANO, "--method", method, "--out", str(out), *extra]
 
 
-def _run(cmd, env=None):
-    res = subprocess.run(cmd, env=env or cli_env(), capture_output=True, text=True, timeout=600)
+def _run(cmd):
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
@@ -30,44 +34,51 @@ def _losses(run_dir):
     return [(r["step"], r["loss"], r["grad_norm"]) for r in read_log(run_dir, "train")]
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_to_identical_weights(tmp_path):
-    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
-    _run(_train_cmd(tmp_path / "full"), env)
-    full = tmp_path / "full" / "nano-full-rank-seed0"
+def _reference(method, tmp_path_factory):
+    """One uninterrupted 1-process run per method, shared by both tests."""
+    if method not in _REFERENCE:
+        out = tmp_path_factory.mktemp(f"ref-{method}")
+        _run(_train_cmd(method, out))
+        _REFERENCE[method] = out / f"nano-{method}-seed0"
+    return _REFERENCE[method]
 
-    killed = tmp_path / "killed" / "nano-full-rank-seed0"
-    proc = subprocess.Popen(_train_cmd(tmp_path / "killed", "--set", "train.resume_every=3"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", method_names())
+def test_killed_run_resumes_to_identical_weights(method, tmp_path, tmp_path_factory):
+    full = _reference(method, tmp_path_factory)
+    killed = tmp_path / f"nano-{method}-seed0"
+    extra = ("--set", "train.resume_every=2")
+    proc = subprocess.Popen(_train_cmd(method, tmp_path, *extra), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if any(step >= 12 for step, _ in complete_checkpoints(killed)):
+        if any(step >= 6 for step, _ in complete_checkpoints(killed)):
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)  # a real kill: no cleanup, no exception handlers
     proc.wait()
     steps = [s for s, _ in complete_checkpoints(killed)]
-    assert 40 not in steps and max(steps) >= 12
+    assert STEPS not in steps and max(steps) >= 6
 
-    res = _run(_train_cmd(tmp_path / "killed", "--set", "train.resume_every=3", "--resume"), env)
+    res = _run(_train_cmd(method, tmp_path, *extra, "--resume"))
     assert "resuming" in res.stderr
     assert _losses(killed) == _losses(full)  # bitwise: same floats, same steps, no repeats
-    a = load_model_state(full / "ckpt" / "step_000040")
-    b = load_model_state(killed / "ckpt" / "step_000040")
+    a = load_model_state(full / "ckpt" / f"step_{STEPS:06d}")
+    b = load_model_state(killed / "ckpt" / f"step_{STEPS:06d}")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one(tmp_path):
-    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
-    _run(_train_cmd(tmp_path / "one"), env)
+@pytest.mark.parametrize("method", method_names())
+def test_two_gloo_processes_match_one(method, tmp_path, tmp_path_factory):
+    one = _losses(_reference(method, tmp_path_factory))
     _run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lowrank_lens",
-          "train", *NANO, "--out", str(tmp_path / "two")], env)
-    one = _losses(tmp_path / "one" / "nano-full-rank-seed0")
-    two = _losses(tmp_path / "two" / "nano-full-rank-seed0")
-    assert [s for s, *_ in one] == [s for s, *_ in two] == list(range(1, 41))
+          "train", *NANO, "--method", method, "--out", str(tmp_path)])
+    run_dir = tmp_path / f"nano-{method}-seed0"
+    two = _losses(run_dir)
+    assert [s for s, *_ in one] == [s for s, *_ in two] == list(range(1, STEPS + 1))
     for (_, la, ga), (_, lb, gb) in zip(one, two, strict=True):
         assert lb == pytest.approx(la, rel=1e-4) and gb == pytest.approx(ga, rel=1e-3)
-    cfg_two = (tmp_path / "two" / "nano-full-rank-seed0" / "config.json").read_text()
-    assert '"world_size": 2' in cfg_two
+    assert '"world_size": 2' in (run_dir / "config.json").read_text()

@@ -32,6 +32,10 @@ from .memory import measure_memory
 log = logging.getLogger("lowrank_lens")
 
 
+def _micro_seed(seed: int, step: int, micro_index: int) -> int:
+    return (seed * 1_000_003 + step) * 10_007 + micro_index
+
+
 @dataclass
 class TrainState:
     """What the loop carries between steps and what a checkpoint must restore."""
@@ -80,6 +84,9 @@ class Trainer:
         n_micro = input_ids.shape[0] // micro
         nll_total = 0.0
         for k in range(n_micro):
+            # Stochastic layers (dropout) draw from a seed fixed by (seed, step, global micro-batch index):
+            # the same sample sees the same mask on 1 or N processes, and after a resume.
+            torch.manual_seed(_micro_seed(t.seed, step, env.rank * n_micro + k))
             sl = slice(k * micro, (k + 1) * micro)
             last = k == n_micro - 1
             sync = contextlib.nullcontext() if (last or self.ddp_model is None) else self.ddp_model.no_sync()

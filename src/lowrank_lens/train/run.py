@@ -132,7 +132,6 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
             logger.truncate_after(step)
             log.info(f"resuming {run_dir.name} from step {step}")
     else:
-        torch.manual_seed(t.seed + 1_000_003 * env.rank)  # dropout etc.: distinct per rank, fixed per seed
         trainer.save(trainer.validate())
 
     if env.enabled:

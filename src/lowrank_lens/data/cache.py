@@ -1,0 +1,79 @@
+"""Cache plumbing shared by the data pipeline: where caches live, stable hashes, atomic writes.
+
+Every cached artefact (embedded corpus, trained tokenizer, token rows) is written to a temporary file in
+the destination folder and then `os.replace`d into place, so a reader never sees a half-written file and
+two processes building the same artefact at once both end with the same complete file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..config import DataConfig
+
+ENV_CACHE = "LOWRANK_LENS_CACHE"
+
+
+def default_cache_dir(cfg: DataConfig) -> Path:
+    """cfg.cache_dir, else $LOWRANK_LENS_CACHE, else ~/.cache/lowrank_lens."""
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    return Path.home() / ".cache" / "lowrank_lens"
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """Hex digest of a JSON-serialisable object, independent of dict order and of the process."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success it replaces `dest` atomically, on error it is removed.
+
+    The temporary name keeps dest's suffix because some writers (np.save) append one otherwise.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json_atomic(dest: Path, obj: Any) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+
+
+def file_sha256(path: Path, cache_dir: Path) -> str:
+    """Content hash of a file, memoised under the cache keyed by (path, size, mtime).
+
+    Local corpora can be gigabytes; re-hashing them on every run would cost seconds, while the stat
+    triple changes whenever the content can have changed.
+    """
+    st = path.stat()
+    memo = cache_dir / "hashes" / f"{stable_hash([str(path.resolve()), st.st_size, st.st_mtime_ns])}.txt"
+    if memo.exists():
+        return memo.read_text().strip()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    with atomic_path(memo) as tmp:
+        tmp.write_text(digest)
+    return digest

@@ -1,0 +1,143 @@
+"""CoLA: every target linear becomes a low-rank bottleneck with a SiLU inside (methods.md §4).
+
+    y = B silu(A x)      A: r x in (in -> r), B: out x r (r -> out), no bias
+
+There is no full-rank W anywhere in the 7 projections, and because of the SiLU no dense matrix reproduces a
+layer, so `dense_weights` returns None and analyses read `factors()` instead. Init (methods.md §4.2): A, B ~
+N(0, sigma^2) with sigma = r^(-1/4) (in+out)^(-1/4), so an entry of the linear product B A has variance
+r sigma^4 = 1/(in+out). The layer is a plain nn.Module (not an nn.Linear), so transformers' `_init_weights`,
+which matches nn.Linear / nn.Embedding / *Norm classes, never overwrites this init.
+
+`only_lr_act` (methods.md §4.1): when True the MLP's own SwiGLU SiLU is dropped, out = down(gate(x) * up(x)),
+leaving the SiLUs inside the factorised layers as the only non-linearities. The official configs keep the
+outer SiLU at 60m/130m (`only_lr_act: false`) and drop it at 350m and above (the ColaConfig default, True).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LensError
+from . import register
+from .base import BaseMethodConfig, Method, MethodPreset, replace_module, target_modules
+
+
+def _seed(*parts: object) -> int:
+    """A 63-bit seed that depends only on `parts` (e.g. (seed, module name)), not on the order of wrapping."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+class CoLALinear(nn.Module):
+    """y = B silu(A x); replaces a bias-free nn.Linear (in -> out) (methods.md §4.1)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, layer_name: str = "",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.layer_name = layer_name  # the module name at wrap time: stable seeds and factor keys
+        # Stored in torch layout (out x in of each map), so F.linear applies them directly.
+        self.A = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=dtype))  # r x in
+        self.B = nn.Parameter(torch.empty(out_features, rank, device=device, dtype=dtype))  # out x r
+
+    def reset_parameters(self, seed: int) -> None:
+        """A, B ~ N(0, sigma^2), sigma = r^(-1/4) (in+out)^(-1/4), drawn on CPU so the init is device-independent."""
+        if self.A.is_meta:  # counting parameters: nothing to draw
+            return
+        sigma = self.rank ** -0.25 * (self.in_features + self.out_features) ** -0.25
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.A.copy_(torch.randn(self.A.shape, generator=g) * sigma)
+            self.B.copy_(torch.randn(self.B.shape, generator=g) * sigma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in] -> [..., out]
+        return F.linear(F.silu(F.linear(x, self.A)), self.B)  # [..., r] in between
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, r={self.rank}"
+
+
+@dataclass
+class CoLAConfig(BaseMethodConfig):
+    rank: int = 0
+    """r; 0 = model.hidden_size // 4 (ColaConfig's own default)."""
+    only_lr_act: bool = True
+    """Drop the MLP's outer SwiGLU SiLU: down(gate(x) * up(x)). ColaConfig's default; the official 60m and
+    130m configs set it False."""
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise LensError(f"method.rank must be >= 0 (0 = hidden_size // 4), got {self.rank}")
+
+
+_STUDY = {  # rank, only_lr_act, lr: paper.md §1.4 (60m/130m/350m) and methods.md §4.3-4.4 (1b)
+    "60m": (128, False, 6e-3),
+    "130m": (256, False, 3e-3),
+    "350m": (256, True, 3e-3),
+    "1b": (512, True, 2e-3),
+}
+
+
+@register
+class CoLA(Method):
+    """Low-rank bottleneck layers with an inner SiLU; AdamW with wd 0.01 on all parameters, clip 0.5."""
+
+    name = "cola"
+    Config = CoLAConfig
+    has_dense_view = False
+    no_dense_reason = ("CoLA puts a SiLU between its factors (y = B silu(A x)), so no matrix W with y = W x "
+                       "exists (methods.md §4.1); use CoLA.factors() for A and B")
+
+    @classmethod
+    def preset(cls, scale: str, model_hidden: int) -> MethodPreset:
+        # methods.md §4.4 / §8 item 2: torch AdamW, wd 0.01 on every parameter (norms and embeddings too), clip 0.5.
+        optim: dict[str, float] = {"weight_decay": 0.01, "grad_clip": 0.5}
+        if scale not in _STUDY:
+            return MethodPreset(params={"rank": max(1, model_hidden // 4), "only_lr_act": False}, optim=optim,
+                                notes=["CPU preset: rank = hidden // 4 (the 60m ratio); outer SiLU kept as in "
+                                       "the official small configs"])
+        rank, only_lr_act, lr = _STUDY[scale]
+        notes = [f"CoLA {scale}: r {rank}, only_lr_act {only_lr_act}, lr {lr:g}, AdamW wd 0.01 on all "
+                 "parameters, clip 0.5 (methods.md §4.4, paper.md §1.4)"]
+        if scale == "60m":
+            notes.append("the official CoLA 60m script warms up 2K steps (20%); we keep the shared recipe's 10%")
+        if scale == "130m":
+            notes.append("rank 256 = d/3 at 130m, as in the official config (methods.md §4.3)")
+        if scale == "1b":
+            notes.append("1b is not in the study: official script values (methods.md §4.4)")
+        notes.append("the official configs set pad_token_id 0 (frozen embedding row 0); we set no pad id")
+        return MethodPreset(params={"rank": rank, "only_lr_act": only_lr_act}, optim={**optim, "lr": lr},
+                            notes=notes)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        cfg: CoLAConfig = self.cfg
+        rank = cfg.rank or max(1, self.run.model.hidden_size // 4)
+        parents: dict[str, nn.Module] = {}
+        for name, mod in target_modules(model, cfg.targets):
+            if not isinstance(mod, nn.Linear) or mod.bias is not None:
+                raise LensError(f"cola wraps bias-free nn.Linear layers; {name} is {type(mod).__name__}"
+                                f"{' with a bias' if isinstance(mod, nn.Linear) else ''}")
+            new = CoLALinear(mod.in_features, mod.out_features, rank, name, device=mod.weight.device,
+                             dtype=mod.weight.dtype)
+            new.reset_parameters(_seed(self.run.train.seed, "cola", name))
+            replace_module(model, name, new)
+            parent_name = name.rpartition(".")[0]
+            parents[parent_name] = model.get_submodule(parent_name) if parent_name else model
+        if cfg.only_lr_act:
+            # Only MLPs whose projections were factorised lose their activation (LlamaMLP calls self.act_fn).
+            for parent in parents.values():
+                if isinstance(getattr(parent, "act_fn", None), nn.Module):
+                    parent.act_fn = nn.Identity()
+        return model
+
+    def dense_weights(self, model: nn.Module) -> None:
+        return None
+
+    def factors(self, model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+        """{layer name: {"A": r x in, "B": out x r}} (detached); the layer computes B silu(A x)."""
+        return {m.layer_name: {"A": m.A.detach(), "B": m.B.detach()}
+                for m in model.modules() if isinstance(m, CoLALinear)}

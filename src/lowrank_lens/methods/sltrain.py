@@ -1,0 +1,224 @@
+"""SLTrain: every target linear is a sum of a low-rank and a fixed-support sparse matrix (methods.md §5).
+
+    W = (alpha/r) B A + S,   y = x W^T
+    A: r x in, B: out x r, S: out x in with int(delta * out * in) non-zeros at a fixed random support
+
+The support is drawn once, at wrap time, from a recorded seed (`support_seed`) with a private generator, and
+kept as a buffer so it travels in the state dict; only its values are trained. Init (methods.md §5.1):
+A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0, S values ~ U(-1/sqrt(in), 1/sqrt(in)), so the
+initial W is S alone. The reference builds W in a C++ extension; here a pure-PyTorch autograd Function does the
+same: it builds W in forward, does not keep it, and rebuilds it in backward (methods.md §8 item 10).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LensError
+from . import register
+from .base import BaseMethodConfig, Method, MethodPreset, replace_module, target_modules
+
+
+def _seed(*parts: object) -> int:
+    """A 63-bit seed that depends only on `parts` (e.g. (seed, module name)), not on the order of wrapping."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def sample_support(numel: int, nnz: int, generator: torch.Generator) -> torch.Tensor:
+    """`nnz` distinct flat indices in [0, numel), uniform over all subsets of that size, sorted (int64, CPU).
+
+    The reference takes a prefix of randperm(numel); at 1B that is 11M-element permutations for 168 layers.
+    Drawing i.i.d. indices and de-duplicating gives, by symmetry of the labels, a uniformly random subset of
+    its size; a random nnz-subset of it is then uniform too, at O(nnz log nnz) cost.
+    """
+    if nnz > numel // 2:  # dense-ish supports: the permutation is cheap and needs no retries
+        return torch.randperm(numel, generator=generator)[:nnz].sort().values
+    idx = torch.empty(0, dtype=torch.long)
+    while idx.numel() < nnz:
+        missing = nnz - idx.numel()
+        draw = torch.randint(numel, (missing + missing // 8 + 16,), generator=generator)
+        idx = torch.unique(torch.cat([idx, draw]))
+    keep = torch.randperm(idx.numel(), generator=generator)[:nnz]
+    return idx[keep].sort().values
+
+
+def build_weight(lora_a: torch.Tensor, lora_b: torch.Tensor, values: torch.Tensor, index: torch.Tensor,
+                 scale: float) -> torch.Tensor:
+    """Dense W (out x in) = scale * B A + S, in the factors' dtype."""
+    w = (lora_b @ lora_a).mul_(scale)  # out x in
+    w.view(-1).index_add_(0, index, values.to(w.dtype))  # the support has no duplicates: a plain scatter
+    return w
+
+
+class SparseLowRankLinear(torch.autograd.Function):
+    """y = x (scale B A + S)^T without keeping W for backward (methods.md §5.1, "Kernel").
+
+    Backward rebuilds W, forms dx = g W, frees W, then dW = g^T x (out x in) and
+    dB = scale dW A^T, dA = scale B^T dW, dS = dW at the support. At most one dense out x in matrix is alive
+    at a time, as in the reference extension. Under autocast the two big matmuls run in the autocast dtype
+    while W is built in the parameters' dtype (autocast would otherwise break the scatter's dtype match).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, values: torch.Tensor,
+                index: torch.Tensor, scale: float) -> torch.Tensor:
+        dev = x.device.type
+        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        with torch.autocast(dev, enabled=False):
+            w = build_weight(lora_a, lora_b, values, index, scale)  # out x in
+            y = F.linear(x.to(cdt), w.to(cdt))  # [..., out]
+        ctx.save_for_backward(x, lora_a, lora_b, values, index)
+        ctx.scale, ctx.cdt = scale, cdt
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, lora_a, lora_b, values, index = ctx.saved_tensors
+        need_x, need_a, need_b, need_s = ctx.needs_input_grad[:4]
+        cdt, scale = ctx.cdt, ctx.scale
+        dx = da = db = ds = None
+        with torch.autocast(g.device.type, enabled=False):
+            g2 = g.reshape(-1, g.shape[-1]).to(cdt)  # N x out
+            if need_x:
+                w = build_weight(lora_a, lora_b, values, index, scale)  # recomputed, out x in
+                dx = (g2 @ w.to(cdt)).view(*g.shape[:-1], x.shape[-1]).to(x.dtype)  # [..., in]
+                del w
+            if need_a or need_b or need_s:
+                x2 = x.reshape(-1, x.shape[-1]).to(cdt)  # N x in
+                dw = (g2.t() @ x2).to(lora_a.dtype)  # out x in
+                if need_a:
+                    da = (lora_b.t() @ dw).mul_(scale)  # r x in
+                if need_b:
+                    db = (dw @ lora_a.t()).mul_(scale)  # out x r
+                if need_s:
+                    ds = dw.view(-1).index_select(0, index).to(values.dtype)  # nnz
+        return dx, da, db, ds, None, None
+
+
+class SLTrainLinear(nn.Module):
+    """W = (alpha/r) B A + S with S on a fixed support; replaces a bias-free nn.Linear (methods.md §5.1)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, density: float,
+                 layer_name: str = "", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.scale = alpha / rank
+        self.layer_name = layer_name  # the module name at wrap time: stable seeds and dense-view keys
+        nnz = int(density * out_features * in_features)  # the reference's count, truncated
+        kw = {"device": device, "dtype": dtype}
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features, **kw))  # r x in
+        self.lora_B = nn.Parameter(torch.empty(out_features, rank, **kw))  # out x r
+        self.sparse_value = nn.Parameter(torch.empty(nnz, **kw))  # values of S at the support
+        # Flat indices into out x in; a buffer, so the support is saved with the weights and never trained.
+        self.register_buffer("sparse_index", torch.empty(nnz, dtype=torch.long, device=device))
+
+    def reset_parameters(self, support_seed: int, value_seed: int) -> None:
+        """Draw the support from `support_seed` and A, S values from `value_seed` on CPU (device-independent)."""
+        if self.lora_A.is_meta:  # counting parameters: nothing to draw
+            return
+        g = torch.Generator().manual_seed(support_seed)
+        index = sample_support(self.out_features * self.in_features, self.sparse_index.numel(), g)
+        g = torch.Generator().manual_seed(value_seed)
+        a = torch.empty(self.lora_A.shape)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=g)  # U(-1/sqrt(in), 1/sqrt(in))
+        bound = 1 / math.sqrt(self.in_features)
+        s = torch.empty(self.sparse_value.shape).uniform_(-bound, bound, generator=g)
+        with torch.no_grad():
+            self.sparse_index.copy_(index)
+            self.lora_A.copy_(a)
+            self.lora_B.zero_()  # the low-rank part starts at 0: initial W = S
+            self.sparse_value.copy_(s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in] -> [..., out]
+        return SparseLowRankLinear.apply(x, self.lora_A, self.lora_B, self.sparse_value, self.sparse_index,
+                                         self.scale)
+
+    @torch.no_grad()
+    def dense_weight(self) -> torch.Tensor:
+        """The exact W (out x in) this layer applies."""
+        return build_weight(self.lora_A, self.lora_B, self.sparse_value, self.sparse_index, self.scale)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, r={self.rank}, scale={self.scale:g}, "
+                f"nnz={self.sparse_index.numel()}")
+
+
+@dataclass
+class SLTrainConfig(BaseMethodConfig):
+    rank: int = 0
+    """r; 0 = model.hidden_size // 4 (the 60m ratio)."""
+    alpha: float = 32.0
+    """The low-rank part is scaled by alpha / rank (`--lora_alpha`)."""
+    density: float = 0.03
+    """delta, the fraction of non-zeros in S (`--sp_ratio`; every script uses 0.03, argparse says 0.01)."""
+    support_seed: int = 42
+    """Seed of the sparse supports (the reference seeds 42). Independent of train.seed, so runs that differ
+    only in their training seed share the supports; each layer's support is f(support_seed, layer name)."""
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise LensError(f"method.rank must be >= 0 (0 = hidden_size // 4), got {self.rank}")
+        if not 0 < self.density <= 1:
+            raise LensError(f"method.density must be in (0, 1], got {self.density}")
+        if self.alpha <= 0:
+            raise LensError(f"method.alpha must be positive, got {self.alpha}")
+
+
+_STUDY = {  # paper.md §1.4 (60m/130m/350m, the study's scripts) and methods.md §5.2 (1b)
+    "60m": {"rank": 128, "alpha": 32.0, "lr": 2e-3},
+    "130m": {"rank": 256, "alpha": 16.0, "lr": 3e-3},
+    "350m": {"rank": 256, "alpha": 16.0, "lr": 2e-3},
+    "1b": {"rank": 512, "alpha": 8.0, "lr": 3e-3},
+}
+_OFFICIAL_STEPS = {"60m": "11K/1.1K", "130m": "22K/2.2K", "350m": "65K/6.5K", "1b": "140K/10K"}
+
+
+@register
+class SLTrain(Method):
+    """Sparse plus low-rank reparameterisation of the 7 matrices per block; AdamW on everything."""
+
+    name = "sltrain"
+    Config = SLTrainConfig
+
+    @classmethod
+    def preset(cls, scale: str, model_hidden: int) -> MethodPreset:
+        if scale not in _STUDY:
+            r = max(1, model_hidden // 4)
+            return MethodPreset(params={"rank": r, "alpha": r / 4, "density": 0.03},
+                                notes=["CPU preset: rank = hidden // 4 and alpha = rank / 4, keeping the 60m "
+                                       "ratios (r = d/4, alpha/r = 0.25)"])
+        v = _STUDY[scale]
+        notes = [f"SLTrain {scale}: r {v['rank']}, delta 0.03, alpha {v['alpha']:g} (scale "
+                 f"{v['alpha'] / v['rank']:g}), AdamW wd 0, no clipping (methods.md §5.2)",
+                 f"official scripts train {_OFFICIAL_STEPS[scale]} steps/warmup; we keep the shared "
+                 "recipe's length and 10% warmup, as the study did"]
+        if scale in ("60m", "350m"):
+            notes.append(f"lr {v['lr']:g} is the study's value (paper.md §1.4); the official script uses 3e-3")
+        if scale == "1b":
+            notes.append("1b is not in the study: official script values (methods.md §5.2)")
+        return MethodPreset(params={"rank": v["rank"], "alpha": v["alpha"], "density": 0.03},
+                            optim={"lr": v["lr"]}, notes=notes)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        cfg: SLTrainConfig = self.cfg
+        rank = cfg.rank or max(1, self.run.model.hidden_size // 4)
+        for name, mod in target_modules(model, cfg.targets):
+            if not isinstance(mod, nn.Linear) or mod.bias is not None:
+                raise LensError(f"sltrain wraps bias-free nn.Linear layers; {name} is {type(mod).__name__}"
+                                f"{' with a bias' if isinstance(mod, nn.Linear) else ''}")
+            new = SLTrainLinear(mod.in_features, mod.out_features, rank, cfg.alpha, cfg.density, name,
+                                device=mod.weight.device, dtype=mod.weight.dtype)
+            new.reset_parameters(_seed(cfg.support_seed, name), _seed(self.run.train.seed, "sltrain", name))
+            replace_module(model, name, new)  # the dense N(0, 0.02^2) weight is discarded, as in the reference
+        return model
+
+    def dense_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {m.layer_name: m.dense_weight() for m in model.modules() if isinstance(m, SLTrainLinear)}
