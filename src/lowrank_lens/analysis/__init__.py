@@ -1,0 +1,1 @@
+"""Analysis of trained checkpoints: the metrics of paper.md section 2."""
