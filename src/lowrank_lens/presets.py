@@ -51,7 +51,8 @@ def scale_recipe(scale: str) -> RunConfig:
         return RunConfig(scale=scale, method="full-rank", model=model, data=data, optim=optim, train=train)
     if scale == "micro":
         # About a minute on a 2-core laptop CPU: 150 updates of 32 x 128 tokens of Python documentation.
-        data = DataConfig(source="embedded", tokenizer="bpe", seq_len=128, mode="packed", val_tokens=128 * 128)
+        data = DataConfig(source="embedded", tokenizer="bpe", seq_len=128, mode="packed", val_tokens=128 * 128,
+                          val_fraction=0.05)
         optim = OptimConfig(lr=2e-3, warmup_steps=15)
         train = TrainConfig(steps=150, total_batch_size=32, micro_batch_size=32, precision="fp32",
                             eval_every=50, checkpoints=10, log_every=10)

@@ -24,12 +24,9 @@ exists, the coordinate axes), each time with a warning.
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import torch
-
-log = logging.getLogger(__name__)
 
 # Relative size of the jitter added on the last SVD retry: far below the gradient's own noise,
 # enough to split the repeated singular values that make LAPACK's divide-and-conquer fail.
@@ -82,7 +79,7 @@ def orthogonal_basis(grad: torch.Tensor, rank: int, right: bool,
             continue
         if errors:
             _warn(f"GaLore projector SVD failed ({'; '.join(errors)}); the {label} retry succeeded")
-        return basis.to(grad.dtype).contiguous()
+        return _compact(basis).to(grad.dtype)
     if previous is not None:
         _warn(f"GaLore projector SVD failed ({'; '.join(errors)}); keeping the previous projector")
         return previous
@@ -105,6 +102,17 @@ def _svd_basis(matrix: torch.Tensor, rank: int, right: bool) -> torch.Tensor:
     return basis
 
 
+def _compact(view: torch.Tensor) -> torch.Tensor:
+    """A dense copy of the r kept rows (Vᵀ[:r]) or columns (U[:, :r]) in the SVD's own memory order.
+
+    LAPACK returns U and Vᵀ column-major; keeping that order makes `project` run the same matmul kernels
+    as the reference (bitwise-equal results on CPU), and the copy makes the state hold r·n numbers instead
+    of pinning (and saving) the whole k x n factor behind a slice view.
+    """
+    column_major = view.dim() == 2 and view.stride(0) < view.stride(1)
+    return view.t().contiguous().t() if column_major else view.contiguous()
+
+
 def _jittered(matrix: torch.Tensor) -> torch.Tensor:
     """matrix + tiny Gaussian noise from a fixed seed, so the retry is reproducible (design.md conv. 7)."""
     gen = torch.Generator(device=matrix.device).manual_seed(_JITTER_SEED)
@@ -114,5 +122,4 @@ def _jittered(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def _warn(msg: str) -> None:
-    log.warning(msg)
     warnings.warn(msg, SVDFallbackWarning, stacklevel=4)

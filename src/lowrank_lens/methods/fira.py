@@ -1,0 +1,56 @@
+"""Fira: GaLore plus the norm-scaled full-rank residual and the norm-growth limiter (methods.md §3).
+
+Same parameter selection, projector and defaults as GaLore (§3.1, §3.3) except α 0.0625 at 1b; the
+optimizer is `optim/fira_adamw.py`. `residual` picks the official code's update (default; the published
+numbers come from it) or the paper's Algorithm 1 (§3.2, §8 item 8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import OptimConfig
+from ..errors import LensError
+from ..optim.fira_adamw import RESIDUAL_MODES, FiraAdamW
+from . import register
+from .base import MethodPreset
+from .galore import GaLore, GaLoreConfig, shared_preset
+
+
+@dataclass
+class FiraConfig(GaLoreConfig):
+    """`scale` is Fira's α (`--alpha` in its scripts)."""
+
+    gamma: float = 1.01
+    """Norm-growth limiter: ‖S‖ may grow by at most this factor per step (hard-coded 1.01 upstream)."""
+    residual: str = "code"
+    """'code': S = G - α·P·R, update α·P·N + φ⊙S (the official code, which produced the published numbers);
+    'paper': S = G - P·R, update α·(P·N + φ⊙S) (the paper's Algorithm 1)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.residual not in RESIDUAL_MODES:
+            raise LensError(f"method.residual {self.residual!r} is not one of {', '.join(RESIDUAL_MODES)}")
+        if self.gamma < 1.0:
+            raise LensError(f"method.gamma must be >= 1, got {self.gamma}")
+
+
+@register
+class Fira(GaLore):
+    name = "fira"
+    Config = FiraConfig
+
+    @classmethod
+    def preset(cls, scale: str, model_hidden: int) -> MethodPreset:
+        preset = shared_preset(scale, model_hidden, alpha_1b=0.0625, method="Fira")
+        preset.params.update(gamma=1.01, residual="code")
+        preset.notes.append("Fira residual='code' (G - α·P·R, not scaled by α): the official code's rule "
+                            "that produced the published numbers; the paper's Algorithm 1 is residual='paper'")
+        return preset
+
+    def build_optimizer(self, model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+        return FiraAdamW(self.param_groups(model), gamma=self.cfg.gamma, residual=self.cfg.residual,
+                         **self.optimizer_kwargs(optim))
