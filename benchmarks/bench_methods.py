@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from lowrank_lens.data import build_data
-from lowrank_lens.methods import get_method, method_names
-from lowrank_lens.model import build_model
+from lowrank_lens.methods import method_names
 from lowrank_lens.presets import build_config
 from lowrank_lens.train.distributed import DistEnv
 from lowrank_lens.train.logs import RunLogger
 from lowrank_lens.train.loop import Trainer
+from lowrank_lens.train.run import build_components
 
 OFFLINE_DATA = ["data.source=embedded", "data.tokenizer=bpe", "data.mode=packed", "data.val_tokens=4096"]
 
@@ -39,12 +39,7 @@ def measure(preset: str, method: str, steps: int, batch: int | None, tmp: Path) 
         sets += [f"train.total_batch_size={batch}", f"train.micro_batch_size={batch}"]
     cfg = build_config(preset, method, sets)
     data = build_data(cfg.data, cfg.model.vocab_size, log=lambda s: None)
-    model = build_model(cfg.model, seed=0)
-    m = get_method(method)(cfg.method_cfg, cfg)
-    model = m.prepare_model(model)
-    opt = m.build_optimizer(model, cfg.optim)
-    for g in opt.param_groups:
-        g.setdefault("base_lr", g["lr"])
+    model, m, opt = build_components(cfg, torch.device("cpu"))
     trainer = Trainer(cfg=cfg, run_dir=tmp, env=DistEnv(), method=m, model=model, optimizer=opt, data=data,
                       logger=RunLogger(tmp, enabled=False), ckpt_steps=[])
     trainer.state.step = 1  # away from lr 0 of the warmup

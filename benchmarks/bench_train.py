@@ -22,13 +22,12 @@ from pathlib import Path
 import torch
 
 from lowrank_lens.data import build_data, to_model_inputs
-from lowrank_lens.methods import get_method
-from lowrank_lens.model import build_model
 from lowrank_lens.presets import build_config
 from lowrank_lens.train.distributed import DistEnv
 from lowrank_lens.train.evaluate import token_nll
 from lowrank_lens.train.logs import RunLogger
 from lowrank_lens.train.loop import Trainer
+from lowrank_lens.train.run import build_components
 
 
 def gemm_flops(device: torch.device) -> float:
@@ -52,12 +51,7 @@ def build(preset: str, method_name: str, steps: int, tmp: Path):
                                              "train.checkpoints=1", f"train.log_every={steps}"])
     env = DistEnv(device=torch.device("cpu"))
     data = build_data(cfg.data, cfg.model.vocab_size)
-    model = build_model(cfg.model, seed=0)
-    method = get_method(method_name)(cfg.method_cfg, cfg)
-    model = method.prepare_model(model)
-    opt = method.build_optimizer(model, cfg.optim)
-    for g in opt.param_groups:
-        g.setdefault("base_lr", g["lr"])
+    model, method, opt = build_components(cfg, env.device)
     trainer = Trainer(cfg=cfg, run_dir=tmp, env=env, method=method, model=model, optimizer=opt, data=data,
                       logger=RunLogger(tmp, enabled=True), ckpt_steps=[0, steps + 1])
     return cfg, trainer

@@ -21,7 +21,7 @@ from ..config import RunConfig, flatten
 from ..data import build_data
 from ..errors import LensError
 from ..methods import get_method
-from ..methods.base import check_param_groups
+from ..methods.base import Method, check_param_groups
 from ..model import build_model
 from .checkpoint import checkpoint_steps, complete_checkpoints, load_model_state, load_resume_state
 from .distributed import DistEnv, init_distributed, shutdown
@@ -70,6 +70,25 @@ def _load_init_from(model: torch.nn.Module, path: str) -> None:
                         f"{unexpected[:2]}); warm starts need a full-rank checkpoint of the same preset")
 
 
+def build_components(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module, Method, torch.optim.Optimizer]:
+    """Model (seeded init, optional warm start, the method's surgery, precision, device), method, optimizer."""
+    t = cfg.train
+    model = build_model(cfg.model, seed=t.seed)
+    if t.init_from:
+        _load_init_from(model, t.init_from)
+    method = get_method(cfg.method)(cfg.method_cfg, cfg)
+    torch.manual_seed(t.seed)  # any randomness of the surgery is a function of the seed (same on all ranks)
+    model = method.prepare_model(model)
+    if t.precision == "bf16-pure":
+        model = model.to(torch.bfloat16)
+    model = model.to(device)
+    optimizer = method.build_optimizer(model, cfg.optim)
+    check_param_groups(model, optimizer)
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", group["lr"])
+    return model, method, optimizer
+
+
 def train(cfg: RunConfig, out: str | Path, run_name: str | None = None, resume: bool = False) -> Path:
     """Train (or resume) one run; returns its directory. Works under torchrun (DDP) and alone."""
     env = init_distributed(cfg.train.device)
@@ -97,19 +116,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
             return run_dir
 
     data = build_data(cfg.data, cfg.model.vocab_size, is_main=env.is_main, barrier=env.barrier, log=log.info)
-    model = build_model(cfg.model, seed=t.seed)
-    if t.init_from:
-        _load_init_from(model, t.init_from)
-    method = get_method(cfg.method)(cfg.method_cfg, cfg)
-    torch.manual_seed(t.seed)  # any randomness of the surgery is a function of the seed (same on all ranks)
-    model = method.prepare_model(model)
-    if t.precision == "bf16-pure":
-        model = model.to(torch.bfloat16)
-    model = model.to(env.device)
-    optimizer = method.build_optimizer(model, cfg.optim)
-    check_param_groups(model, optimizer)
-    for group in optimizer.param_groups:
-        group.setdefault("base_lr", group["lr"])
+    model, method, optimizer = build_components(cfg, env.device)
 
     if env.is_main and not existing:
         if run_dir.exists():  # a run that died before its step-0 checkpoint: start over cleanly
