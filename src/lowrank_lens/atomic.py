@@ -1,32 +1,44 @@
 """Atomic file writes: write to a temporary sibling, fsync, then rename over the target.
 
-A reader (or a crash) never sees a half-written file: it sees the old file or the new one.
+A reader (or a crash) never sees a half-written file: it sees the old file or the new one; two processes
+writing the same artefact at once both end with one complete file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)`, then move tmp_path over `path`; on failure remove the temporary file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+@contextlib.contextmanager
+def atomic_path(dest: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success it replaces `dest` atomically, on error it is removed.
+
+    The temporary name keeps dest's suffix because some writers (np.save) append one otherwise.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
     os.close(fd)
+    tmp_path = Path(tmp)
     try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.replace(tmp_path, dest)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)`, then move tmp_path over `path`."""
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -34,4 +46,4 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")

@@ -7,15 +7,13 @@ two processes building the same artefact at once both end with the same complete
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_path, write_json_atomic  # noqa: F401  (re-exported for data/)
 from ..config import DataConfig
 
 ENV_CACHE = "LOWRANK_LENS_CACHE"
@@ -34,29 +32,6 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     """Hex digest of a JSON-serialisable object, independent of dict order and of the process."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
-
-
-@contextlib.contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; on success it replaces `dest` atomically, on error it is removed.
-
-    The temporary name keeps dest's suffix because some writers (np.save) append one otherwise.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, dest)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def write_json_atomic(dest: Path, obj: Any) -> None:
-    with atomic_path(dest) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
 
 
 def file_sha256(path: Path, cache_dir: Path) -> str:

@@ -14,6 +14,7 @@ The training loop calls only these hooks and never names a method (design.md, "M
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -93,6 +94,12 @@ class Method:
 
 
 # ---- helpers shared by methods -----------------------------------------------------------------
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed that depends only on `parts` (e.g. (seed, step, layer name)), not on process or RNG
+    state, so every DDP rank and every resumed run draws the same numbers."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """Linear warmup from 0, then cosine from 1 to min_ratio (the reference `get_scheculer` cosine).
 

@@ -15,7 +15,6 @@ outer SiLU at 60m/130m (`only_lr_act: false`) and drop it at 350m and above (the
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -24,12 +23,7 @@ from torch import nn
 
 from ..errors import LensError
 from . import register
-from .base import BaseMethodConfig, Method, MethodPreset, replace_module, target_modules
-
-
-def _seed(*parts: object) -> int:
-    """A 63-bit seed that depends only on `parts` (e.g. (seed, module name)), not on the order of wrapping."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+from .base import BaseMethodConfig, Method, MethodPreset, replace_module, stable_seed, target_modules
 
 
 class CoLALinear(nn.Module):
@@ -123,7 +117,7 @@ class CoLA(Method):
                                 f"{' with a bias' if isinstance(mod, nn.Linear) else ''}")
             new = CoLALinear(mod.in_features, mod.out_features, rank, name, device=mod.weight.device,
                              dtype=mod.weight.dtype)
-            new.reset_parameters(_seed(self.run.train.seed, "cola", name))
+            new.reset_parameters(stable_seed(self.run.train.seed, "cola", name))
             replace_module(model, name, new)
             parent_name = name.rpartition(".")[0]
             parents[parent_name] = model.get_submodule(parent_name) if parent_name else model

@@ -28,7 +28,6 @@ the intended ones either way. A warm start is the loop's business: it loads `tra
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -39,15 +38,11 @@ from torch import nn
 from ..config import RunConfig
 from ..errors import LensError
 from . import register
-from .base import BaseMethodConfig, Method, MethodPreset, replace_module, target_modules
+from .base import BaseMethodConfig, Method, MethodPreset, replace_module, stable_seed, target_modules
 
 PRUNE_MODES = ("random", "magnitude")
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 
-
-def _seed(*parts: object) -> int:
-    """A 63-bit seed that depends only on `parts` (e.g. (seed, step, module name))."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
 class ReLoRALinear(nn.Module):
@@ -224,7 +219,7 @@ class ReLoRA(Method):
                 raise LensError(f"relora wraps bias-free nn.Linear layers; {name} is {type(mod).__name__}"
                                 f"{' with a bias' if isinstance(mod, nn.Linear) else ''}")
             new = ReLoRALinear(mod, rank, cfg.alpha, cfg.dropout, name)
-            new.reset_lora(_seed(self.run.train.seed, "relora", 0, name), zero_a=cfg.zero_init_bug)
+            new.reset_lora(stable_seed(self.run.train.seed, "relora", 0, name), zero_a=cfg.zero_init_bug)
             replace_module(model, name, new)
         return model
 
@@ -246,7 +241,7 @@ class ReLoRA(Method):
         layers = [m for m in model.modules() if isinstance(m, ReLoRALinear)]
         for m in layers:
             m.merge()
-            m.reset_lora(_seed(self.run.train.seed, "relora", step, m.layer_name))
+            m.reset_lora(stable_seed(self.run.train.seed, "relora", step, m.layer_name))
         lora = {id(p) for m in layers for p in (m.lora_A, m.lora_B)}
         cfg: ReLoRAConfig = self.cfg
         gens: dict[torch.device, torch.Generator] = {}
@@ -261,7 +256,7 @@ class ReLoRA(Method):
                         continue
                     if state.device not in gens:
                         gens[state.device] = torch.Generator(state.device).manual_seed(
-                            _seed(self.run.train.seed, "relora-prune", step))
+                            stable_seed(self.run.train.seed, "relora-prune", step))
                     prune_(state, cfg.prune, cfg.prune_ratio, gens[state.device])
                     zeros += int((state == 0).sum())
                     total += state.numel()

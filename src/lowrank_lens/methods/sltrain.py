@@ -12,7 +12,6 @@ same: it builds W in forward, does not keep it, and rebuilds it in backward (met
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -23,12 +22,7 @@ from torch import nn
 
 from ..errors import LensError
 from . import register
-from .base import BaseMethodConfig, Method, MethodPreset, replace_module, target_modules
-
-
-def _seed(*parts: object) -> int:
-    """A 63-bit seed that depends only on `parts` (e.g. (seed, module name)), not on the order of wrapping."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+from .base import BaseMethodConfig, Method, MethodPreset, replace_module, stable_seed, target_modules
 
 
 def sample_support(numel: int, nnz: int, generator: torch.Generator) -> torch.Tensor:
@@ -216,7 +210,7 @@ class SLTrain(Method):
                                 f"{' with a bias' if isinstance(mod, nn.Linear) else ''}")
             new = SLTrainLinear(mod.in_features, mod.out_features, rank, cfg.alpha, cfg.density, name,
                                 device=mod.weight.device, dtype=mod.weight.dtype)
-            new.reset_parameters(_seed(cfg.support_seed, name), _seed(self.run.train.seed, "sltrain", name))
+            new.reset_parameters(stable_seed(cfg.support_seed, name), stable_seed(self.run.train.seed, "sltrain", name))
             replace_module(model, name, new)  # the dense N(0, 0.02^2) weight is discarded, as in the reference
         return model
 
