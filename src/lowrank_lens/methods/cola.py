@@ -81,6 +81,7 @@ class CoLA(Method):
     """Low-rank bottleneck layers with an inner SiLU; AdamW with wd 0.01 on all parameters, clip 0.5."""
 
     name = "cola"
+    colour = "#d62728"
     Config = CoLAConfig
     has_dense_view = False
     no_dense_reason = ("CoLA puts a SiLU between its factors (y = B silu(A x)), so no matrix W with y = W x "

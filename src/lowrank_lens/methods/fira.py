@@ -41,6 +41,7 @@ class FiraConfig(GaLoreConfig):
 @register
 class Fira(GaLore):
     name = "fira"
+    colour = "#2ca02c"
     Config = FiraConfig
 
     @classmethod

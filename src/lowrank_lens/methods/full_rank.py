@@ -11,6 +11,7 @@ class FullRank(Method):
     """Full-rank AdamW on every parameter (the baseline)."""
 
     name = "full-rank"
+    is_baseline = True
 
     @classmethod
     def preset(cls, scale: str, model_hidden: int) -> MethodPreset:

@@ -56,6 +56,7 @@ class GaLoreConfig(BaseMethodConfig):
 @register
 class GaLore(Method):
     name = "galore"
+    colour = "#ff7f0e"
     Config = GaLoreConfig
 
     @classmethod

@@ -175,6 +175,7 @@ class ReLoRA(Method):
     """LoRA with periodic merges, optimizer pruning and a jagged cosine; AdamW on the trainable params."""
 
     name = "relora"
+    colour = "#9467bd"
     Config = ReLoRAConfig
 
     def __init__(self, cfg: ReLoRAConfig, run: RunConfig) -> None:

@@ -180,6 +180,7 @@ class SLTrain(Method):
     """Sparse plus low-rank reparameterisation of the 7 matrices per block; AdamW on everything."""
 
     name = "sltrain"
+    colour = "#e377c2"
     Config = SLTrainConfig
 
     @classmethod

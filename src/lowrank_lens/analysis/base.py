@@ -1,0 +1,98 @@
+"""The metric seam (design.md "Metric plugin"): a metric is one class in `analysis/metrics/<name>.py`.
+
+    class MyMetric(Metric):
+        name = "my_metric"; dimension = "spectra"; subject_kind = "checkpoint"
+        Config = MyConfig                              # a dataclass; every constant is a field
+        def compute(self, subject, ctx) -> Result      # the expensive part, cached by content
+        def summarize(self, result) -> dict            # scalar columns for tables (default: scalars)
+        def plot(self, results, out_dir) -> list[Path] # cheap; reads only Results
+
+`compute` must be deterministic given (config, subject, evaluation tokens, seed), must never mutate a
+checkpoint, and never plots. The runner (runner.py) enumerates subjects, looks results up in the cache
+(cache.py) and calls `compute` only for what is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .context import Context
+    from .subjects import RunRef, Subject
+
+DIMENSIONS = ("landscape", "interpolation", "spectra", "activations", "curvature")
+SUBJECT_KINDS = ("checkpoint", "consecutive", "cross", "reference", "run")
+"""checkpoint: one checkpoint; consecutive: pairs of successive checkpoints of one run plus (first, last);
+cross: two runs (same scale and seed, different method) at the same step; reference: a run's checkpoint
+and the reference run's checkpoint at the same step; run: all selected checkpoints of one run."""
+
+
+@dataclass
+class Result:
+    """What a metric computed for one subject: scalars for tables, arrays for plots, info for provenance.
+
+    A metric that cannot apply to a subject (e.g. IMIB with CoLA, which has no dense weights) returns a
+    Result with `skipped` set to the reason; tables show the reason instead of numbers.
+    """
+
+    metric: str
+    subject: dict[str, Any]
+    scalars: dict[str, float] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    skipped: str = ""
+
+    def __post_init__(self) -> None:
+        self.scalars = {k: float(v) for k, v in self.scalars.items()}
+        self.arrays = {k: np.asarray(v) for k, v in self.arrays.items()}
+
+
+@dataclass
+class NoConfig:
+    """A metric without options."""
+
+
+class Metric:
+    """Base class of every metric plugin; subclasses set the class attributes and implement `compute`."""
+
+    name: ClassVar[str] = ""
+    dimension: ClassVar[str] = ""
+    subject_kind: ClassVar[str] = "checkpoint"
+    Config: ClassVar[type] = NoConfig
+    definition: ClassVar[str] = ""
+    """One or two sentences: what is computed (with the paper reference), shown in the README and report."""
+    needs_tokens: ClassVar[bool] = True
+    """False for metrics that only read weights (spectra): their cache key ignores the evaluation tokens."""
+    version: ClassVar[int] = 1
+    """Bump when the computation changes so cached results are recomputed."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def subjects(self, runs: list[RunRef], steps: list[int] | None, reference: RunRef | None) -> list[Subject]:
+        """What this metric runs on; the default enumerates `subject_kind` (override for special pairings)."""
+        from .subjects import enumerate_subjects
+
+        return enumerate_subjects(self.subject_kind, runs, steps, reference)
+
+    def compute(self, subject: Subject, ctx: Context) -> Result:
+        raise NotImplementedError
+
+    def summarize(self, result: Result) -> dict[str, float]:
+        """Scalar columns for tables (default: every scalar of the result)."""
+        return dict(result.scalars)
+
+    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
+        """Figures from cached results (default: none). Returns the files written."""
+        return []
+
+
+def finite_or_nan(x: float) -> float:
+    """float(x), with inf/overflow mapped to nan so tables stay numeric."""
+    x = float(x)
+    return x if math.isfinite(x) else float("nan")

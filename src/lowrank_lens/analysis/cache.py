@@ -1,0 +1,83 @@
+"""Results cached by content: the key hashes the metric, its config, the evaluation tokens and the
+checkpoints' content hashes (model_sha256 of each checkpoint), never paths or times.
+
+So a re-run with nothing changed loads every result, a changed metric option recomputes only that
+metric, and a re-trained checkpoint (new content) is recomputed even at the same path.
+
+Layout, inside the run directory the subject belongs to:
+
+    runs/<run-id>/analysis/<metric>/<key>.json   scalars, info, subject, skipped reason (written last)
+                                   /<key>.npz    arrays (curves, spectra, per-layer values)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_path, write_json_atomic
+from .base import Result
+
+ANALYSIS_DIR = "analysis"
+
+
+def content_key(parts: Any) -> str:
+    """sha256 of the canonical JSON of `parts` (sorted keys), shortened to 24 hex digits."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class ResultStore:
+    """Cached Results of one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.root = Path(run_dir) / ANALYSIS_DIR
+
+    def _paths(self, metric: str, key: str) -> tuple[Path, Path]:
+        base = self.root / metric / key
+        return base.with_suffix(".json"), base.with_suffix(".npz")
+
+    def get(self, metric: str, key: str) -> Result | None:
+        meta_path, arr_path = self._paths(metric, key)
+        if not meta_path.is_file():
+            return None
+        try:
+            d = json.loads(meta_path.read_text())
+            arrays: dict[str, np.ndarray] = {}
+            if d.get("has_arrays"):
+                with np.load(arr_path, allow_pickle=False) as z:
+                    arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, json.JSONDecodeError, zipfile.BadZipFile):
+            return None  # unreadable entry: recompute (it is rewritten atomically)
+        return Result(metric=d["metric"], subject=d["subject"], scalars=d["scalars"], arrays=arrays,
+                      info=d["info"], skipped=d.get("skipped", ""))
+
+    def put(self, key: str, result: Result) -> Path:
+        meta_path, arr_path = self._paths(result.metric, key)
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        if result.arrays:
+            with atomic_path(arr_path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **result.arrays)
+        # The JSON goes last: its presence marks a complete entry.
+        write_json_atomic(meta_path, {"metric": result.metric, "key": key, "subject": result.subject,
+                                      "scalars": result.scalars, "info": result.info, "skipped": result.skipped,
+                                      "has_arrays": bool(result.arrays)})
+        return meta_path
+
+    def all(self, metric: str | None = None) -> list[Result]:
+        """Every cached result of this run (of one metric, or all), for reports."""
+        if not self.root.is_dir():
+            return []
+        dirs = [self.root / metric] if metric else sorted(p for p in self.root.iterdir() if p.is_dir())
+        out = []
+        for d in dirs:
+            for meta in sorted(d.glob("*.json")):
+                r = self.get(d.name, meta.stem)
+                if r is not None:
+                    out.append(r)
+        return out

@@ -1,0 +1,134 @@
+"""What every metric computation shares: the evaluation tokens, the device and dtype, loaded models, and
+progress output. Metrics receive a Context and never read run directories themselves.
+
+Evaluation tokens are the run's fixed validation rows (`val_tokens.npy`, the same set training validated
+on) or a given token file, cut to the first `sequences` rows (the study uses 1000 sequences of C4
+validation; paper.md §2 "Shared evaluation protocol"). They are moved to the device once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import LensError
+from ..train.loading import LoadedCheckpoint, dense_model, load_checkpoint
+from .maths.loss import prepare_batches
+from .subjects import CheckpointRef, RunRef
+
+log = logging.getLogger("lowrank_lens")
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+@dataclass
+class EvalSettings:
+    """How checkpoints are evaluated (shared by all metrics; part of every token-reading metric's key)."""
+
+    sequences: int = 1000
+    """Validation sequences used (study: 1000); fewer if the token set is smaller."""
+    batch_size: int = 32
+    token_file: str = ""
+    """An .npy of int [N, T] token rows (-1 = masked) to evaluate on instead of the run's val_tokens.npy."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
+    dtype: str = "auto"
+    """auto (fp32 on CPU, bf16 on GPU as in the study), fp32, bf16, fp64."""
+
+    def __post_init__(self) -> None:
+        if self.sequences < 1 or self.batch_size < 1:
+            raise LensError(f"analysis sequences ({self.sequences}) and batch size ({self.batch_size}) must be >= 1")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise LensError(f"unknown analysis dtype {self.dtype!r}; choose auto, {', '.join(DTYPES)}")
+
+
+class Context:
+    def __init__(self, settings: EvalSettings | None = None, max_loaded: int = 3) -> None:
+        self.settings = s = settings or EvalSettings()
+        dev = s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(dev)
+        if s.dtype == "auto":
+            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            self.dtype = DTYPES[s.dtype]
+        self._loaded: OrderedDict[tuple[str, ...], object] = OrderedDict()
+        self._max_loaded = max_loaded
+        self._rows: dict[str, np.ndarray] = {}
+        self._batches: dict[str, list[dict[str, torch.Tensor]]] = {}
+
+    # ---- evaluation tokens ---------------------------------------------------------------------
+    def rows(self, run: RunRef) -> np.ndarray:
+        """int32 [N, T] rows (-1 = masked), N = min(sequences, available)."""
+        path = Path(self.settings.token_file) if self.settings.token_file else run.run_dir / "val_tokens.npy"
+        key = str(path)
+        if key not in self._rows:
+            if not path.is_file():
+                raise LensError(f"no evaluation tokens at {path}; pass --token-file FILE.npy (int rows, -1 = masked)")
+            rows = np.load(path, allow_pickle=False)
+            if rows.ndim != 2 or not np.issubdtype(rows.dtype, np.integer):
+                raise LensError(f"{path} must hold integer token rows [N, T]; got {rows.dtype} {rows.shape}")
+            self._rows[key] = np.ascontiguousarray(rows[: self.settings.sequences])
+        return self._rows[key]
+
+    def token_key(self, run: RunRef) -> str:
+        """Content hash of the evaluation rows and how they are batched and scored."""
+        rows = self.rows(run)
+        h = hashlib.sha256(rows.tobytes())
+        h.update(f"{rows.shape}|{self.pad_id(run)}|{self.settings.batch_size}|{self.dtype}".encode())
+        return h.hexdigest()[:24]
+
+    def pad_id(self, run: RunRef) -> int:
+        return int(run.data.get("pad_id") or 0)
+
+    def batches(self, run: RunRef) -> list[dict[str, torch.Tensor]]:
+        """The evaluation rows as prepared batches on the device ({'input_ids', 'labels'}, -100 = masked)."""
+        from ..data.rows import to_model_inputs
+
+        key = self.token_key(run)
+        if key not in self._batches:
+            rows, bs = self.rows(run), self.settings.batch_size
+            raw = [to_model_inputs(rows[i:i + bs], self.pad_id(run)) for i in range(0, len(rows), bs)]
+            self._batches[key] = prepare_batches(raw, self.device)
+        return self._batches[key]
+
+    # ---- models --------------------------------------------------------------------------------
+    def load(self, ckpt: CheckpointRef, dtype: torch.dtype | None = None) -> LoadedCheckpoint:
+        """The checkpoint in its trained parameterization (kept in a small LRU; never mutate it).
+
+        `dtype` overrides the evaluation dtype (weight-only metrics read fp32 whatever the device)."""
+        dtype = dtype or self.dtype
+        return self._cached((str(ckpt.path), "native", str(dtype)),
+                            lambda: load_checkpoint(ckpt.path, self.device, dtype))
+
+    def dense(self, ckpt: CheckpointRef, dtype: torch.dtype | None = None) -> torch.nn.Module | None:
+        """A plain LLaMA with the checkpoint's effective weights, or None when no dense view exists."""
+        dtype = dtype or self.dtype
+        return self._cached((str(ckpt.path), "dense", str(dtype)), lambda: dense_model(self.load(ckpt, dtype)))
+
+    def _cached(self, key: tuple[str, ...], make):
+        if key in self._loaded:
+            self._loaded.move_to_end(key)
+            return self._loaded[key]
+        value = make()
+        self._loaded[key] = value
+        while len(self._loaded) > self._max_loaded:
+            self._loaded.popitem(last=False)
+        return value
+
+    # ---- progress ------------------------------------------------------------------------------
+    def progress(self, desc: str, done: int, total: int, start: float) -> None:
+        """One log line per ~10% of a long loop (and at the end)."""
+        if total <= 0:
+            return
+        every = max(1, total // 10)
+        if done == total or done % every == 0:
+            elapsed = time.perf_counter() - start
+            eta = elapsed / max(done, 1) * (total - done)
+            log.info(f"    {desc}: {done}/{total} ({elapsed:.1f}s, eta {eta:.1f}s)")

@@ -1,0 +1,113 @@
+"""Spectra of the weights W at each checkpoint (paper.md §2, dimension 3: S1-S3).
+
+Per target matrix: rank, effective rank (Roy & Vetterli), stable rank, spectral gap, #SV > 0.1 and their
+ratios; the checkpoint value is the unweighted mean across matrices, as in the study.
+
+Which matrices (`view`):
+- 'dense' (default): each target layer's effective W from the method's dense view (exact for full-rank,
+  GaLore, Fira, SLTrain, ReLoRA). CoLA has no dense W (a SiLU sits between its factors), so its factors A
+  and B are analysed instead and the result says so (`basis` = 'factors').
+- 'stored': what the study's scripts saw: every stored 2-D tensor of the attention and MLP modules
+  (CoLA/SLTrain factors, ReLoRA's frozen W0 and LoRA factors as separate matrices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import LensError
+from ..base import Metric, Result
+from ..context import Context
+from ..maths.spectra import mean_metrics, singular_values, spectral_metrics
+from ..plotting import line_plot_by_method
+from ..subjects import CheckpointRef, Subject
+from . import register
+
+SPECTRAL_KEYS = ("rank", "rank_ratio", "effective_rank", "effective_rank_score", "stable_rank",
+                 "stable_rank_ratio", "spectral_gap", "singular_value_ratio", "n_sv_above", "n_sv_above_ratio")
+VIEWS = ("dense", "stored")
+_STORED_MODULES = ("self_attn", "attn", "attention", "mlp")
+
+
+@dataclass
+class SpectraConfig:
+    view: str = "dense"
+    """'dense' (effective W; factors for CoLA) or 'stored' (the study's stored tensors)."""
+    max_elements: int = 4_000_000
+    """Skip matrices with more elements (the study skips > 4M); 0 = analyse all."""
+    tol: float = 1e-12
+    """Singular values at or below tol do not count (the study's 1e-12)."""
+    threshold: float = 0.1
+    """The '#SV above threshold' cut (study: 0.1)."""
+
+    def __post_init__(self) -> None:
+        if self.view not in VIEWS:
+            raise LensError(f"spectra.view {self.view!r} is not one of {', '.join(VIEWS)}")
+
+
+def analysed_matrices(ctx: Context, ckpt: CheckpointRef, view: str, max_elements: int
+                      ) -> tuple[dict[str, torch.Tensor], str]:
+    """The matrices a spectral metric reads, in fp32, and the basis ('dense', 'factors' or 'stored')."""
+    ck = ctx.load(ckpt, dtype=torch.float32)
+    if view == "stored":
+        mats = {n: p.detach() for n, p in ck.model.named_parameters()
+                if p.ndim == 2 and ".layers." in n and any(f".{m}." in n for m in _STORED_MODULES)}
+        basis = "stored"
+    else:
+        dense = ck.method.dense_weights(ck.model)
+        if dense is not None:
+            mats, basis = dict(dense), "dense"
+        else:
+            factors = ck.method.factors(ck.model) or {}
+            mats = {f"{layer}.{k}": t for layer, fs in factors.items() for k, t in fs.items()}
+            basis = "factors"
+    if max_elements:
+        mats = {n: m for n, m in mats.items() if m.numel() <= max_elements}
+    if not mats:
+        raise LensError(f"no matrix to analyse in {ckpt.path} (view {view!r}, max_elements {max_elements})")
+    return {n: m.float() for n, m in mats.items()}, basis
+
+
+def layer_index(name: str) -> int:
+    """Transformer block index of a parameter/module name ('model.layers.3.mlp...' -> 3), -1 if none."""
+    parts = name.split(".")
+    for a, b in zip(parts, parts[1:], strict=False):
+        if a == "layers" and b.isdigit():
+            return int(b)
+    return -1
+
+
+def spectra_result(name: str, subject: Subject, mats: dict[str, torch.Tensor], basis: str, tol: float,
+                   threshold: float, info: dict | None = None) -> Result:
+    """Per-matrix spectral metrics, their mean (scalars), and per-matrix arrays for plots."""
+    svals = singular_values(mats)
+    names = list(mats)
+    per = [spectral_metrics(svals[n], tol=tol, threshold=threshold) for n in names]
+    table = np.array([[row[k] for k in SPECTRAL_KEYS] for row in per], dtype=np.float64)  # [M, K]
+    return Result(metric=name, subject=subject.describe(), scalars=mean_metrics(per),
+                  arrays={"per_matrix": table, "layer": np.array([layer_index(n) for n in names])},
+                  info={"basis": basis, "matrices": names, "keys": list(SPECTRAL_KEYS), **(info or {})})
+
+
+@register
+class WeightSpectra(Metric):
+    name = "spectra"
+    dimension = "spectra"
+    subject_kind = "checkpoint"
+    Config = SpectraConfig
+    needs_tokens = False
+    definition = ("Rank, effective rank, stable rank, spectral gap and #SV>0.1 of each target W (CoLA: its "
+                  "factors), mean over matrices (paper.md S1-S3).")
+
+    def compute(self, subject: Subject, ctx: Context) -> Result:
+        (ckpt,) = subject.checkpoints
+        mats, basis = analysed_matrices(ctx, ckpt, self.cfg.view, self.cfg.max_elements)
+        return spectra_result(self.name, subject, mats, basis, self.cfg.tol, self.cfg.threshold)
+
+    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
+        return [line_plot_by_method(results, k, out_dir / f"spectra_{k}.png", f"weight {k.replace('_', ' ')}")
+                for k in ("effective_rank", "stable_rank", "spectral_gap", "n_sv_above_ratio")]

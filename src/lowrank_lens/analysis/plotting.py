@@ -1,0 +1,65 @@
+"""Small matplotlib helpers shared by metric plots: fixed method colours, one line per run vs step.
+
+Figures read only Results (never checkpoints) and are written atomically as PNG.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..atomic import atomic_path  # noqa: E402
+from .base import Result  # noqa: E402
+
+
+def method_colour(method: str) -> str:
+    from ..errors import LensError
+    from ..methods import get_method
+
+    try:
+        return get_method(method).colour
+    except LensError:
+        return "#7f7f7f"
+
+
+def save_figure(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path
+
+
+def series_by_run(results: list[Result], value: Callable[[Result], float | None],
+                  label: Callable[[Result], str] | None = None) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """{(series label, method): [(step, value), ...] sorted by step}; results whose value is None are left out."""
+    out: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    for r in results:
+        v = value(r)
+        if v is None:
+            continue
+        name = label(r) if label else r.subject.get("run", "?")
+        out[(name, r.subject.get("method", "?"))].append((int(r.subject.get("step", 0)), float(v)))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def line_plot_by_method(results: list[Result], key: str, path: Path, ylabel: str,
+                        label: Callable[[Result], str] | None = None) -> Path:
+    """One line per run (coloured by method) of scalar `key` against the training step."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    series = series_by_run(results, lambda r: r.scalars.get(key), label)
+    for (name, method), pts in sorted(series.items()):
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker="o", ms=3, color=method_colour(method), label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    if series:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)

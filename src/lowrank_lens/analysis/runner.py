@@ -1,0 +1,136 @@
+"""`lowrank-lens analyze`: enumerate subjects per metric, reuse cached results, compute the rest, and write
+tables (CSV, Parquet) and figures.
+
+    analyze(["runs/micro-galore-seed0", "runs/micro-full-rank-seed0"], metrics=["spectra"], steps=[-1])
+
+Metric options are overrides of the form `<metric>.<field>=<value>` (e.g. `landscape_random.directions=10`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import _build
+from ..errors import LensError
+from .base import Metric, Result
+from .cache import ResultStore, content_key
+from .context import Context, EvalSettings
+from .metrics import get_metric, metric_names
+from .subjects import RunRef, Subject
+from .tables import write_csv, write_parquet
+
+log = logging.getLogger("lowrank_lens")
+
+
+def build_metrics(names: Sequence[str] | None, overrides: Sequence[str] = ()) -> list[Metric]:
+    """Instantiate metrics (default: all registered) with `<metric>.<field>=<value>` overrides."""
+    chosen = list(names) if names else metric_names()
+    per_metric: dict[str, dict[str, str]] = {n: {} for n in chosen}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        metric, dot, fld = key.strip().partition(".")
+        if not (sep and dot):
+            raise LensError(f"metric option {item!r} is not of the form metric.field=value")
+        get_metric(metric)  # unknown metric names fail with the list of valid ones
+        if metric in per_metric:
+            per_metric[metric][fld] = value
+    out = []
+    for name in chosen:
+        cls = get_metric(name)
+        out.append(cls(_build(cls.Config, per_metric[name], name)))
+    return out
+
+
+def cache_key(metric: Metric, subject: Subject, ctx: Context) -> str:
+    parts: dict[str, Any] = {"metric": metric.name, "version": metric.version,
+                             "config": dataclasses.asdict(metric.cfg), "subject": subject.key_parts()}
+    if metric.needs_tokens:
+        parts["tokens"] = ctx.token_key(subject.home)
+    return content_key(parts)
+
+
+@dataclass
+class MetricOutcome:
+    metric: Metric
+    results: list[Result] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    computed: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+
+
+def run_metric(metric: Metric, runs: list[RunRef], steps: list[int] | None, reference: RunRef | None,
+               ctx: Context, force: bool = False) -> MetricOutcome:
+    out = MetricOutcome(metric)
+    subjects = metric.subjects(runs, steps, reference)
+    if not subjects:
+        log.info(f"{metric.name}: no subject (it needs {metric.subject_kind} subjects; see --steps/--reference)")
+    t0 = time.perf_counter()
+    for i, subject in enumerate(subjects, 1):
+        key = cache_key(metric, subject, ctx)
+        store = ResultStore(subject.home.run_dir)
+        result = None if force else store.get(metric.name, key)
+        where = _where(subject)
+        if result is not None:
+            out.cached += 1
+            log.info(f"[{metric.name} {i}/{len(subjects)}] {where}: cached")
+        else:
+            start = time.perf_counter()
+            result = metric.compute(subject, ctx)
+            result.info.setdefault("seconds", time.perf_counter() - start)
+            result.info.setdefault("config", dataclasses.asdict(metric.cfg))
+            result.info.setdefault("eval", dataclasses.asdict(ctx.settings) | {"dtype": str(ctx.dtype),
+                                                                                 "device": str(ctx.device)})
+            store.put(key, result)
+            out.computed += 1
+            note = f"skipped ({result.skipped})" if result.skipped else f"{result.info['seconds']:.1f}s"
+            log.info(f"[{metric.name} {i}/{len(subjects)}] {where}: {note}")
+        out.results.append(result)
+        row = {"metric": metric.name, **result.subject}
+        if result.skipped:
+            row["skipped"] = result.skipped
+        else:
+            row.update(metric.summarize(result))
+        out.rows.append(row)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _where(subject: Subject) -> str:
+    d = subject.describe()
+    other = f" vs {d['other_run']}" if "other_run" in d else ""
+    span = f"steps {d['step_from']}->{d['step']}" if "step_from" in d else f"step {d['step']}"
+    return f"{d['run']}{other} {span} ({d['kind']})"
+
+
+def analyze(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None, steps: list[int] | None = None,
+            reference: str | Path | None = None, overrides: Sequence[str] = (),
+            settings: EvalSettings | None = None, out: str | Path | None = None, force: bool = False,
+            plots: bool = True) -> dict[str, MetricOutcome]:
+    """Compute (or load) every selected metric on the runs; write `<out>/<metric>.csv|.parquet` and figures."""
+    if not run_dirs:
+        raise LensError("no run directory given; pass one or more runs/<run-id> folders")
+    runs = [RunRef.open(p) for p in run_dirs]
+    ref = RunRef.open(reference) if reference else None
+    chosen = build_metrics(metrics, overrides)
+    ctx = Context(settings)
+    out_dir = Path(out) if out else Path(run_dirs[0]).parent / "analysis"
+    outcomes: dict[str, MetricOutcome] = {}
+    for metric in chosen:
+        log.info(f"== {metric.name} ({metric.dimension}) on {len(runs)} run(s)")
+        outcome = run_metric(metric, runs, steps, ref, ctx, force)
+        outcomes[metric.name] = outcome
+        if outcome.rows:
+            write_csv(outcome.rows, out_dir / f"{metric.name}.csv")
+            write_parquet(outcome.rows, out_dir / f"{metric.name}.parquet")
+        if plots and outcome.results:
+            metric.plot([r for r in outcome.results if not r.skipped], out_dir / "figures")
+        log.info(f"   {metric.name}: {outcome.computed} computed, {outcome.cached} cached in {outcome.seconds:.1f}s")
+    log.info(f"tables and figures in {out_dir}")
+    return outcomes

@@ -1,0 +1,164 @@
+"""What a metric is computed on: runs, their checkpoints, and subjects built from them.
+
+A Subject names its checkpoints by run and step and carries their content hashes (the cache key). The
+kinds (base.SUBJECT_KINDS) are enumerated here once, so metric plugins only declare which kind they use.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import LensError
+from ..methods import get_method
+from ..train.checkpoint import complete_checkpoints, read_meta
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    run_id: str
+    run_dir: Path
+    step: int
+    path: Path
+    sha256: str
+    method: str
+
+
+@dataclass
+class RunRef:
+    """A finished (or partly finished) run directory and its saved checkpoints."""
+
+    run_dir: Path
+    run_id: str
+    method: str
+    scale: str
+    seed: int
+    checkpoints: list[CheckpointRef]
+    data: dict[str, Any]
+    """The run's data fingerprint (config.json): tokenizer, corpus, pad id, sequence length."""
+    has_dense_view: bool
+    no_dense_reason: str
+    is_baseline: bool
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> RunRef:
+        from ..train.run import load_run_config
+
+        run_dir = Path(run_dir)
+        cfg = load_run_config(run_dir)
+        fingerprint = json.loads((run_dir / "config.json").read_text()).get("data_fingerprint") or {}
+        ckpts = []
+        for step, path in complete_checkpoints(run_dir):
+            if path.name == "resume":
+                continue
+            meta = read_meta(path)
+            ckpts.append(CheckpointRef(run_dir.name, run_dir, step, path, meta.get("model_sha256", ""), cfg.method))
+        if not ckpts:
+            raise LensError(f"run {run_dir} has no complete checkpoint to analyse; train it first")
+        method_cls = get_method(cfg.method)
+        return cls(run_dir=run_dir, run_id=run_dir.name, method=cfg.method, scale=cfg.scale, seed=cfg.train.seed,
+                   checkpoints=ckpts, data=fingerprint, has_dense_view=method_cls.has_dense_view,
+                   no_dense_reason=method_cls.no_dense_reason, is_baseline=method_cls.is_baseline)
+
+    def steps(self) -> list[int]:
+        return [c.step for c in self.checkpoints]
+
+    def at(self, step: int) -> CheckpointRef | None:
+        return next((c for c in self.checkpoints if c.step == step), None)
+
+    def selected(self, steps: list[int] | None) -> list[CheckpointRef]:
+        """Checkpoints at `steps` (None = all; -1 = the final one); steps a run lacks are left out."""
+        if steps is None:
+            return list(self.checkpoints)
+        wanted = {self.checkpoints[-1].step if s == -1 else s for s in steps}
+        return [c for c in self.checkpoints if c.step in wanted]
+
+
+@dataclass(frozen=True)
+class Subject:
+    kind: str
+    label: str
+    """consecutive: 'consecutive' or 'init-final'; cross / reference: 'pair'; else the kind."""
+    checkpoints: tuple[CheckpointRef, ...]
+    runs: tuple[RunRef, ...]
+    """The run of each checkpoint (same order); the first is the subject's home, where its cache lives."""
+
+    @property
+    def home(self) -> RunRef:
+        return self.runs[0]
+
+    def key_parts(self) -> dict[str, Any]:
+        return {"kind": self.kind, "label": self.label, "checkpoints": [c.sha256 for c in self.checkpoints]}
+
+    def describe(self) -> dict[str, Any]:
+        """Table columns naming the subject."""
+        first, last = self.checkpoints[0], self.checkpoints[-1]
+        run = self.home
+        d: dict[str, Any] = {"run": run.run_id, "method": run.method, "scale": run.scale, "seed": run.seed,
+                             "kind": self.label}
+        if self.kind in ("checkpoint", "run"):
+            d["step"] = last.step
+        elif self.kind == "consecutive":
+            d.update(step=last.step, step_from=first.step)
+        else:  # two runs at one step: the home run first, then the other
+            other = self.runs[1]
+            d.update(step=first.step, other_run=other.run_id, other_method=other.method)
+        return d
+
+
+def enumerate_subjects(kind: str, runs: list[RunRef], steps: list[int] | None,
+                       reference: RunRef | None) -> list[Subject]:
+    out: list[Subject] = []
+    if kind == "checkpoint":
+        for run in runs:
+            out += [Subject("checkpoint", "checkpoint", (c,), (run,)) for c in run.selected(steps)]
+    elif kind == "run":
+        for run in runs:
+            sel = tuple(run.selected(steps))
+            if len(sel) >= 2:
+                out.append(Subject("run", "run", sel, (run,) * len(sel)))
+    elif kind == "consecutive":
+        for run in runs:
+            sel = run.selected(steps)
+            out += [Subject("consecutive", "consecutive", (a, b), (run, run)) for a, b in itertools.pairwise(sel)]
+            if len(sel) >= 3:
+                out.append(Subject("consecutive", "init-final", (sel[0], sel[-1]), (run, run)))
+    elif kind == "cross":
+        for a, b in itertools.combinations(runs, 2):
+            if a.scale != b.scale or a.seed != b.seed or a.method == b.method:
+                continue
+            _check_same_tokens(a, b)
+            for ca in a.selected(steps):
+                cb = b.at(ca.step)
+                if cb is not None:
+                    out.append(Subject("cross", "pair", (ca, cb), (a, b)))
+    elif kind == "reference":
+        for run in runs:
+            ref = reference or _default_reference(run, runs)
+            if ref is None or ref.run_dir == run.run_dir:
+                continue
+            _check_same_tokens(run, ref)
+            for c in run.selected(steps):
+                rc = ref.at(c.step)
+                if rc is not None:
+                    out.append(Subject("reference", "pair", (c, rc), (run, ref)))
+    else:
+        raise LensError(f"unknown subject kind {kind!r}")
+    return out
+
+
+def _default_reference(run: RunRef, runs: list[RunRef]) -> RunRef | None:
+    """The baseline (full-rank) run with the same scale and seed, if one is among the runs."""
+    return next((r for r in runs if r.is_baseline and r.scale == run.scale and r.seed == run.seed), None)
+
+
+SAME_DATA_KEYS = ("tokenizer_hash", "corpus_hash", "seq_len", "mode")
+
+
+def _check_same_tokens(a: RunRef, b: RunRef) -> None:
+    if any(a.data.get(k) != b.data.get(k) for k in SAME_DATA_KEYS):
+        raise LensError(f"runs {a.run_id} and {b.run_id} were trained on different data/tokenizers, so their "
+                        f"checkpoints cannot be compared; analyse them separately")
