@@ -24,6 +24,8 @@ def run_cli(args, capsys, monkeypatch):
     (["train", "--preset", "nano", "--data", "/no/such/corpus.txt"], "/no/such/corpus.txt"),
     (["train", "--preset", "nano", "--set", "train.precision=fp8"], "train.precision 'fp8' is not one of"),
     (["resume", "/no/such/run"], "has no config.json"),
+    (["analyze", "/no/such/run"], "neither a run directory"),
+    (["analyze", "/tmp", "--steps", "5x"], "--steps '5x'"),
 ])
 def test_one_line_errors(args, fragment, capsys, monkeypatch, tmp_path):
     code, err = run_cli([*args, *(["--out", str(tmp_path)] if args[0] == "train" else [])], capsys, monkeypatch)

@@ -1,6 +1,7 @@
 """design.md convention 2: method names appear only in methods/, optim/ and presets.py.
 
-Code (identifiers and non-docstring strings) is checked; prose in docstrings and comments may cite methods.
+Code (identifiers and non-docstring strings) is checked; prose in docstrings, field docstrings (bare string
+statements) and comments may cite methods.
 """
 
 import ast
@@ -15,12 +16,8 @@ ALLOWED = ("methods", "optim")
 
 
 def _code_words(tree: ast.AST) -> list[tuple[int, str]]:
-    docstrings = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            body = getattr(node, "body", [])
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                docstrings.add(id(body[0].value))
+    docstrings = {id(node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:

@@ -69,6 +69,64 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<
     run_train(cfg, run_dir.parent, run_name=run_dir.name, resume=True)
 
 
+def _parse_steps(steps: str) -> list[int] | None:
+    """'all' -> None (every checkpoint), 'final' -> [-1], '0,500,final' -> [0, 500, -1]."""
+    if steps.strip() == "all":
+        return None
+    out = []
+    for part in steps.split(","):
+        part = part.strip()
+        if part == "final":
+            out.append(-1)
+        elif part.isdigit():
+            out.append(int(part))
+        else:
+            raise LensError(f"--steps {steps!r}: use 'all', 'final' or comma-separated steps such as 0,500,final")
+    return out
+
+
+def _expand_runs(paths: list[Path]) -> list[Path]:
+    """Run directories; a folder of runs (e.g. runs/) stands for every run inside it."""
+    out: list[Path] = []
+    for p in paths:
+        if (p / "config.json").is_file():
+            out.append(p)
+        elif p.is_dir() and any((c / "config.json").is_file() for c in p.iterdir()):
+            out += sorted(c for c in p.iterdir() if (c / "config.json").is_file())
+        else:
+            raise LensError(f"{p} is neither a run directory (with config.json) nor a folder of runs")
+    return out
+
+
+@app.command()
+def analyze(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding runs.")],
+    metrics: Annotated[str | None, typer.Option(help="Comma-separated metric names (default: all).")] = None,
+    steps: Annotated[str, typer.Option(help="'all', 'final' or steps like 0,500,final.")] = "all",
+    reference: Annotated[Path | None, typer.Option(help="Reference run for activation similarity (default: "
+                                                        "the full-rank run of the same scale and seed).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Metric option: metric.field=value.")] = None,
+    sequences: Annotated[int, typer.Option(help="Validation sequences to evaluate on (study: 1000).")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 32,
+    token_file: Annotated[str, typer.Option(help=".npy token rows [N, T] (-1 = masked) instead of each "
+                                                 "run's val_tokens.npy.")] = "",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16, fp64.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Where tables and figures go (default: <runs>/analysis).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even when cached.")] = False,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write figures.")] = True,
+) -> None:
+    """Compute the solution metrics of runs (cached by content; a re-run only computes what changed)."""
+    from .analysis.context import EvalSettings
+    from .analysis.runner import analyze as run_analyze
+
+    names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    settings = EvalSettings(sequences=sequences, batch_size=batch_size, token_file=token_file, device=device,
+                            dtype=dtype)
+    chosen_steps = _parse_steps(steps)
+    run_analyze(_expand_runs(runs), names, chosen_steps, reference, set_ or [], settings, out, force, plots)
+
+
 @app.command("config")
 def show_config(
     preset: Preset = "micro",
@@ -82,7 +140,7 @@ def show_config(
 
 @app.command("list")
 def list_things() -> None:
-    """List presets and methods."""
+    """List presets, methods and metrics."""
     from .methods import get_method, method_names
     from .model import build_model, count_parameters
     from .presets import MODEL_SHAPES
@@ -96,6 +154,12 @@ def list_things() -> None:
     for name in method_names():
         doc = (get_method(name).__doc__ or "").strip().splitlines()
         typer.echo(f"  {name:10s} {doc[0] if doc else ''}")
+    from .analysis.metrics import get_metric, metric_names
+
+    typer.echo("metrics:")
+    for name in metric_names():
+        m = get_metric(name)
+        typer.echo(f"  {name:22s} [{m.dimension}, {m.subject_kind}] {m.definition}")
 
 
 def main() -> None:

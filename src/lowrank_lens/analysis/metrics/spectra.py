@@ -36,7 +36,7 @@ _STORED_MODULES = ("self_attn", "attn", "attention", "mlp")
 @dataclass
 class SpectraConfig:
     view: str = "dense"
-    """'dense' (effective W; factors for CoLA) or 'stored' (the study's stored tensors)."""
+    """'dense' (effective W; the factors of a method without one) or 'stored' (the study's stored tensors)."""
     max_elements: int = 4_000_000
     """Skip matrices with more elements (the study skips > 4M); 0 = analyse all."""
     tol: float = 1e-12
@@ -100,8 +100,8 @@ class WeightSpectra(Metric):
     subject_kind = "checkpoint"
     Config = SpectraConfig
     needs_tokens = False
-    definition = ("Rank, effective rank, stable rank, spectral gap and #SV>0.1 of each target W (CoLA: its "
-                  "factors), mean over matrices (paper.md S1-S3).")
+    definition = ("Rank, effective rank, stable rank, spectral gap and #SV>0.1 of each target W (a method "
+                  "without dense W: its factors), mean over matrices (paper.md S1-S3).")
 
     def compute(self, subject: Subject, ctx: Context) -> Result:
         (ckpt,) = subject.checkpoints
