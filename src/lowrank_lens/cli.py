@@ -69,22 +69,6 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<
     run_train(cfg, run_dir.parent, run_name=run_dir.name, resume=True)
 
 
-def _parse_steps(steps: str) -> list[int] | None:
-    """'all' -> None (every checkpoint), 'final' -> [-1], '0,500,final' -> [0, 500, -1]."""
-    if steps.strip() == "all":
-        return None
-    out = []
-    for part in steps.split(","):
-        part = part.strip()
-        if part == "final":
-            out.append(-1)
-        elif part.isdigit():
-            out.append(int(part))
-        else:
-            raise LensError(f"--steps {steps!r}: use 'all', 'final' or comma-separated steps such as 0,500,final")
-    return out
-
-
 def _expand_runs(paths: list[Path]) -> list[Path]:
     """Run directories; a folder of runs (e.g. runs/) stands for every run inside it."""
     out: list[Path] = []
@@ -123,7 +107,9 @@ def analyze(
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     settings = EvalSettings(sequences=sequences, batch_size=batch_size, token_file=token_file, device=device,
                             dtype=dtype)
-    chosen_steps = _parse_steps(steps)
+    from .analysis.subjects import parse_steps
+
+    chosen_steps = parse_steps(steps)
     run_analyze(_expand_runs(runs), names, chosen_steps, reference, set_ or [], settings, out, force, plots)
 
 

@@ -50,7 +50,7 @@ class EvalSettings:
 
 
 class Context:
-    def __init__(self, settings: EvalSettings | None = None, max_loaded: int = 3) -> None:
+    def __init__(self, settings: EvalSettings | None = None, max_loaded: int = 4) -> None:
         self.settings = s = settings or EvalSettings()
         dev = s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(dev)

@@ -162,3 +162,19 @@ def _check_same_tokens(a: RunRef, b: RunRef) -> None:
     if any(a.data.get(k) != b.data.get(k) for k in SAME_DATA_KEYS):
         raise LensError(f"runs {a.run_id} and {b.run_id} were trained on different data/tokenizers, so their "
                         f"checkpoints cannot be compared; analyse them separately")
+
+
+def parse_steps(steps: str) -> list[int] | None:
+    """'all' -> None (every checkpoint), 'final' -> [-1], '0,500,final' -> [0, 500, -1]."""
+    if steps.strip() == "all":
+        return None
+    out = []
+    for part in steps.split(","):
+        part = part.strip()
+        if part == "final":
+            out.append(-1)
+        elif part.isdigit():
+            out.append(int(part))
+        else:
+            raise LensError(f"--steps {steps!r}: use 'all', 'final' or comma-separated steps such as 0,500,final")
+    return out

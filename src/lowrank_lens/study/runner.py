@@ -1,0 +1,118 @@
+"""`lowrank-lens study`: train the grid, analyse every run, evaluate downstream, predict, and report.
+
+Resumable at every level: a finished run is skipped, a killed run resumes from its newest checkpoint, and
+metric / downstream results come from the content-hash cache. Layout:
+
+    <out>/study.json         the resolved StudySpec and run list
+         /runs/<run-id>/     one run directory per (scale, method, seed)
+         /analysis/          metric tables (CSV, Parquet) and figures
+         /downstream/        zero-shot accuracy tables
+         /prediction/        downstream-from-metrics regression tables and figure
+         /report/index.html  the report (reads only the files above)
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from pathlib import Path
+
+from ..atomic import write_json_atomic
+from ..train.checkpoint import complete_checkpoints
+from .spec import PlannedRun, StudySpec, plan_runs
+
+log = logging.getLogger("lowrank_lens")
+
+CPU_SCALES = ("nano", "micro")
+STAGES = ("train", "analyze", "downstream", "predict", "report")
+
+
+def is_finished(run_dir: Path, steps: int) -> bool:
+    ckpts = [s for s, p in complete_checkpoints(run_dir) if p.name != "resume"]
+    return bool(ckpts) and ckpts[-1] >= steps
+
+
+def train_command(run: PlannedRun, runs_dir: Path, gpus: int) -> str:
+    """The CLI line that trains (or resumes) one planned run; torchrun for GPU scales."""
+    sets = " ".join(f"--set {shlex.quote(o)}" for o in run.overrides)
+    args = (f"train --preset {run.scale} --method {run.method} --out {shlex.quote(str(runs_dir))} "
+            f"--run-name {run.run_name} --resume {sets}")
+    if run.scale in CPU_SCALES or gpus <= 1:
+        return f"lowrank-lens {args}"
+    return f"torchrun --standalone --nproc_per_node {gpus} -m lowrank_lens {args}"
+
+
+def describe_plan(spec: StudySpec, out: Path) -> str:
+    runs = plan_runs(spec)
+    lines = [f"study {spec.name}: {len(runs)} runs ({len(spec.methods)} methods x {len(spec.scales)} scales x "
+             f"{len(spec.seeds)} seeds) in {out}", ""]
+    lines.append(f"{'run':34s} {'steps':>7s} {'batch':>6s} {'lr':>8s}  status")
+    for r in runs:
+        status = "done" if is_finished(out / "runs" / r.run_name, r.cfg.train.steps) else "to train"
+        lines.append(f"{r.run_name:34s} {r.cfg.train.steps:7d} {r.cfg.train.total_batch_size:6d} "
+                     f"{r.cfg.optim.lr:8.2g}  {status}")
+    lines += ["", "commands:"] + [train_command(r, out / "runs", spec.gpus_per_run) for r in runs]
+    lines += ["", f"then: lowrank-lens study <this study> --out {out}  (skips finished runs; analyses, evaluates, "
+                  f"reports)"]
+    return "\n".join(lines)
+
+
+def train_all(spec: StudySpec, out: Path) -> list[Path]:
+    from ..train import train
+
+    runs = plan_runs(spec)
+    dirs = []
+    t0 = time.perf_counter()
+    for i, r in enumerate(runs, 1):
+        run_dir = out / "runs" / r.run_name
+        if is_finished(run_dir, r.cfg.train.steps):
+            log.info(f"[train {i}/{len(runs)}] {r.run_name}: finished, skipped")
+        else:
+            log.info(f"[train {i}/{len(runs)}] {r.run_name} ({time.perf_counter() - t0:.0f}s into the study)")
+            train(r.cfg, out / "runs", run_name=r.run_name, resume=True)
+        dirs.append(run_dir)
+    return dirs
+
+
+def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES) -> Path:
+    """Run the stages of a study into `out`; returns the report path (or `out` without a report stage)."""
+    from ..analysis.context import EvalSettings
+    from ..analysis.runner import analyze
+    from ..analysis.subjects import parse_steps
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "study.json", {"spec": spec.to_dict(),
+                                           "runs": [r.run_name for r in plan_runs(spec)]})
+    t0 = time.perf_counter()
+    run_dirs = train_all(spec, out) if "train" in stages else [out / "runs" / r.run_name for r in plan_runs(spec)]
+    timings = {"train": time.perf_counter() - t0}
+    if "analyze" in stages:
+        t = time.perf_counter()
+        settings = EvalSettings(sequences=spec.sequences, batch_size=spec.eval_batch_size)
+        analyze(run_dirs, spec.metrics or None, parse_steps(spec.analysis_steps), None, spec.metric_overrides,
+                settings, out / "analysis")
+        timings["analyze"] = time.perf_counter() - t
+    if "downstream" in stages and spec.downstream_tasks:
+        from .stages import downstream_stage
+
+        t = time.perf_counter()
+        downstream_stage(spec, run_dirs, out)
+        timings["downstream"] = time.perf_counter() - t
+    if "predict" in stages:
+        from .stages import predict_stage
+
+        t = time.perf_counter()
+        predict_stage(spec, run_dirs, out)
+        timings["predict"] = time.perf_counter() - t
+    result = out
+    if "report" in stages:
+        from ..report import write_report
+
+        t = time.perf_counter()
+        result = write_report(out)
+        timings["report"] = time.perf_counter() - t
+    write_json_atomic(out / "timings.json", timings)
+    log.info("study stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    return result
