@@ -113,6 +113,41 @@ def analyze(
     run_analyze(_expand_runs(runs), names, chosen_steps, reference, set_ or [], settings, out, force, plots)
 
 
+@app.command()
+def study(
+    study_file: Annotated[str, typer.Argument(help="A study file (TOML/JSON) or a preset: demo, paper.")],
+    out: Annotated[Path | None, typer.Option(help="Study folder (default: studies/<name>).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs and training commands only.")] = False,
+    stages: Annotated[str, typer.Option(help="Comma-separated stages to run: train, analyze, downstream, "
+                                             "predict, report.")] = "train,analyze,downstream,predict,report",
+) -> None:
+    """Train the grid methods x scales x seeds, analyse, evaluate downstream, predict and report (resumable)."""
+    from .study.runner import STAGES, describe_plan, run_study
+    from .study.spec import load_spec
+
+    spec = load_spec(study_file)
+    folder = out or Path("studies") / spec.name
+    if dry_run:
+        typer.echo(describe_plan(spec, folder))
+        return
+    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+    bad = [s for s in chosen if s not in STAGES]
+    if bad:
+        raise LensError(f"unknown stage(s) {bad}; choose from {', '.join(STAGES)}")
+    result = run_study(spec, folder, chosen)
+    typer.echo(f"study {spec.name}: {result}")
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option(help="Study folder.")] = Path("studies/demo")) -> None:
+    """The whole study offline on a CPU: 6 methods x 3 seeds on the embedded corpus, then the report."""
+    from .study.presets import demo as demo_spec
+    from .study.runner import run_study
+
+    result = run_study(demo_spec(), out)
+    typer.echo(f"report: {result}")
+
+
 @app.command("config")
 def show_config(
     preset: Preset = "micro",

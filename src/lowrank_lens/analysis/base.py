@@ -68,6 +68,9 @@ class Metric:
     """One or two sentences: what is computed (with the paper reference), shown in the README and report."""
     needs_tokens: ClassVar[bool] = True
     """False for metrics that only read weights (spectra): their cache key ignores the evaluation tokens."""
+    headline: ClassVar[str] = ""
+    """The one summary column that stands for this metric in predictions and overviews ('' = none, e.g. for
+    metrics of run pairs, which have no per-run value)."""
     version: ClassVar[int] = 1
     """Bump when the computation changes so cached results are recomputed."""
 

@@ -125,6 +125,7 @@ class Interpolation(Metric):
     name = "interpolation"
     dimension = "interpolation"
     subject_kind = "consecutive"
+    headline = "barrier_linear"
     Config = InterpolationConfig
     definition = ("Loss along the straight line (1-a) theta_t + a theta_t+1 between consecutive checkpoints "
                   "(and init->final) in the method's own parameterization; barrier = max_{0<a<1} L(a) minus "

@@ -98,6 +98,7 @@ class WeightSpectra(Metric):
     name = "spectra"
     dimension = "spectra"
     subject_kind = "checkpoint"
+    headline = "effective_rank"
     Config = SpectraConfig
     needs_tokens = False
     definition = ("Rank, effective rank, stable rank, spectral gap and #SV>0.1 of each target W (a method "

@@ -51,6 +51,7 @@ class UpdateSpectra(Metric):
     name = "update_spectra"
     dimension = "spectra"
     subject_kind = "consecutive"
+    headline = "update_effective_rank"
     Config = UpdateSpectraConfig
     needs_tokens = False
     definition = ("Spectra and size of the learned update dW = W_t+1 - W_t of each target matrix between "

@@ -1,0 +1,52 @@
+"""Named studies: `demo` (the whole study offline on a laptop CPU) and `paper` (the study's protocol on GPUs).
+
+Both are plain functions returning a StudySpec, so a user copies one into a TOML file and edits it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .spec import StudySpec
+
+# The demo's model: the `micro` recipe (embedded corpus, trained BPE, packed rows, fp32) at a smaller
+# shape and batch, so 6 methods x 3 seeds train in a few minutes on 2 CPU cores. Low-rank methods keep
+# the 60m rank ratio (r = hidden/4).
+DEMO_TRAINING = [
+    "model.hidden_size=64", "model.intermediate_size=176", "model.num_layers=4", "model.num_heads=4",
+    "model.vocab_size=2048", "data.seq_len=64", "data.val_tokens=8192", "train.total_batch_size=16",
+    "train.micro_batch_size=16", "train.steps=200", "train.checkpoints=4", "train.eval_every=0",
+    "train.log_every=50", "optim.warmup_steps=20",
+]
+# Fewer directions and grid points than the study (D = 100, 25 points, 1000 sequences): enough for the
+# method differences at this size to stand out of the seed-to-seed spread, within the time budget.
+DEMO_METRICS = [
+    "landscape_random.directions=8", "landscape_random.points=9",
+    "landscape_pca.k=5", "landscape_pca.points=9",
+    "trajectory_pca.points=9",
+    "interpolation.points=9", "imib.points=9",
+    "curvature.lanczos_iters=10", "curvature.hutchinson_probes=10",
+]
+
+
+def demo() -> StudySpec:
+    return StudySpec(
+        name="demo", scales=["micro"], seeds=[0, 1, 2], overrides=list(DEMO_TRAINING),
+        metric_overrides=list(DEMO_METRICS), analysis_steps="all", sequences=64, eval_batch_size=32,
+        downstream_tasks=["lens_mc"], downstream_seeds=[0],
+        notes=["CPU demo: micro recipe at hidden 64 / 4 layers / vocab 2048, 200 steps of 16 x 64 tokens; "
+               "metrics with reduced directions, grid points and 64 validation sequences (the study: 100 "
+               "directions, 25 points, 1000 sequences). A smoke test of the pipeline, not the study's numbers."],
+    )
+
+
+def paper() -> StudySpec:
+    """The study's grid (paper.md §1): six methods at 60m/130m/350m on C4 with t5-base, 3 seeds (the study
+    ran one), its checkpoints and metric protocol (every metric's defaults), its downstream task set."""
+    return StudySpec(name="paper", scales=["60m", "130m", "350m"], seeds=[0, 1, 2], sequences=1000,
+                     eval_batch_size=64, downstream_tasks=["study"], downstream_seeds=[0, 1, 2, 3, 4],
+                     gpus_per_run=1)
+
+
+def study_presets() -> dict[str, Callable[[], StudySpec]]:
+    return {"demo": demo, "paper": paper}
