@@ -88,6 +88,7 @@ class LandscapePCA(Metric):
     name = "landscape_pca"
     dimension = "landscape"
     subject_kind = "checkpoint"
+    headline = "es_pca1"
     Config = LandscapePCAConfig
     definition = ("ES and DV of L(theta + alpha d_j) along the study's 'top-K PCA' directions: per weight matrix "
                   "of the same checkpoint, the j-th singular slice s_j u_j v_j^T (not a trajectory PCA); ES_pca1, "

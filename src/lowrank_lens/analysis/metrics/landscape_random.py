@@ -193,6 +193,7 @@ class LandscapeRandom(Metric):
     name = "landscape_random"
     dimension = "landscape"
     subject_kind = "checkpoint"
+    headline = "es"
     Config = LandscapeRandomConfig
     definition = ("Expected sharpness ES (mean symmetric rise of the mean curve above alpha=0) and direction "
                   "variance DV (mean over alpha of the variance across directions) of L(theta + alpha d) along "
