@@ -69,19 +69,6 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<
     run_train(cfg, run_dir.parent, run_name=run_dir.name, resume=True)
 
 
-def _expand_runs(paths: list[Path]) -> list[Path]:
-    """Run directories; a folder of runs (e.g. runs/) stands for every run inside it."""
-    out: list[Path] = []
-    for p in paths:
-        if (p / "config.json").is_file():
-            out.append(p)
-        elif p.is_dir() and any((c / "config.json").is_file() for c in p.iterdir()):
-            out += sorted(c for c in p.iterdir() if (c / "config.json").is_file())
-        else:
-            raise LensError(f"{p} is neither a run directory (with config.json) nor a folder of runs")
-    return out
-
-
 @app.command()
 def analyze(
     runs: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding runs.")],
@@ -108,9 +95,70 @@ def analyze(
     settings = EvalSettings(sequences=sequences, batch_size=batch_size, token_file=token_file, device=device,
                             dtype=dtype)
     from .analysis.subjects import parse_steps
+    from .train.loading import expand_runs
 
     chosen_steps = parse_steps(steps)
-    run_analyze(_expand_runs(runs), names, chosen_steps, reference, set_ or [], settings, out, force, plots)
+    run_analyze(expand_runs(runs), names, chosen_steps, reference, set_ or [], settings, out, force, plots)
+
+
+@app.command("eval-downstream")
+def eval_downstream(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding runs.")],
+    tasks: Annotated[str, typer.Option(help="Comma-separated lm-eval task names, presets (study, commonsense), "
+                                            "lens_mc, or local .jsonl/.yaml task files.")] = "lens_mc",
+    step: Annotated[str, typer.Option(help="Checkpoint step, or 'final'.")] = "final",
+    seeds: Annotated[str, typer.Option(help="Comma-separated evaluation seeds.")] = "0",
+    include_path: Annotated[str | None, typer.Option(help="Folder of local lm-eval task YAMLs.")] = None,
+    limit: Annotated[int | None, typer.Option(help="First N examples per task (smoke tests).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 16,
+    num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples (default: zero-shot).")] = None,
+    bootstrap_iters: Annotated[int, typer.Option(help="Bootstrap draws of the standard error.")] = 1000,
+    rebuild_tokenizer: Annotated[bool, typer.Option("--rebuild-tokenizer", help="Retrain a run's BPE "
+                                                    "tokenizer from its corpus if its file is gone.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Folder of downstream.csv (default: <runs>/downstream).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even when cached.")] = False,
+) -> None:
+    """Zero-shot accuracy of checkpoints through lm-evaluation-harness (needs the `eval` extra installed)."""
+    try:
+        from .downstream.evaluate import run_eval_downstream
+    except ImportError as e:
+        raise LensError(f"downstream evaluation needs lm-eval ({e.name} is missing); install it with "
+                        f"pip install 'lowrank-lens[eval]'") from None
+    from .train.loading import expand_runs
+
+    dirs = expand_runs(runs)
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()]
+    folder = out or dirs[0].parent / "downstream"
+    run_eval_downstream(dirs, task_list, step, seed_list, folder, include_path, limit, device,
+                        batch_size=batch_size, num_fewshot=num_fewshot, bootstrap_iters=bootstrap_iters,
+                        rebuild_tokenizer=rebuild_tokenizer, force=force)
+
+
+@app.command()
+def predict(
+    runs: Annotated[list[Path], typer.Argument(help="A study folder, run directories, or folders of runs.")],
+    features: Annotated[str | None, typer.Option(help="Comma-separated metric columns such as "
+                                                      "landscape_random.es (default: each metric's headline).")] = None,
+    analysis: Annotated[Path | None, typer.Option(help="Folder of the analysis tables (default: "
+                                                       "<study>/analysis or <runs>/analysis).")] = None,
+    downstream: Annotated[Path | None, typer.Option(help="downstream.csv (default: <study or runs>/downstream/"
+                                                         "downstream.csv).")] = None,
+    permutations: Annotated[int, typer.Option(help="Permutations of the improvement test.")] = 200,
+    out: Annotated[Path | None, typer.Option(help="Prediction tables folder (default: <...>/prediction).")] = None,
+) -> None:
+    """Predict downstream accuracy from perplexity alone vs perplexity plus the solution metrics."""
+    from .study.stages import run_prediction
+    from .train.loading import expand_runs
+
+    base = runs[0] if (runs[0] / "study.json").is_file() else None
+    dirs = expand_runs([base / "runs"] if base else runs)
+    root = base or dirs[0].parent
+    feats = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    files = run_prediction(dirs, analysis or root / "analysis", downstream or root / "downstream" / "downstream.csv",
+                           out or root / "prediction", feats, permutations)
+    typer.echo("\n".join(str(f) for f in files))
 
 
 @app.command()

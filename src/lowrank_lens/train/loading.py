@@ -10,6 +10,7 @@ method opens the same way and none of them needs the data pipeline or an optimiz
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,20 @@ class LoadedCheckpoint:
     @property
     def step(self) -> int:
         return int(self.meta["step"])
+
+
+def expand_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories: each path is a run (it has config.json) or a folder of runs."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "config.json").is_file():
+            out.append(p)
+            continue
+        runs = sorted(d for d in p.iterdir() if (d / "config.json").is_file()) if p.is_dir() else []
+        if not runs:
+            raise LensError(f"{p} is neither a run directory (with config.json) nor a folder of runs")
+        out.extend(runs)
+    return out
 
 
 def resolve_checkpoint(path: str | Path, step: int | str | None = None) -> Path:

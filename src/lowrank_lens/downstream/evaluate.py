@@ -1,0 +1,220 @@
+"""Downstream zero-shot accuracy of trained runs through lm-evaluation-harness (paper.md §1.6, issue 5).
+
+    rows = evaluate_downstream(["runs/micro-cola-seed0"], ["lens_mc"], seeds=(0, 1, 2))
+    run_eval_downstream([...], ["study"], "final", [0, 1, 2, 3, 4], Path("reports"), None, None, "auto")
+
+One result per (checkpoint, task, evaluation seed) is cached with the analysis cache (`ResultStore(run_dir)`,
+metric "downstream"), keyed by the checkpoint's model_sha256, the task's content (lm-eval version and task
+files), the tokenizer hash, the seed and the settings that change scores (limit, num_fewshot, dtype,
+max_length): a re-run loads everything and computes nothing. Batch size and device are not in the key.
+
+One table row per (run, task unit): accuracy and acc_norm as mean ± std over seeds, with lm-eval's
+closed-form standard error and a bootstrap standard error over examples (stats.py), the chance level of
+multiple-choice tasks, and any other metric lm-eval reports (f1, mcc) averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..analysis.base import Result
+from ..analysis.cache import ResultStore, content_key
+from ..analysis.tables import write_csv, write_parquet
+from ..errors import LensError
+from ..train.checkpoint import read_meta
+from ..train.loading import expand_runs, load_checkpoint, resolve_checkpoint
+from .stats import bootstrap_stderr, chance_level, closed_form_stderr, over_seeds, unit_value
+from .taskspec import TaskSpec, resolve_tasks, task_manager
+from .tokenizer import load_run_tokenizer, run_fingerprint
+
+log = logging.getLogger("lowrank_lens")
+
+METRIC = "downstream"
+VERSION = 1
+"""Bump when what is computed changes, so cached results are recomputed."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+class _Tasks:
+    """lm-eval tasks of one call, loaded on first need (so a fully cached call never indexes lm-eval)."""
+
+    def __init__(self, specs: list[TaskSpec], include_path: Any) -> None:
+        self.specs, self.include_path = specs, include_path
+        self.tm: Any = None
+        self.loaded: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+
+    def get(self, specs: list[TaskSpec]) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+        from .taskspec import load_task
+
+        if self.tm is None:
+            self.tm = task_manager(self.specs, self.include_path)
+        for s in specs:
+            if s.name not in self.loaded:
+                self.loaded[s.name] = load_task(self.tm, s)
+        task_dict: dict[str, Any] = {"tasks": {}, "groups": {}, "group_map": {}}
+        for s in specs:
+            for k in task_dict:
+                task_dict[k].update(self.loaded[s.name][0].get(k) or {})
+        return task_dict, {s.name: self.loaded[s.name][1] for s in specs}
+
+
+def _evaluate_run(run_dir: Path, specs: list[TaskSpec], tasks: _Tasks, step: str | int, seeds: Sequence[int],
+                  settings: dict[str, Any], batch_size: int | str, device: str, rebuild_tokenizer: bool,
+                  force: bool) -> dict[tuple[str, int], Result]:
+    """{(task, seed): Result} of one run's checkpoint, computing only what the cache lacks."""
+    import lm_eval
+
+    from ..analysis.subjects import RunRef
+    from .harness import extract, make_lm, run_seed
+
+    ref = RunRef.open(run_dir)
+    ckpt = resolve_checkpoint(run_dir, step)
+    meta = read_meta(ckpt)
+    fp = run_fingerprint(run_dir)
+    store = ResultStore(run_dir)
+    subject = {"kind": "checkpoint", "run": ref.run_id, "method": ref.method, "scale": ref.scale,
+               "seed": ref.seed, "step": int(meta["step"]), "checkpoint": meta.get("model_sha256", "")}
+    keys = {(s.name, seed): content_key({"metric": METRIC, "version": VERSION, "checkpoint": subject["checkpoint"],
+                                         "task": s.key, "seed": seed, "tokenizer": fp.get("tokenizer_hash"),
+                                         "settings": settings})
+            for s in specs for seed in seeds}
+    out: dict[tuple[str, int], Result] = {}
+    for k, key in keys.items():
+        hit = None if force else store.get(METRIC, key)
+        if hit is not None:
+            out[k] = hit
+    missing = [k for k in keys if k not in out]
+    if not missing:
+        log.info(f"downstream: {ref.run_id} step {subject['step']}: {len(out)} cached results")
+        return out
+    tok = load_run_tokenizer(run_dir, rebuild=rebuild_tokenizer)
+    dev = resolve_device(device)
+    ck = load_checkpoint(ckpt, device=dev, dtype=DTYPES[settings["dtype"]])
+    lm = make_lm(ck.model, tok, batch_size, settings["max_length"] or ck.cfg.model.max_seq_len)
+    for seed in seeds:
+        todo = [s for s in specs if (s.name, seed) in missing]
+        if not todo:
+            continue
+        task_dict, units = tasks.get(todo)
+        t0 = time.perf_counter()
+        raw = run_seed(lm, task_dict, seed, settings["limit"], settings["num_fewshot"])
+        secs = time.perf_counter() - t0
+        log.info(f"downstream: {ref.run_id} step {subject['step']} seed {seed}: "
+                 f"{', '.join(s.name for s in todo)} in {secs:.1f}s on {dev}")
+        for s in todo:
+            filled, arrays = extract(raw, units[s.name])
+            scalars = {(m if len(filled) == 1 else f"{u['name']}:{m}"): v
+                       for u in filled for m, v in {**u["metrics"], "n": u["n"]}.items()}
+            result = Result(metric=METRIC, subject={**subject, "task": s.name, "eval_seed": seed}, scalars=scalars,
+                            arrays=arrays, info={"units": filled, "task_key": s.key, "settings": settings,
+                                                 "lm_eval": lm_eval.__version__, "device": dev,
+                                                 "batch_size": str(batch_size), "seconds": secs})
+            store.put(keys[(s.name, seed)], result)
+            out[(s.name, seed)] = result
+    del lm, ck
+    if dev.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return out
+
+
+def _rows(results: dict[tuple[str, int], Result], specs: list[TaskSpec], seeds: Sequence[int],
+          bootstrap_iters: int, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Table rows of one run: one per task unit, aggregated over evaluation seeds."""
+    rows = []
+    for spec in specs:
+        per_seed = [results[(spec.name, seed)] for seed in seeds]
+        first = per_seed[0]
+        for ui, unit in enumerate(first.info["units"]):
+            row: dict[str, Any] = {"metric": METRIC, **{k: first.subject[k] for k in
+                                                        ("run", "method", "scale", "seed", "step")},
+                                   "task": unit["name"], "n": unit["n"], "n_seeds": len(seeds),
+                                   "eval_seeds": ",".join(map(str, seeds)), "limit": settings["limit"],
+                                   "num_fewshot": settings["num_fewshot"], "lm_eval": first.info["lm_eval"]}
+            names: dict[str, None] = {}
+            for r in per_seed:
+                u = r.info["units"][ui]
+                names.update(dict.fromkeys(u["metrics"]))
+                names.update(dict.fromkeys(k.split(".", 1)[1] for k in r.arrays
+                                           if int(k[4:k.index(".")]) in u["leaf_index"]))
+            names.pop("n_choices", None)
+            for m in names:
+                vals, ses, boots = [], [], []
+                for r in per_seed:
+                    u = r.info["units"][ui]
+                    leaves = [r.arrays.get(f"leaf{i}.{m}") for i in u["leaf_index"]]
+                    have = all(x is not None and len(x) for x in leaves)
+                    if m in u["metrics"]:
+                        vals.append(u["metrics"][m])
+                    else:
+                        vals.append(unit_value(leaves, u["weighting"]) if have else np.nan)
+                    ses.append(closed_form_stderr(leaves, u["weighting"]) if have else np.nan)
+                    boots.append(bootstrap_stderr(leaves, u["weighting"], bootstrap_iters) if have else np.nan)
+                row[m], row[f"{m}_std_seeds"] = over_seeds(vals)
+                if not all(np.isnan(ses)):
+                    row[f"{m}_stderr"] = over_seeds(ses)[0]
+                    row[f"{m}_se_boot"] = over_seeds(boots)[0]
+            choices = [first.arrays.get(f"leaf{i}.n_choices") for i in unit["leaf_index"]]
+            if all(c is not None and len(c) for c in choices):
+                row["chance"] = chance_level(choices, unit["weighting"])
+            rows.append(row)
+    return rows
+
+
+def evaluate_downstream(run_dirs: Sequence[str | Path], tasks: Sequence[str], step: str | int = "final",
+                        seeds: Sequence[int] = (0,), batch_size: int | str = 16, limit: int | None = None,
+                        include_path: str | Path | Sequence[str | Path] | None = None, device: str = "auto",
+                        bootstrap_iters: int = 1000, *, num_fewshot: int | None = None, dtype: str = "float32",
+                        max_length: int | None = None, rebuild_tokenizer: bool = False,
+                        force: bool = False) -> list[dict[str, Any]]:
+    """Evaluate each run's checkpoint at `step` on `tasks` for every seed; one row per (run, task unit).
+
+    `tasks`: lm-eval names, presets (study, commonsense), lens_mc, JSONL or YAML files (taskspec.py).
+    `limit`: first N documents of each task (smoke tests only). `max_length`: context window given to lm-eval
+    (default: the model's max_seq_len). `bootstrap_iters`: draws of the bootstrap standard error (0: none).
+    `force`: recompute even when cached. Raises LensError (one line) for unknown or unreachable tasks.
+    """
+    if dtype not in DTYPES:
+        raise LensError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if not seeds:
+        raise LensError("give at least one evaluation seed")
+    specs = resolve_tasks(tasks, include_path)
+    settings = {"limit": limit, "num_fewshot": num_fewshot, "dtype": dtype, "max_length": max_length}
+    shared = _Tasks(specs, include_path)
+    rows: list[dict[str, Any]] = []
+    for run_dir in expand_runs(run_dirs):
+        results = _evaluate_run(run_dir, specs, shared, step, seeds, settings, batch_size, device,
+                                rebuild_tokenizer, force)
+        rows += _rows(results, specs, seeds, bootstrap_iters, settings)
+    return rows
+
+
+def run_eval_downstream(run_dirs: list[Path], tasks: list[str], step: str, seeds: list[int], out: Path,
+                        include_path: str | None, limit: int | None, device: str, **options: Any) -> Path:
+    """The `lowrank-lens eval-downstream` command: evaluate, write downstream.csv (+ .parquet with pyarrow)
+    under `out` (a folder, or the CSV path itself), log a method x task accuracy summary, return the CSV path.
+    `options` go to evaluate_downstream (batch_size, bootstrap_iters, num_fewshot, dtype, rebuild_tokenizer...).
+    """
+    step_arg: str | int = step if step == "final" else int(step)
+    rows = evaluate_downstream(run_dirs, tasks, step_arg, seeds, limit=limit, include_path=include_path,
+                               device=device, **options)
+    out = Path(out)
+    csv_path = out if out.suffix == ".csv" else out / "downstream.csv"
+    write_csv(rows, csv_path)
+    write_parquet(rows, csv_path.with_suffix(".parquet"))
+    for r in rows:
+        chance = f" (chance {r['chance']:.3f})" if "chance" in r else ""
+        acc = f"acc {r['acc']:.4f} ± {r['acc_std_seeds']:.4f}" if "acc" in r else "no acc"
+        log.info(f"downstream: {r['run']:<28} {r['task']:<16} {acc}{chance}")
+    log.info(f"downstream: {len(rows)} rows -> {csv_path}")
+    return csv_path

@@ -1,0 +1,44 @@
+"""Tiny trained runs of every method for the downstream tests, and single-threaded torch.
+
+The runs are nano shapes (hidden 64, 2 layers, vocab 512) trained for 8 steps: seconds to train, enough to
+check that every method's checkpoint runs through lm-evaluation-harness unchanged. The tests need the
+optional `[eval]` extra (lm-eval with accelerate); without it they are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval", reason="downstream tests need the [eval] extra (lm-eval)")
+pytest.importorskip("accelerate", reason="downstream tests need the [eval] extra (lm-eval[hf])")
+
+from lowrank_lens.methods import method_names  # noqa: E402
+from lowrank_lens.presets import build_config  # noqa: E402
+from lowrank_lens.train import train  # noqa: E402
+
+NANO = ["train.steps=8", "train.checkpoints=1"]
+
+
+@pytest.fixture(autouse=True)
+def single_thread() -> Iterator[None]:
+    """One torch thread: on the shared 2-core machine, two threads under load are slower, not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def nano_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{method: run_dir} for every registered method (same data and seed, 8 steps)."""
+    out = tmp_path_factory.mktemp("downstream-runs")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {m: train(build_config("nano", m, NANO), out) for m in method_names()}
+    finally:
+        torch.set_num_threads(before)
