@@ -1,0 +1,229 @@
+"""Activation similarity of a run to the full-rank reference at the same step (paper.md §2, dimension 4).
+
+Both checkpoints run in their native parameterization on the same evaluation batches with
+`output_hidden_states=True`. Per hidden-state index l = 0 (embedding output) .. n_layers (last block,
+after the final RMSNorm: the HF convention, so n_layers + 1 "layers"), with X the baseline (reference)
+and Y the target activations read token by token ([B, T, H] -> [N, H]), maths.similarity streams:
+  A1 mean L2 distance  mean_i ||x_i - y_i||        A2 relative L2  A1 / mean_i ||x_i||
+  A3 mean cosine       mean_i cos(x_i, y_i)        A4 linear CKA (Kornblith et al. 2019)
+plus the baseline and target mean norms.
+
+Which positions count. Default (unmasked=False): positions whose INPUT token is real. The evaluation
+rows mark padding with -1, which the context turns into pad_id inputs and -100 labels at the SAME
+position (labels are unshifted, HF convention), so `labels != -100` (or `attention_mask`, when a batch
+has one) selects exactly the real inputs. The hidden state at t depends on inputs <= t only, so every
+counted state is a function of real tokens; a row's last real token (EOS) counts although it has no
+next-token target. unmasked=True is the study's variant (paper.md §2 A1-A4): every position, padding
+included (N = 1000 x 256). On packed rows (no padding) both agree exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import LensError
+from ..base import Metric, Result
+from ..context import Context
+from ..maths.loss import IGNORE_INDEX, eval_mode
+from ..maths.similarity import LayerwiseSimilarity
+from ..plotting import method_colour, plt, save_figure, series_by_run
+from ..subjects import Subject
+from . import register
+
+KEYS = ("mean_l2", "relative_l2", "cosine", "cka", "baseline_norm", "target_norm")
+"""Columns of the per_layer array [L + 1, 6]."""
+PLOTTED = {"cka": "linear CKA (A4)", "cosine": "mean cosine (A3)", "mean_l2": "mean L2 distance (A1)",
+           "relative_l2": "relative L2 distance (A2)"}
+SCALAR_NAMES = {"cka": "cka", "cosine": "cosine", "mean_l2": "l2", "relative_l2": "rel_l2"}
+"""per_layer column -> scalar prefix (cka_mean, cka_last, ...)."""
+
+
+@dataclass
+class ActivationSimilarityConfig:
+    unmasked: bool = False
+    """False (default): count only positions whose input token is real (padding excluded). True: the
+    study's variant, every position including padding (paper.md §2 A1-A4)."""
+    max_tokens: int = 0
+    """Count at most this many token positions (the first ones in batch order, after masking) and stop
+    running batches once reached; 0 = all positions of the evaluation set."""
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 0:
+            raise LensError(f"activation_similarity.max_tokens must be >= 0 (0 = all), got {self.max_tokens}")
+
+
+def counted_positions(batch: dict[str, torch.Tensor], unmasked: bool) -> torch.Tensor:
+    """bool [B, T]: the positions whose hidden states are compared (see the module docstring)."""
+    ids = batch["input_ids"]
+    if unmasked:
+        return torch.ones_like(ids, dtype=torch.bool)
+    if "attention_mask" in batch:
+        return batch["attention_mask"].bool()
+    return batch["labels"] != IGNORE_INDEX
+
+
+def cap_mask(mask: torch.Tensor, budget: int) -> torch.Tensor:
+    """Keep only the first `budget` True entries of mask (row-major order)."""
+    flat = mask.reshape(-1)
+    keep = flat & (torch.cumsum(flat.long(), 0) <= budget)
+    return keep.reshape(mask.shape)
+
+
+def _hidden_states(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    kwargs = {"input_ids": batch["input_ids"], "output_hidden_states": True}
+    if "attention_mask" in batch:
+        kwargs["attention_mask"] = batch["attention_mask"]
+    return tuple(model(**kwargs).hidden_states)  # n_layers + 1 tensors [B, T, H]
+
+
+@register
+class ActivationSimilarity(Metric):
+    name = "activation_similarity"
+    dimension = "activations"
+    subject_kind = "reference"
+    headline = "cka_mean"
+    Config = ActivationSimilarityConfig
+    definition = ("Per hidden state (embedding output .. final norm), mean L2 distance, relative L2, mean cosine "
+                  "and linear CKA between a run's and the full-rank reference's token activations at the same "
+                  "step (paper.md A1-A4); padding excluded unless unmasked=True.")
+
+    def compute(self, subject: Subject, ctx: Context) -> Result:
+        target_ref, base_ref = subject.checkpoints  # [0] the run's checkpoint, [1] the reference's
+        target, baseline = ctx.load(target_ref).model, ctx.load(base_ref).model
+        batches = ctx.batches(subject.home)
+        budget = self.cfg.max_tokens or math.inf
+        layers: LayerwiseSimilarity | None = None
+        counted, start = 0, time.perf_counter()
+        with torch.no_grad(), eval_mode(baseline), eval_mode(target):
+            for i, batch in enumerate(batches, 1):
+                if counted >= budget:
+                    break
+                mask = counted_positions(batch, self.cfg.unmasked)  # [B, T]
+                if budget != math.inf:
+                    mask = cap_mask(mask, int(budget - counted))
+                n = int(mask.sum())
+                if n == 0:
+                    continue
+                xs, ys = _hidden_states(baseline, batch), _hidden_states(target, batch)
+                layers = layers or LayerwiseSimilarity(len(xs))
+                layers.update(xs, ys, mask)
+                counted += n
+                ctx.progress("activation similarity batches", i, len(batches), start)
+        if layers is None:
+            raise LensError(f"no token position to compare for {target_ref.path} (all padding, or max_tokens)")
+        rows = layers.result()
+        per_layer = np.array([[row[k] for k in KEYS] for row in rows], dtype=np.float64)  # [L + 1, 6]
+        scalars: dict[str, float] = {}
+        for key, short in SCALAR_NAMES.items():
+            col = per_layer[:, KEYS.index(key)]
+            scalars[f"{short}_mean"], scalars[f"{short}_last"] = float(col.mean()), float(col[-1])
+        return Result(
+            metric=self.name, subject=subject.describe(), scalars=scalars, arrays={"per_layer": per_layer},
+            info={"keys": list(KEYS), "n_tokens": int(rows[0]["n_tokens"]), "n_hidden_states": len(rows),
+                  "positions": "all (padding included)" if self.cfg.unmasked else "real input tokens",
+                  "target": f"{target_ref.run_id}@{target_ref.step}", "baseline": f"{base_ref.run_id}@{base_ref.step}",
+                  "layer_0": "embedding output", "layer_last": "last block after the final norm (HF)"})
+
+    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
+        """Per-layer, mean-over-layers and last-layer metrics vs step, and a runs x layers heatmap at each
+        run's last step (paper.md §4 figure 6 a-d), one set per model scale."""
+        files: list[Path] = []
+        by_scale: dict[str, list[Result]] = defaultdict(list)
+        for r in results:
+            if "per_layer" in r.arrays:
+                by_scale[str(r.subject.get("scale", "?"))].append(r)
+        for scale, rs in sorted(by_scale.items()):
+            stem = out_dir / f"{self.name}"
+            for key in PLOTTED:
+                files.append(_per_layer_plot(rs, key, Path(f"{stem}_per_layer_{key}_{scale}.png")))
+            for which in ("mean", "last"):
+                files.append(_summary_plot(rs, which, Path(f"{stem}_{which}_{scale}.png")))
+            files.append(_heatmap(rs, Path(f"{stem}_heatmap_{scale}.png")))
+        return files
+
+
+def _column(r: Result, key: str) -> np.ndarray:
+    return r.arrays["per_layer"][:, KEYS.index(key)]
+
+
+def _lines(ax, results: list[Result], value) -> bool:
+    series = series_by_run(results, value)
+    for (name, method), pts in sorted(series.items()):
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker="o", ms=3, color=method_colour(method), label=name)
+    ax.grid(alpha=0.3)
+    return bool(series)
+
+
+def _grid(n: int, ncols: int, size: tuple[float, float] = (3.6, 2.8)):
+    ncols = min(n, ncols)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _per_layer_plot(results: list[Result], key: str, path: Path) -> Path:
+    """One panel per hidden-state index: metric `key` vs step, one line per run."""
+    n = max(r.arrays["per_layer"].shape[0] for r in results)
+    fig, axes = _grid(n, 5)
+    for layer, ax in enumerate(axes):
+        has = _lines(ax, results, lambda r, j=layer: float(_column(r, key)[j]) if j < len(_column(r, key)) else None)
+        ax.set_title("embedding" if layer == 0 else f"layer {layer}" + (" (final norm)" if layer == n - 1 else ""),
+                     fontsize=8)
+        ax.set_xlabel("training step", fontsize=7)
+        if has and layer == 0:
+            ax.legend(fontsize=6)
+    fig.suptitle(f"{PLOTTED[key]} to the reference, per hidden state")
+    return save_figure(fig, path)
+
+
+def _summary_plot(results: list[Result], which: str, path: Path) -> Path:
+    """One panel per metric (A1-A4): the mean over hidden states (or the last one) vs step."""
+    fig, axes = _grid(len(PLOTTED), 4, (4.2, 3.2))
+    for ax, (key, label) in zip(axes, PLOTTED.items(), strict=True):
+        has = _lines(ax, results, lambda r, k=f"{SCALAR_NAMES[key]}_{which}": r.scalars.get(k))
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label, fontsize=8)
+        if has and key == "cka":
+            ax.legend(fontsize=6)
+    fig.suptitle(("mean over hidden states" if which == "mean" else "last hidden state") + " vs the reference")
+    return save_figure(fig, path)
+
+
+def _heatmap(results: list[Result], path: Path) -> Path:
+    """Runs x hidden states at each run's last analysed step, annotated; RdYlGn for cosine/CKA (green =
+    close to the reference), reversed for the distances."""
+    last: dict[str, Result] = {}
+    for r in results:
+        run = r.subject.get("run", "?")
+        if run not in last or r.subject.get("step", 0) > last[run].subject.get("step", 0):
+            last[run] = r
+    rs = sorted(last.values(), key=lambda r: (r.subject.get("method", ""), r.subject.get("run", "")))
+    methods = [r.subject.get("method", "?") for r in rs]
+    labels = [f"{m}@{r.subject.get('step')}" if methods.count(m) == 1 else f"{r.subject.get('run')}@"
+              f"{r.subject.get('step')}" for m, r in zip(methods, rs, strict=True)]
+    n = min(r.arrays["per_layer"].shape[0] for r in rs)
+    fig, axes = _grid(len(PLOTTED), 2 if n <= 10 else 1, (0.6 * n + 3.0, 0.45 * len(rs) + 1.6))
+    for ax, (key, label) in zip(axes, PLOTTED.items(), strict=True):
+        data = np.stack([_column(r, key)[:n] for r in rs])  # [runs, layers]
+        similar = key in ("cka", "cosine")
+        vmin, vmax = (min(0.0, float(np.nanmin(data))), 1.0) if similar else (None, None)
+        im = ax.imshow(data, cmap="RdYlGn" if similar else "RdYlGn_r", vmin=vmin, vmax=vmax, aspect="auto")
+        for (i, j), v in np.ndenumerate(data):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
+        ax.set_yticks(range(len(rs)), labels, fontsize=7)
+        ax.set_xticks(range(n), ["emb"] + [str(j) for j in range(1, n)], fontsize=7)
+        ax.set_xlabel("hidden state")
+        ax.set_title(label, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.04)
+    return save_figure(fig, path)

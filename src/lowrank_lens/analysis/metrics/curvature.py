@@ -1,0 +1,203 @@
+"""Curvature of L(theta) at a checkpoint: the top Hessian eigenvalue and the Hessian trace.
+
+The study's Hessian scripts (`8_...`) are absent from its code snapshot (paper.md §2, dimension 3
+"also referenced but not in the snapshot"), so this is our own, documented construction, and the direct
+measurement behind the random-direction sharpness of paper.md L1 (E[ES] ~ tr(H)/2 * mean alpha^2, see
+maths/landscape.expected_sharpness). L is the token-weighted mean NLL on the evaluation tokens
+(maths/loss.py), H its Hessian w.r.t. the native parameterization's parameters:
+
+- params='all' (default): every floating parameter of the trained parameterization (embeddings, norms,
+  LM head, CoLA/SLTrain/LoRA factors, ReLoRA's frozen W0): the set the landscape metrics perturb;
+  params='trainable': only those with requires_grad (ReLoRA's W0 is left out). `include` narrows either
+  set by a regular expression on parameter names.
+- top eigenvalue: Lanczos (lambda_max, the largest algebraic Ritz value; the smallest one is reported as
+  bottom_eigenvalue) or power iteration, which converges to the eigenvalue of LARGEST MAGNITUDE (signed):
+  lambda_min when a negative eigenvalue dominates (PyHessian's meaning, ecosystem.md §2.3).
+- trace: Hutchinson with a fixed number of Rademacher probes and a normal-quantile confidence interval.
+
+HVPs are exact double-backward (or forward-over-reverse) products, run by maths.curvature under the MATH
+SDPA kernel (the fused SDPA kernels have no double backward, ecosystem.md §2.3). The model is loaded in
+fp32 (or fp64) whatever the evaluation dtype, because second-order products in bf16 are noise.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import LensError
+from ..base import Metric, Result
+from ..context import Context
+from ..maths.curvature import HVP_METHODS, hutchinson_trace, lanczos, model_hessian, power_iteration
+from ..plotting import line_plot_by_method, method_colour, plt, save_figure
+from ..subjects import Subject
+from . import register
+
+EIGEN_METHODS = ("lanczos", "power")
+PARAM_SETS = ("all", "trainable")
+COMPUTE_DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
+
+
+@dataclass
+class CurvatureConfig:
+    eigen_method: str = "lanczos"
+    """'lanczos' (lambda_max) or 'power' (power iteration: the largest-|lambda| eigenvalue, signed)."""
+    lanczos_iters: int = 20
+    """Lanczos steps = HVPs for the eigenvalues; the top Ritz value converges first."""
+    reorthogonalize: bool = True
+    """Full re-orthogonalisation in Lanczos: keeps lanczos_iters vectors of n_params (memory
+    lanczos_iters x n_params x 4 bytes in fp32); False keeps three (spurious Ritz copies possible)."""
+    power_iters: int = 50
+    """Maximum power-iteration steps (HVPs)."""
+    power_tol: float = 1e-4
+    """Power iteration stops when the Rayleigh quotient changes by less than this (relative)."""
+    hutchinson_probes: int = 30
+    """Rademacher probes (HVPs) for the trace; fixed count, no early stop."""
+    confidence: float = 0.95
+    """Level of the trace's confidence interval (mean +- normal quantile x stderr)."""
+    seed: int = 0
+    """Seed of the eigen start vector; the trace probes use seed + 1."""
+    params: str = "all"
+    """'all' floating parameters of the native parameterization, or 'trainable' (requires_grad) ones."""
+    include: str = ""
+    """Regular expression: keep only parameters whose name matches (re.search); empty = no filter."""
+    dtype: str = "fp32"
+    """Model, HVP and Krylov-vector dtype: fp32 or fp64 (never the bf16 evaluation dtype)."""
+    hvp: str = "double_backward"
+    """HVP method of maths.curvature: double_backward or jvp (forward-over-reverse)."""
+    sequences: int = 0
+    """Use only the first N evaluation sequences for the HVPs (0 = every sequence of the evaluation set)."""
+
+    def __post_init__(self) -> None:
+        for fld, value, valid in (("eigen_method", self.eigen_method, EIGEN_METHODS),
+                                  ("params", self.params, PARAM_SETS), ("dtype", self.dtype, tuple(COMPUTE_DTYPES)),
+                                  ("hvp", self.hvp, HVP_METHODS)):
+            if value not in valid:
+                raise LensError(f"curvature.{fld} {value!r} is not one of {', '.join(valid)}")
+        if self.lanczos_iters < 1 or self.power_iters < 1 or self.hutchinson_probes < 2 or self.sequences < 0:
+            raise LensError(f"curvature needs lanczos_iters >= 1 ({self.lanczos_iters}), power_iters >= 1 "
+                            f"({self.power_iters}), hutchinson_probes >= 2 ({self.hutchinson_probes}) and "
+                            f"sequences >= 0 ({self.sequences})")
+        if not 0 < self.confidence < 1:
+            raise LensError(f"curvature.confidence must be in (0, 1), got {self.confidence}")
+        try:
+            re.compile(self.include)
+        except re.error as e:
+            raise LensError(f"curvature.include {self.include!r} is not a regular expression: {e}") from e
+
+
+def hessian_params(model: torch.nn.Module, which: str = "all", include: str = "") -> dict[str, torch.Tensor]:
+    """{name: detached parameter} of the chosen set (see CurvatureConfig.params / include), in model order."""
+    out = {n: p.detach() for n, p in model.named_parameters()
+           if p.is_floating_point() and (which == "all" or p.requires_grad) and (not include or re.search(include, n))}
+    if not out:
+        raise LensError(f"no parameter matches params={which!r} include={include!r}")
+    return out
+
+
+def first_sequences(batches: list[dict[str, torch.Tensor]], n: int) -> list[dict[str, torch.Tensor]]:
+    """The first n rows of a list of batches (n = 0: all), cutting the last batch if needed."""
+    if n <= 0:
+        return batches
+    out, left = [], n
+    for b in batches:
+        if left <= 0:
+            break
+        rows = b["input_ids"].shape[0]
+        out.append(b if rows <= left else {k: v[:left] for k, v in b.items()})
+        left -= rows
+    return out
+
+
+class _CountingMatvec:
+    """Wraps a HessianOperator: answers on the vector's own device (the maths draws start and probe
+    vectors on the CPU; the operator works on the model's device) and reports progress."""
+
+    def __init__(self, op: Callable[[torch.Tensor], torch.Tensor], ctx: Context, total: int) -> None:
+        self.op, self.ctx, self.total, self.done, self.start = op, ctx, total, 0, time.perf_counter()
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        hv = self.op(v).to(v.device)
+        self.done += 1
+        self.ctx.progress("Hessian-vector products", self.done, self.total, self.start)
+        return hv
+
+
+@register
+class Curvature(Metric):
+    name = "curvature"
+    dimension = "curvature"
+    subject_kind = "checkpoint"
+    headline = "top_eigenvalue"
+    Config = CurvatureConfig
+    definition = ("Top Hessian eigenvalue of the evaluation loss at the checkpoint (Lanczos on exact Hessian-vector "
+                  "products) and the Hessian trace (Hutchinson, with a 95% CI), over the native parameterization; "
+                  "not in the study's code (reviewers' request), the direct measure behind the sharpness L1.")
+
+    def compute(self, subject: Subject, ctx: Context) -> Result:
+        cfg = self.cfg
+        (ckpt,) = subject.checkpoints
+        dtype = COMPUTE_DTYPES[cfg.dtype]
+        model = ctx.load(ckpt, dtype=dtype).model
+        params0 = hessian_params(model, cfg.params, cfg.include)
+        batches = first_sequences(ctx.batches(subject.home), cfg.sequences)
+        op = model_hessian(model, params0, batches, method=cfg.hvp)
+        eig_steps = cfg.lanczos_iters if cfg.eigen_method == "lanczos" else cfg.power_iters
+        matvec = _CountingMatvec(op, ctx, eig_steps + cfg.hutchinson_probes)
+        scalars: dict[str, float] = {}
+        arrays: dict[str, np.ndarray] = {}
+        info: dict = {}
+        if cfg.eigen_method == "lanczos":
+            lz = lanczos(matvec, op.dim, cfg.lanczos_iters, seed=cfg.seed, reorthogonalize=cfg.reorthogonalize,
+                         dtype=dtype)
+            scalars.update(top_eigenvalue=lz.top, bottom_eigenvalue=lz.bottom)
+            arrays["ritz_values"] = lz.ritz_values.numpy()
+            info["eigen_steps"] = lz.n_iter
+        else:
+            pw = power_iteration(matvec, op.dim, cfg.power_iters, tol=cfg.power_tol, seed=cfg.seed, dtype=dtype)
+            scalars["top_eigenvalue"] = pw.eigenvalue
+            info.update(eigen_steps=pw.n_iter, power_converged=pw.converged,
+                        eigen_meaning="largest-magnitude eigenvalue (signed)")
+        eig_hvps = matvec.done
+        tr = hutchinson_trace(matvec, op.dim, cfg.hutchinson_probes, seed=cfg.seed + 1,
+                              confidence=cfg.confidence, dtype=dtype)
+        scalars.update(trace=tr.mean, trace_stderr=tr.stderr, trace_ci_low=tr.ci_low, trace_ci_high=tr.ci_high)
+        arrays["trace_samples"] = tr.samples.numpy()
+        info.update(n_params=op.dim, n_tensors=len(params0), params=cfg.params, include=cfg.include,
+                    compute_dtype=str(dtype), eval_dtype=str(ctx.dtype), hvp=cfg.hvp, sdpa="MATH kernel",
+                    sequences=sum(int(b["input_ids"].shape[0]) for b in batches), hvps=eig_hvps + tr.n_probes,
+                    eigen_seed=cfg.seed, probe_seed=cfg.seed + 1, eigen_method=cfg.eigen_method)
+        return Result(metric=self.name, subject=subject.describe(), scalars=scalars, arrays=arrays, info=info)
+
+    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
+        return [line_plot_by_method(results, "top_eigenvalue", out_dir / "curvature_top_eigenvalue.png",
+                                    "top Hessian eigenvalue"),
+                _trace_plot(results, out_dir / "curvature_trace.png")]
+
+
+def _trace_plot(results: list[Result], path: Path) -> Path:
+    """Hutchinson trace vs step, one line per run (coloured by method), with its confidence interval as bars."""
+    series: dict[tuple[str, str], list[tuple[int, float, float, float]]] = defaultdict(list)
+    for r in results:
+        if "trace" in r.scalars:
+            s = r.scalars
+            series[(r.subject.get("run", "?"), r.subject.get("method", "?"))].append(
+                (int(r.subject.get("step", 0)), s["trace"], s["trace_ci_low"], s["trace_ci_high"]))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for (name, method), pts in sorted(series.items()):
+        step, mean, low, high = (np.array(c) for c in zip(*sorted(pts), strict=True))
+        ax.errorbar(step, mean, yerr=[mean - low, high - mean], marker="o", ms=3, capsize=2,
+                    color=method_colour(method), label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("Hessian trace (Hutchinson, CI)")
+    if series:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
