@@ -78,6 +78,9 @@ def run_metric(metric: Metric, runs: list[RunRef], steps: list[int] | None, refe
         result = None if force else store.get(metric.name, key)
         where = _where(subject)
         if result is not None:
+            # Identical checkpoints (e.g. step 0 of methods without surgery) share a cache entry; the result
+            # describes the subject asked for, not the one that first computed it.
+            result.subject = subject.describe()
             out.cached += 1
             log.info(f"[{metric.name} {i}/{len(subjects)}] {where}: cached")
         else:

@@ -5,6 +5,7 @@ Both are plain functions returning a StudySpec, so a user copies one into a TOML
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from .spec import StudySpec
@@ -33,7 +34,7 @@ def demo() -> StudySpec:
     return StudySpec(
         name="demo", scales=["micro"], seeds=[0, 1, 2], overrides=list(DEMO_TRAINING),
         metric_overrides=list(DEMO_METRICS), analysis_steps="all", sequences=64, eval_batch_size=32,
-        downstream_tasks=["lens_mc"], downstream_seeds=[0],
+        downstream_tasks=["lens_mc"], downstream_seeds=[0], jobs=max(1, os.cpu_count() or 1),
         notes=["CPU demo: micro recipe at hidden 64 / 4 layers / vocab 2048, 200 steps of 16 x 64 tokens; "
                "metrics with reduced directions, grid points and 64 validation sequences (the study: 100 "
                "directions, 25 points, 1000 sequences). A smoke test of the pipeline, not the study's numbers."],

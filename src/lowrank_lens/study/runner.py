@@ -13,9 +13,14 @@ metric / downstream results come from the content-hash cache. Layout:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import multiprocessing
+import os
 import shlex
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from ..atomic import write_json_atomic
@@ -58,21 +63,52 @@ def describe_plan(spec: StudySpec, out: Path) -> str:
     return "\n".join(lines)
 
 
+def _train_one(run: PlannedRun, runs_dir: Path, threads: int) -> str:
+    """One run in a worker process (top-level so it pickles)."""
+    import torch
+
+    from ..train import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)  # workers stay quiet; the parent reports progress
+    train(run.cfg, runs_dir, run_name=run.run_name, resume=True)
+    return run.run_name
+
+
 def train_all(spec: StudySpec, out: Path) -> list[Path]:
+    """Train every unfinished run: in this process, or in `spec.jobs` worker processes at once."""
     from ..train import train
 
     runs = plan_runs(spec)
-    dirs = []
+    todo = [r for r in runs if not is_finished(out / "runs" / r.run_name, r.cfg.train.steps)]
+    log.info(f"training: {len(runs) - len(todo)} of {len(runs)} runs already finished, {len(todo)} to train")
     t0 = time.perf_counter()
-    for i, r in enumerate(runs, 1):
-        run_dir = out / "runs" / r.run_name
-        if is_finished(run_dir, r.cfg.train.steps):
-            log.info(f"[train {i}/{len(runs)}] {r.run_name}: finished, skipped")
-        else:
-            log.info(f"[train {i}/{len(runs)}] {r.run_name} ({time.perf_counter() - t0:.0f}s into the study)")
+    if spec.jobs > 1 and len(todo) > 1:
+        _prepare_data(todo)
+        threads = max(1, (os.cpu_count() or 1) // spec.jobs)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=spec.jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(_train_one, r, out / "runs", threads) for r in todo]
+            for i, f in enumerate(as_completed(futures), 1):
+                log.info(f"[train {i}/{len(todo)}] {f.result()} done ({time.perf_counter() - t0:.0f}s)")
+    else:
+        for i, r in enumerate(todo, 1):
+            log.info(f"[train {i}/{len(todo)}] {r.run_name} ({time.perf_counter() - t0:.0f}s into training)")
             train(r.cfg, out / "runs", run_name=r.run_name, resume=True)
-        dirs.append(run_dir)
-    return dirs
+    return [out / "runs" / r.run_name for r in runs]
+
+
+def _prepare_data(runs: list[PlannedRun]) -> None:
+    """Build each distinct tokenizer and token-row cache once, before workers would race to build it."""
+    from ..data import build_data
+
+    seen = set()
+    for r in runs:
+        key = json.dumps([dataclasses.asdict(r.cfg.data), r.cfg.model.vocab_size], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            build_data(r.cfg.data, r.cfg.model.vocab_size, log=log.info)
 
 
 def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES) -> Path:
@@ -110,9 +146,17 @@ def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES
     if "report" in stages:
         from ..report import write_report
 
+        _save_timings(out, timings)  # the report shows them
         t = time.perf_counter()
         result = write_report(out)
         timings["report"] = time.perf_counter() - t
-    write_json_atomic(out / "timings.json", timings)
+    _save_timings(out, timings)
     log.info("study stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     return result
+
+
+def _save_timings(out: Path, timings: dict[str, float]) -> None:
+    """Seconds per stage of the latest invocation, merged over earlier ones (a partial re-run keeps the rest)."""
+    path = out / "timings.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    write_json_atomic(path, {**old, **timings})

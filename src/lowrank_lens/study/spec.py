@@ -60,6 +60,9 @@ class StudySpec:
     """Metric columns added to perplexity for prediction (default: one summary scalar per metric family)."""
     gpus_per_run: int = 1
     """Processes per run in the printed torchrun commands."""
+    jobs: int = 1
+    """Runs trained at once on this machine, each with cpu_count / jobs threads (CPU studies: small models
+    keep one core busier than two threads do; GPU studies: leave at 1 and send the commands to a cluster)."""
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -75,6 +78,8 @@ class StudySpec:
         for s in self.scales:
             if s not in preset_names():
                 raise LensError(f"study scale {s!r} is unknown; choose from {', '.join(preset_names())}")
+        if self.jobs < 1:
+            raise LensError(f"study jobs must be >= 1, got {self.jobs}")
         if not self.seeds:
             raise LensError("a study needs at least one seed")
         if len(set(self.seeds)) != len(self.seeds):

@@ -1,0 +1,151 @@
+"""Report figures: each metric's own plot() on its cached Results, plus the few report-level figures
+(training curves, matched-perplexity targets, downstream accuracy). Method colours are the fixed ones of
+paper.md §1.1 (Method.colour). Every figure reads files already gathered (collect.py), never a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..analysis.plotting import save_figure  # noqa: E402
+from .collect import MetricData, RunInfo, method_colour  # noqa: E402
+
+log = logging.getLogger("lowrank_lens")
+
+IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif")
+
+
+def fresh_dir(path: Path) -> Path:
+    """An empty folder at `path` (the report's own output: stale figures of an earlier report go)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def plot_metric(md: MetricData, out_dir: Path) -> tuple[list[Path], str]:
+    """Call the metric's plot() on its computed results into `out_dir`; (figures written, error or '')."""
+    done = [r for r in md.results if not r.skipped]
+    if not done:
+        return [], ""
+    try:
+        paths = md.metric.plot(done, out_dir)
+    except Exception as e:  # a broken plot must not cost the whole report; the section says what failed
+        log.warning(f"report: {md.name}.plot failed: {type(e).__name__}: {e}")
+        return [], f"{type(e).__name__}: {e}"
+    files = [Path(p) for p in paths or [] if p is not None]
+    return [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES], ""
+
+
+def _legend(ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=7)
+
+
+def training_curves(runs: list[RunInfo], path: Path) -> Path | None:
+    """Training loss, validation perplexity (token-weighted) and the reference definition vs step, one
+    line per run coloured by method."""
+    runs = [r for r in runs if r.checkpoints or r.log]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained")
+    for r in runs:
+        colour = method_colour(r.method)
+        train = [(e["step"], e["loss"]) for e in r.log if e.get("kind") == "train" and "loss" in e]
+        if train:
+            axes[0].plot(*zip(*train, strict=True), color=colour, lw=1, label=r.name)
+        val = {c["step"]: c for c in r.checkpoints}
+        for e in r.log:
+            if e.get("kind") == "val" and "val_ppl" in e:
+                val.setdefault(int(e["step"]), e)
+        steps = sorted(val)
+        for ax, key in ((axes[1], "val_ppl"), (axes[2], "val_ppl_reference")):
+            pts = [(s, float(val[s].get(key, math.nan))) for s in steps]
+            pts = [(s, v) for s, v in pts if math.isfinite(v)]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), color=colour, marker="o", ms=3, label=r.name)
+    titles = ("training loss", "validation perplexity (token-weighted)", "validation perplexity (reference def.)")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[2].set_yscale("log")
+    _legend(axes[1])
+    return save_figure(fig, path)
+
+
+def matched_figure(runs: list[RunInfo], matches: list[dict[str, Any]], path: Path) -> Path | None:
+    """Validation perplexity vs step per run (one panel per scale), each group's target as a dashed line
+    and each run's matched checkpoint as a large marker: how close each match is, at a glance."""
+    if not matches:
+        return None
+    by_name = {r.name: r for r in runs}
+    scales = sorted({str(m.get("scale")) for m in matches})
+    fig, axes = plt.subplots(1, len(scales), figsize=(5.5 * len(scales), 3.8), squeeze=False, layout="constrained")
+    for ax, scale in zip(axes[0], scales, strict=True):
+        for m in (m for m in matches if str(m.get("scale")) == scale):
+            run = by_name.get(m["run"])
+            colour = method_colour(str(m["method"]))
+            if run is not None:
+                pts = [(c["step"], c["val_ppl"]) for c in run.checkpoints if math.isfinite(c["val_ppl"])]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), color=colour, lw=1, alpha=0.7, label=m["run"])
+            if m.get("step") is not None and m.get("val_ppl") is not None:
+                ax.plot([m["step"]], [m["val_ppl"]], "o", ms=9, mfc="none", mec=colour, mew=2)
+        for target in sorted({float(m["target"]) for m in matches if str(m.get("scale")) == scale}):
+            ax.axhline(target, color="0.3", ls="--", lw=1)
+        ax.set_title(f"{scale}: matched validation perplexity (dashed: target)", fontsize=10)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("val_ppl")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    return save_figure(fig, path)
+
+
+def downstream_figure(rows: list[dict[str, Any]], path: Path, value: str = "acc") -> Path | None:
+    """Zero-shot accuracy per task (groups) and run (bars, coloured by method), with the seed std as error
+    bars and the chance level as a tick where the table has one."""
+    rows = [r for r in rows if isinstance(r.get(value), (int, float)) and math.isfinite(float(r[value]))]
+    if not rows:
+        return None
+    tasks = list(dict.fromkeys(str(r["task"]) for r in rows))
+    runs = list(dict.fromkeys(str(r["run"]) for r in rows))
+    at: dict[tuple[str, str], dict[str, Any]] = {(str(r["task"]), str(r["run"])): r for r in rows}
+    method = {str(r["run"]): str(r.get("method")) for r in rows}
+    width = 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.35 * len(tasks) * len(runs)), 4.0), layout="constrained")
+    for j, run in enumerate(runs):
+        xs, ys, es = [], [], []
+        for i, task in enumerate(tasks):
+            r = at.get((task, run))
+            if r is None:
+                continue
+            xs.append(i - 0.4 + (j + 0.5) * width)
+            ys.append(float(r[value]))
+            err = r.get(f"{value}_std_seeds")
+            es.append(float(err) if isinstance(err, (int, float)) and math.isfinite(float(err)) else 0.0)
+        ax.bar(xs, ys, width, yerr=es, color=method_colour(method[run]), label=run, capsize=2)
+    chance: dict[int, float] = {}
+    for i, task in enumerate(tasks):
+        c = [r.get("chance") for r in rows if str(r["task"]) == task and isinstance(r.get("chance"), float)]
+        if c:
+            chance[i] = c[0]
+            ax.hlines(c[0], i - 0.45, i + 0.45, color="k", ls=":", lw=1)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30 if len(tasks) > 3 else 0, ha="right" if len(tasks) > 3
+                  else "center", fontsize=8)
+    ax.set_ylabel(f"{value} (dotted: chance)" if chance else value)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, ncol=2)
+    return save_figure(fig, path)
