@@ -86,6 +86,7 @@ def analyze(
     out: Annotated[Path | None, typer.Option(help="Where tables and figures go (default: <runs>/analysis).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute even when cached.")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write figures.")] = True,
+    jobs: Annotated[int, typer.Option(help="Worker processes computing at once (CPU: one per core).")] = 1,
 ) -> None:
     """Compute the solution metrics of runs (cached by content; a re-run only computes what changed)."""
     from .analysis.context import EvalSettings
@@ -98,7 +99,8 @@ def analyze(
     from .train.loading import expand_runs
 
     chosen_steps = parse_steps(steps)
-    run_analyze(expand_runs(runs), names, chosen_steps, reference, set_ or [], settings, out, force, plots)
+    run_analyze(expand_runs(runs), names, chosen_steps, reference, set_ or [], settings, out, force, plots,
+                jobs)
 
 
 @app.command("eval-downstream")

@@ -66,9 +66,14 @@ class MetricOutcome:
 
 
 def run_metric(metric: Metric, runs: list[RunRef], steps: list[int] | None, reference: RunRef | None,
-               ctx: Context, force: bool = False) -> MetricOutcome:
+               ctx: Context, force: bool = False, share: tuple[int, int] | None = None) -> MetricOutcome:
+    """Every subject of `metric`: cached or computed. `share=(k, n)` keeps the subjects whose home run is
+    the k-th of every n runs (one worker's part of a parallel analysis)."""
     out = MetricOutcome(metric)
     subjects = metric.subjects(runs, steps, reference)
+    if share is not None:
+        order = {r.run_id: i for i, r in enumerate(runs)}
+        subjects = [s for s in subjects if order[s.home.run_id] % share[1] == share[0]]
     if not subjects:
         log.info(f"{metric.name}: no subject (it needs {metric.subject_kind} subjects; see --steps/--reference)")
     t0 = time.perf_counter()
@@ -115,10 +120,17 @@ def _where(subject: Subject) -> str:
 def analyze(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None, steps: list[int] | None = None,
             reference: str | Path | None = None, overrides: Sequence[str] = (),
             settings: EvalSettings | None = None, out: str | Path | None = None, force: bool = False,
-            plots: bool = True) -> dict[str, MetricOutcome]:
-    """Compute (or load) every selected metric on the runs; write `<out>/<metric>.csv|.parquet` and figures."""
+            plots: bool = True, jobs: int = 1) -> dict[str, MetricOutcome]:
+    """Compute (or load) every selected metric on the runs; write `<out>/<metric>.csv|.parquet` and figures.
+
+    jobs > 1 first computes the missing results in that many worker processes (each with cpu_count / jobs
+    threads, the runs split between them), then tabulates and plots from the cache in this process.
+    """
     if not run_dirs:
         raise LensError("no run directory given; pass one or more runs/<run-id> folders")
+    if jobs > 1 and len(run_dirs) > 1:
+        _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings, force, jobs)
+        force = False
     runs = [RunRef.open(p) for p in run_dirs]
     ref = RunRef.open(reference) if reference else None
     chosen = build_metrics(metrics, overrides)
@@ -137,3 +149,33 @@ def analyze(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None
         log.info(f"   {metric.name}: {outcome.computed} computed, {outcome.cached} cached in {outcome.seconds:.1f}s")
     log.info(f"tables and figures in {out_dir}")
     return outcomes
+
+
+def _compute_share(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None, steps: list[int] | None,
+                   reference: str | Path | None, overrides: Sequence[str], settings: EvalSettings | None,
+                   force: bool, share: tuple[int, int], threads: int) -> int:
+    """One worker of a parallel analysis: compute (and cache) its share of the subjects; no tables."""
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+    runs = [RunRef.open(p) for p in run_dirs]
+    ref = RunRef.open(reference) if reference else None
+    ctx = Context(settings)
+    return sum(run_metric(m, runs, steps, ref, ctx, force, share).computed for m in build_metrics(metrics, overrides))
+
+
+def _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings, force, jobs: int) -> None:
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    build_metrics(metrics, overrides)  # bad names or options fail here, once, before any worker starts
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    t0 = time.perf_counter()
+    log.info(f"analysis: computing in {jobs} worker processes ({threads} thread(s) each)")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_compute_share, list(run_dirs), metrics, steps, reference, list(overrides), settings,
+                               force, (k, jobs), threads) for k in range(jobs)]
+        computed = sum(f.result() for f in futures)
+    log.info(f"analysis: {computed} results computed by the workers in {time.perf_counter() - t0:.0f}s")

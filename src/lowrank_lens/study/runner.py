@@ -128,7 +128,7 @@ def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES
         t = time.perf_counter()
         settings = EvalSettings(sequences=spec.sequences, batch_size=spec.eval_batch_size)
         analyze(run_dirs, spec.metrics or None, parse_steps(spec.analysis_steps), None, spec.metric_overrides,
-                settings, out / "analysis")
+                settings, out / "analysis", jobs=spec.jobs)
         timings["analyze"] = time.perf_counter() - t
     if "downstream" in stages and spec.downstream_tasks:
         from .stages import downstream_stage
