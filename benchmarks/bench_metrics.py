@@ -87,7 +87,7 @@ def main() -> None:
                      "protocol_s_extrapolated": per_subject * scale})
     print(f"\n{args.shape} shape, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"load {load:.1f} -> {os.getloadavg()[0]:.1f}, torch {torch.__version__}")
-    print(f"| metric | per | measured (s) | measured at | study protocol (s, extrapolated) |\n|---|---|---|---|---|")
+    print("| metric | per | measured (s) | measured at | study protocol (s, extrapolated) |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['metric']} | {r['subject']} | {r['measured_s']:.2f} | {r['measured_at']} | "
               f"{r['protocol_s_extrapolated']:.0f} |")

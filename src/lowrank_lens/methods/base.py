@@ -55,9 +55,9 @@ class Method:
     """False when no dense W exists (CoLA: a SiLU sits between the factors)."""
     no_dense_reason: ClassVar[str] = ""
     is_baseline: ClassVar[bool] = False
+    """True for the method other methods are compared with (activation similarity's default reference)."""
     colour: ClassVar[str] = "#1f77b4"
     """Fixed plot colour of the method (the study's, paper.md §1.1), so figures agree across reports."""
-    """True for the method other methods are compared with (activation similarity's default reference)."""
 
     def __init__(self, cfg: Any, run: RunConfig) -> None:
         self.cfg = cfg

@@ -1,0 +1,476 @@
+"""Memory of parameters, gradients and optimizer state per method and preset, measured without allocating.
+
+For every registered method and every preset (micro, 60m, 130m, 350m, 1b) this builds the model, the
+method's surgery and its optimizer with the training code itself (`train.run.build_components` and
+`presets.build_config`; only the model is constructed on the meta device instead of CPU), runs one
+forward/backward and one optimizer step on the meta device, and reads the bytes of the tensors that now
+exist with `train.memory.measure_memory`, the accounting the training loop writes into every checkpoint.
+Meta tensors have shapes and dtypes but no storage, so the 1b model costs nothing and the whole script takes
+seconds. Each count is then compared with a closed form derived from methods.md (`closed_form` below) and
+with the published estimates (GaLore Table 2, Fira Table 3; methods.md §2.4, §3.4, §7).
+
+Two things do not run on meta as they do on a real device, and are handled as follows:
+
+- GaLore/Fira's projector (`optim/projector.py`): `torch.linalg.svd` has a meta kernel and returns U, Vᵀ of
+  the right shapes, but `_svd_basis` then checks `torch.isfinite(basis).all()`, which needs the values. On
+  meta that check would fail and the projector would silently take its fallback path, so here `_svd_basis`
+  is replaced by the same SVD and slicing without the finiteness check; `orthogonal_basis`, `_compact`, the
+  dtype cast and the optimizer step itself run unchanged, and a fallback warning is turned into an error.
+- A forward/backward that a method's code cannot run on meta (SLTrain's autograd Function asks
+  `torch.is_autocast_enabled("meta")`, which raises) is replaced by gradients `zeros_like(p)` for every
+  trainable parameter: autograd gives a leaf exactly that shape and dtype, so the optimizer step, the
+  state it creates and the gradient bytes are the same. The table says for which methods this happened.
+
+    python benchmarks/bench_memory.py                          # all presets, bf16 and fp32; writes docs/memory.md
+    python benchmarks/bench_memory.py --presets 60m --no-write  # print only
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+import warnings
+from collections import Counter
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+
+import lowrank_lens.train.run as run_module
+from lowrank_lens.config import RunConfig
+from lowrank_lens.methods import method_names
+from lowrank_lens.methods.base import DEFAULT_TARGETS
+from lowrank_lens.model import build_model
+from lowrank_lens.optim import projector
+from lowrank_lens.presets import build_config
+from lowrank_lens.train.memory import measure_memory
+from lowrank_lens.train.run import build_components
+
+META = torch.device("meta")
+PRESETS = ("micro", "60m", "130m", "350m", "1b")
+PRECISIONS = {"bf16": "bf16-pure", "fp32": "fp32"}
+DOC = Path(__file__).resolve().parent.parent / "docs" / "memory.md"
+MIB = 2**20
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "basis", "proj_right", "residual_norm", "step")
+
+
+# ---- closed forms (methods.md §2-6) -----------------------------------------------------------------------
+def _shapes(cfg: RunConfig) -> tuple[list[int], list[tuple[int, int]]]:
+    """(numels of the non-target parameters, (out, in) of every target linear) of the LLaMA preset."""
+    m = cfg.model
+    h, i, L = m.hidden_size, m.intermediate_size, m.num_layers
+    plain = [m.vocab_size * h, m.vocab_size * h] + [h] * (2 * L + 1)  # embedding, lm_head, 2 norms/block + final
+    targets = ([(h, h)] * 4 + [(i, h)] * 2 + [(h, i)]) * L  # q k v o, gate up (out > in), down (out < in)
+    return plain, targets
+
+
+def _rank(cfg: RunConfig) -> int:
+    return cfg.method_cfg.rank or max(1, cfg.model.hidden_size // 4)  # 0 = hidden // 4 (cola/sltrain/relora)
+
+
+def _adamw(trainable: list[int]) -> dict[str, int]:
+    """torch.optim.AdamW: two moments of each trainable parameter's shape and a 1-element `step` tensor."""
+    return {"exp_avg": sum(trainable), "exp_avg_sq": sum(trainable), "step": len(trainable)}
+
+
+def _galore(cfg: RunConfig, fira: bool) -> dict[str, int]:
+    """GaLoreAdamW: plain Adam moments for non-targets; per m x n target, r' = min(r, m, n): moments of the
+    projected gradient, r' x max(m, n) each (m x r' right, r' x n left), projector r' x min(m, n), and a
+    0-dim side flag. The step counter is a python int (no tensor). Fira adds a 0-dim residual norm."""
+    plain, targets = _shapes(cfg)
+    r = cfg.method_cfg.rank
+    low = sum(min(r, m, n) * max(m, n) for m, n in targets)
+    out = {"exp_avg": sum(plain) + low, "exp_avg_sq": sum(plain) + low,
+           "basis": sum(min(r, m, n) * min(m, n) for m, n in targets), "proj_right": len(targets)}
+    if fira:
+        out["residual_norm"] = len(targets)
+    return out
+
+
+def _params(cfg: RunConfig) -> tuple[int, list[int]]:
+    """(total parameters, numel of each trainable parameter tensor) of the method's model."""
+    plain, targets = _shapes(cfg)
+    dense = [m * n for m, n in targets]
+    if cfg.method in ("full-rank", "galore", "fira"):
+        return sum(plain) + sum(dense), plain + dense
+    r = _rank(cfg)
+    lora = [x for m, n in targets for x in (r * n, m * r)]  # A: r x in, B: out x r
+    if cfg.method == "cola":
+        return sum(plain) + sum(lora), plain + lora
+    if cfg.method == "sltrain":  # + the sparse values, int(δ·out·in) as SLTrainLinear counts them
+        sparse = [int(cfg.method_cfg.density * m * n) for m, n in targets]
+        return sum(plain) + sum(lora) + sum(sparse), plain + lora + sparse
+    if cfg.method == "relora":  # frozen W: a parameter without gradient or state
+        return sum(plain) + sum(dense) + sum(lora), plain + lora
+    raise KeyError(cfg.method)
+
+
+def closed_form(cfg: RunConfig) -> dict[str, int]:
+    """Element counts the method must hold after one step: params (total, trainable), grads, and optimizer
+    state per key (STATE_KEYS). Raises KeyError for a method without a closed form here."""
+    if tuple(cfg.method_cfg.targets) != DEFAULT_TARGETS:
+        raise ValueError("the closed forms assume the default targets (q/k/v/o/gate/up/down)")
+    total, trainable = _params(cfg)
+    state = _galore(cfg, cfg.method == "fira") if cfg.method in ("galore", "fira") else _adamw(trainable)
+    return {"params_total": total, "params_trainable": sum(trainable), "grads": sum(trainable),
+            **{k: state.get(k, 0) for k in STATE_KEYS}}
+
+
+def closed_form_state_bytes(counts: dict[str, int], precision: str) -> int:
+    """State bytes: moments, projector and flags in the parameters' dtype; torch AdamW's `step` is fp32."""
+    size = 2 if precision == "bf16-pure" else 4
+    return sum(v * (4 if k == "step" else size) for k, v in counts.items() if k in STATE_KEYS)
+
+
+# ---- measurement on the meta device ------------------------------------------------------------------------
+def _svd_basis_meta(matrix: torch.Tensor, rank: int, right: bool) -> torch.Tensor:
+    """projector._svd_basis without its data-dependent finiteness check (meta tensors have no values)."""
+    U, _, Vh = torch.linalg.svd(matrix, full_matrices=False)
+    return Vh[:rank] if right else U[:, :rank]
+
+
+@contextmanager
+def _on_meta():
+    """build_components with the model constructed on meta, and the projector's meta-safe SVD."""
+    def meta_model(model_cfg, seed=None):
+        return build_model(model_cfg, seed=seed, device=META)
+
+    with mock.patch.object(run_module, "build_model", meta_model), \
+            mock.patch.object(projector, "_svd_basis", _svd_basis_meta), warnings.catch_warnings():
+        warnings.simplefilter("error", projector.SVDFallbackWarning)
+        yield
+
+
+def _forward_backward(cfg: RunConfig, model: torch.nn.Module) -> str:
+    """One micro-batch forward/backward as train_step does (token_nll's loss). Returns "yes", or "no (error)"
+    when the forward cannot run on this device and the gradients were set to zeros_like(param) instead."""
+    B, T = cfg.train.micro_batch_size, cfg.data.seq_len
+    device = next(model.parameters()).device
+    ids = torch.zeros(B, T, dtype=torch.long, device=device)
+    # A prepared 4-D causal mask: transformers' own mask builder inspects values (.all()), impossible on meta.
+    mask = torch.ones(B, 1, T, T, dtype=torch.bool, device=device).tril()
+    try:
+        logits = model(input_ids=ids, attention_mask=mask).logits  # [B, T, V]
+        nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="sum")
+        nll.backward()
+        return "yes"
+    except (RuntimeError, NotImplementedError) as err:
+        model.zero_grad(set_to_none=True)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        return f"no ({type(err).__name__}: {str(err).splitlines()[0][:100]})"
+
+
+def _state_counts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, int], dict[str, int]]:
+    """Elements and bytes of the optimizer state per key (python numbers hold no tensor memory)."""
+    numel, nbytes = Counter(), Counter()
+    for st in optimizer.state.values():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                numel[k] += v.numel()
+                nbytes[k] += v.numel() * v.element_size()
+    unknown = set(numel) - set(STATE_KEYS)
+    if unknown:
+        raise RuntimeError(f"optimizer state has keys without a closed form: {sorted(unknown)}")
+    return dict(numel), dict(nbytes)
+
+
+def measure(preset: str, method: str, precision: str, device: torch.device = META) -> dict:
+    """Build as training does (on meta), one forward/backward and optimizer step, then count.
+    `device="cpu"` does the same with real tensors (small presets only: the tests compare the two)."""
+    cfg = build_config(preset, method, [f"train.precision={precision}"])
+    with _on_meta() if device == META else nullcontext():
+        model, _, optimizer = build_components(cfg, device)
+        grads_from = _forward_backward(cfg, model)
+        params = [p for p in model.parameters() if p.grad is not None]
+        if cfg.optim.grad_clip > 0:  # as train_step; the norm has no value on meta, the op still runs
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        optimizer.step()
+    mem = measure_memory(model, optimizer, device)
+    numel, nbytes = _state_counts(optimizer)
+    got = {"params_total": mem["params_total"], "params_trainable": mem["params_trainable"],
+           "grads": sum(p.grad.numel() for p in params), **{k: numel.get(k, 0) for k in STATE_KEYS}}
+    try:
+        want = closed_form(cfg)
+    except KeyError:
+        want = None
+    return {"preset": preset, "method": method, "precision": precision, "cfg": cfg, "mem": mem,
+            "counts": got, "closed": want, "state_bytes_by_key": nbytes, "grads_from": grads_from}
+
+
+# ---- published estimates (methods.md §2.4 Tables 2 and 6, §3.4 Table 3), in the papers' "G" ----------------
+GALORE_T2 = {  # weights + optimizer states, BF16
+    "full-rank": (0.36, 0.76, 2.06, 7.80), "galore": (0.24, 0.52, 1.22, 4.38), "relora": (0.36, 0.80, 1.76, 6.17)}
+GALORE_T6_WEIGHTS = {"full-rank": (0.12, 0.25, 0.68, 2.60), "galore": (0.12, 0.25, 0.68, 2.60),
+                     "relora": (0.20, 0.44, 1.04, 3.79)}
+GALORE_T6_STATES = {"full-rank": (0.23, 0.51, 1.37, 5.20), "galore": (0.13, 0.28, 0.54, 1.78),
+                    "relora": (0.17, 0.37, 0.72, 2.38)}
+FIRA_T3 = {  # params + gradients + optimizer states
+    "full-rank": (0.48, 1.01, 2.74, 10.40), "galore": (0.36, 0.77, 1.90, 6.98), "fira": (0.36, 0.77, 1.90, 6.98),
+    "relora": (0.44, 0.99, 2.12, 7.36)}
+PUBLISHED_SCALES = ("60m", "130m", "350m", "1b")
+
+
+# ---- tables ------------------------------------------------------------------------------------------------
+def _mib(b: int) -> str:
+    return f"{b / MIB:,.1f}"
+
+
+def _gb(b: int) -> str:
+    return f"{b / 1e9:.3f}"
+
+
+def _total(r: dict) -> int:
+    m = r["mem"]
+    return m["param_bytes"] + m["grad_bytes"] + m["optimizer_state_bytes"]
+
+
+def _match(r: dict) -> str:
+    if r["closed"] is None:
+        return "no closed form"
+    bad = [k for k in r["closed"] if r["closed"][k] != r["counts"][k]]
+    bytes_ok = closed_form_state_bytes(r["closed"], r["precision"]) == r["mem"]["optimizer_state_bytes"]
+    if bad or not bytes_ok:
+        return "DIFFERS: " + ", ".join(f"{k} {r['counts'][k]} vs {r['closed'][k]}" for k in bad) + \
+            ("" if bytes_ok else " (state bytes)")
+    return "exact"
+
+
+def main_table(rows: list[dict], precision: str) -> str:
+    out = ["| preset | method | params total / trainable | params MiB | grads MiB | optimizer state MiB "
+           "| p+g+s MiB | vs full-rank | buffers MiB | state = closed form | fwd/bwd on meta |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = {r["preset"]: _total(r) for r in rows if r["method"] == "full-rank" and r["precision"] == precision}
+    for r in rows:
+        if r["precision"] != precision:
+            continue
+        m = r["mem"]
+        out.append(f"| {r['preset']} | {r['method']} | {m['params_total'] / 1e6:.2f}M / "
+                   f"{m['params_trainable'] / 1e6:.2f}M | {_mib(m['param_bytes'])} | {_mib(m['grad_bytes'])} | "
+                   f"{_mib(m['optimizer_state_bytes'])} | {_mib(_total(r))} | "
+                   f"{_total(r) / base[r['preset']]:.2f}x | {_mib(m['buffer_bytes'])} | {_match(r)} | "
+                   f"{'yes' if r['grads_from'] == 'yes' else 'no: zeros_like grads'} |")
+    return "\n".join(out)
+
+
+def state_table(rows: list[dict], preset: str) -> str:
+    """Optimizer-state elements per key at one preset: measured = closed form."""
+    out = ["| method | exp_avg | exp_avg_sq | basis (projector) | scalars (step / proj_right / residual_norm) "
+           "| total elements | of which low-rank moments + projector |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["preset"] != preset or r["precision"] != "bf16-pure":
+            continue
+        c = r["counts"]
+        scal = f"{c['step']:,} / {c['proj_right']:,} / {c['residual_norm']:,}"
+        plain, _ = _shapes(r["cfg"])
+        total = sum(c[k] for k in STATE_KEYS)
+        extra = ""
+        if r["method"] in ("galore", "fira"):
+            extra = f"{2 * (c['exp_avg'] - sum(plain)) + c['basis']:,}"
+        out.append(f"| {r['method']} | {c['exp_avg']:,} | {c['exp_avg_sq']:,} | {c['basis']:,} | {scal} | "
+                   f"{total:,} | {extra} |")
+    return "\n".join(out)
+
+
+def published_table(rows: list[dict]) -> str:
+    out = ["| method | scale | ours: weights + states (GB) | GaLore T2 | ours: weights / states (GB) | GaLore T6 "
+           "| ours: p + g + s (GB) | Fira T3 |", "|---|---|---|---|---|---|---|---|"]
+    by = {(r["method"], r["preset"]): r for r in rows if r["precision"] == "bf16-pure"}
+    for method in ("full-rank", "galore", "fira", "relora"):
+        for j, scale in enumerate(PUBLISHED_SCALES):
+            r = by.get((method, scale))
+            if r is None:
+                continue
+            m = r["mem"]
+            ws = m["param_bytes"] + m["optimizer_state_bytes"]
+            t2 = GALORE_T2.get(method, GALORE_T2["galore"] if method == "fira" else None)
+            w6 = GALORE_T6_WEIGHTS.get(method, GALORE_T6_WEIGHTS["galore"] if method == "fira" else None)
+            s6 = GALORE_T6_STATES.get(method, GALORE_T6_STATES["galore"] if method == "fira" else None)
+            note = " (as GaLore)" if method == "fira" else ""
+            out.append(f"| {method} | {scale} | {_gb(ws)} | {t2[j]}{note} | {_gb(m['param_bytes'])} / "
+                       f"{_gb(m['optimizer_state_bytes'])} | {w6[j]} / {s6[j]}{note} | {_gb(_total(r))} | "
+                       f"{FIRA_T3[method][j]} |")
+    return "\n".join(out)
+
+
+def fp32_table(rows: list[dict]) -> str:
+    presets = [p for p in PRESETS if any(r["preset"] == p and r["precision"] == "fp32" for r in rows)]
+    out = ["| method | " + " | ".join(presets) + " |", "|---|" + "---|" * len(presets)]
+    by = {(r["method"], r["preset"]): r for r in rows if r["precision"] == "fp32"}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = []
+        for p in presets:
+            r = by[(method, p)]
+            m = r["mem"]
+            cells.append(f"{_mib(_total(r))} ({_mib(m['optimizer_state_bytes'])})")
+        out.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def readme_rows(rows: list[dict]) -> str:
+    by = {(r["method"], r["preset"]): r for r in rows if r["precision"] == "bf16-pure"}
+    out = ["| method | measured memory, 60m | measured memory, 1b |", "|---|---|---|"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = []
+        for preset, unit, div in (("60m", "MiB", MIB), ("1b", "GiB", 2**30)):
+            r = by.get((method, preset))
+            ratio = _total(r) / _total(by[("full-rank", preset)]) if r and ("full-rank", preset) in by else None
+            cells.append(f"{_total(r) / div:,.{0 if unit == 'MiB' else 2}f} {unit} ({ratio:.2f}x)" if r else "-")
+        out.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+PROSE = """# Memory: parameters, gradients and optimizer state per method
+
+Written by `python benchmarks/bench_memory.py` ({when}; {machine}; torch {torch}; {n} builds in {secs:.0f} s).
+
+## What is measured, and how
+
+Every method in the registry is built at every preset **as training builds it** (`presets.build_config`,
+then `train.run.build_components`: seeded model, the method's surgery, the dtype cast of `train.precision`,
+the method's optimizer and the param-group check), except that the model is constructed on PyTorch's
+**meta device**: tensors with shapes and dtypes but no storage. Then one micro-batch forward/backward (the
+loss of `token_nll`), the loop's gradient clipping where the preset clips, and one `optimizer.step()` run on
+meta, and `train.memory.measure_memory` (the accounting the loop stores in every checkpoint's `meta.json`)
+reads the bytes of the parameters, gradients and optimizer state that now exist. Nothing is allocated, so
+the numbers do not depend on the machine (the script ran on a 2-core x86-64 CPU without a GPU), and the 1b
+model costs nothing.
+
+- **bf16** is the reference recipe (`train.precision=bf16-pure`: weights, gradients and Adam moments in
+  bf16, no master copy). **fp32** (`train.precision=fp32`; `bf16-mixed` holds the same fp32 weights,
+  gradients and state) doubles every entry except torch AdamW's per-tensor `step`, which is fp32 anyway.
+- Counted: all parameters (frozen ones too: ReLoRA's W), the gradients of the trainable ones (full size for
+  GaLore/Fira: the loop keeps whole gradients; the reference's per-layer update mode is not implemented)
+  and every tensor in the optimizer state. **Not counted:** activations (they depend on batch, sequence
+  length and checkpointing, not on the method's state), transient tensors of an update (GaLore/Fira's
+  full-size update and residual, the SVD workspace every T steps, SLTrain's dense W rebuilt in forward and
+  backward) and allocator overhead. `buffers` are the non-parameter tensors: RoPE's inverse frequencies and
+  SLTrain's int64 sparse-support indices (8 bytes per non-zero).
+- Two things cannot run on meta as they do on a real device; they are handled like this:
+  1. GaLore/Fira's projector: `torch.linalg.svd` runs on meta (it has a meta kernel and returns U and Vᵀ of
+     the right shapes), but `optim.projector._svd_basis` then checks that the result is finite, which reads
+     values, and on failure the projector would silently fall back to another basis. The benchmark
+     replaces `_svd_basis` by the same SVD and slicing without that check; the rest of the projector
+     (`orthogonal_basis`, the compact copy, the cast to the gradient's dtype) and the whole optimizer step
+     run unchanged, and a projector fallback warning is raised as an error.
+  2. A method whose forward cannot run on meta gets `p.grad = zeros_like(p)` for every trainable parameter,
+     exactly the shape and dtype autograd gives a leaf, so the optimizer creates the same state. This
+     applies to {fallbacks} (last column of the tables).
+  Transformers' causal-mask builder also reads values, so the forward is given a prepared 4-D causal mask,
+  which is what the builder produces for unpadded rows.
+
+## Closed forms
+
+With h = hidden, i = intermediate, L = layers, V = vocabulary, the non-target parameters are
+E = 2Vh + (2L+1)h (embedding, untied LM head, RMSNorms) and the 7L target matrices are q/k/v/o (h x h),
+gate/up (i x h) and down (h x i), m x n = out x in as torch stores them; r is the method's rank and
+r' = min(r, m, n). "step" is torch AdamW's 1-element fp32 counter per parameter tensor.
+
+- **full-rank**: P = E + L(4h² + 3hi) trainable; state 2P moments + one `step` per tensor.
+- **galore**: P trainable, full-size gradients; state 2E moments for the non-targets (plain Adam, methods.md
+  §2.1) and, per m x n target, two moments of the projected gradient (m x r' if m >= n, r' x n otherwise:
+  2r'·max(m, n)), the projector (r'·min(m, n)) and a 0-dim side flag. The step counter is a python int.
+- **fira**: as GaLore, plus a 0-dim residual norm (the limiter's s_prev) per target.
+- **cola**: E + L·r·(11h + 3i) trainable (A: r x in, B: out x r per target); state 2 x that + `step`s.
+- **sltrain**: E + L·r·(11h + 3i) + Σ int(δ·out·in) sparse values trainable; state 2 x that + `step`s.
+- **relora**: E + L·r·(11h + 3i) trainable; the frozen W, L(4h² + 3hi), has no gradient and no state;
+  state 2 x trainable + `step`s.
+
+The measured element counts of every state key (exp_avg, exp_avg_sq, basis, proj_right, residual_norm,
+step), the parameter and gradient counts and the state bytes equal these formulas **exactly** for every
+method, preset and precision (column "state = closed form"; `tests/methods/test_memory_closed_forms.py`
+holds 60m to them). So measurement and closed form do not differ; the differences discussed below are
+between both of them and the papers' estimates. That the meta path counts what real tensors hold is tested
+too: the same test builds every method at `nano` on CPU with real tensors, in bf16 and fp32, and finds the
+same parameter, gradient and per-key state bytes; and the fp32 60m state sizes here equal those that
+`benchmarks/bench_methods.py` measured from real CPU tensors (443 / 312 / 312 / 326 / 332 / 326 MiB).
+
+## bf16 (pure, the reference recipe)
+
+{bf16}
+
+## fp32 (and bf16-mixed): params + grads + state in MiB (optimizer state alone in parentheses)
+
+{fp32}
+
+## Optimizer-state elements at 60m (bf16; measured, equal to the closed forms)
+
+{state60}
+
+## Against the published estimates
+
+GaLore's Table 2 counts weights + optimizer states in BF16 and its Table 6 splits them; Fira's Table 3
+adds gradients (methods.md §2.4, §3.4, §7). Both write "G"; ours are in GB (10⁹ bytes), bf16:
+
+{published}
+
+Where they differ, and why:
+
+- **Full-rank** follows the papers' own rule (states = 2 x weights; Fira adds 1 x weights of gradients).
+  The papers' weight figures (0.12 / 0.25 / 0.68 / 2.60 G) do not come exactly from the parameter counts
+  58.07M / 134.11M / 367.97M / 1339.08M in either unit (0.116 / 0.268 / 0.736 / 2.678 GB, or 0.108 /
+  0.250 / 0.685 / 2.494 GiB), so the published full-rank totals are 7% below to 3% above ours.
+- **GaLore/Fira states** are 17-26% above GaLore's Table 6 (0.13 / 0.28 / 0.54 / 1.78 G). Those figures are,
+  to rounding, 1.5 x the Low-Rank (W = BA) model's weights (1.5 x 0.0855 and 1.5 x 0.188 GB from the exact
+  low-rank parameter counts at 60m and 130m; 1.5 x the table's own 0.36 and 1.19 G at 350m and 1b), i.e.
+  3/4 of a low-rank model's Adam state: the square-matrix ratio (mr + 2nr) / (2(m + n)r) = 3/4 of GaLore's
+  per-matrix formula, applied to the whole model. But the embedding and LM head are not projected: the
+  reference optimizer keeps plain Adam moments for them (methods.md §2.1), 2 x 32.77M x 2 B = 0.131 GB at
+  60m, which alone is already the published total. The measured state is what `GaLoreAdamW` (bitwise equal
+  to the reference's) holds; our closed form for the projected part is GaLore's own mr + 2nr per matrix.
+- **ReLoRA** (the papers' LoRA/ReLoRA rows): the states agree (0.17 / 0.37 / 0.72 / 2.38 G: Adam on the
+  same trainable set as CoLA's model), but the published weights are full-rank weights + Low-Rank weights
+  (0.12 + 0.08 = 0.20 G at 60m; 2.60 + 1.19 = 3.79 G at 1b), counting the embedding and LM head twice. Ours
+  count each tensor once (frozen W + LoRA factors + embeddings), so our weights are 4-32% lower (weights +
+  states 2-15%).
+- **Gradients** (Fira's Table 3) are Table 6's weights + a gradient per trainable weight + Table 6's states
+  (e.g. 1b GaLore 2.60 + 2.60 + 1.78 = 6.98; ReLoRA 3.79 + 1.19 + 2.38 = 7.36), so its rows inherit both
+  differences above. GaLore/Fira gradients are full size here, as in the reference training script.
+- **CoLA and SLTrain** have no memory table in methods.md; both are Adam on their trainable parameters.
+  SLTrain also holds int64 support indices (`buffers`: 276 MiB at 1b), four times the bytes of the bf16
+  sparse values they index, which a count of parameters alone hides.
+
+## README rows (bf16 params + grads + optimizer state)
+
+{readme}
+"""
+
+
+def render(rows: list[dict], secs: float) -> str:
+    fallbacks = sorted({f"{r['method']} (`{r['grads_from'][4:-1]}`)" for r in rows if r["grads_from"] != "yes"})
+    return PROSE.format(
+        when=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
+        torch=torch.__version__, n=len(rows), secs=secs, fallbacks=", ".join(fallbacks) or "no method",
+        bf16=main_table(rows, "bf16-pure"), fp32=fp32_table(rows), state60=state_table(rows, "60m"),
+        published=published_table(rows), readme=readme_rows(rows))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
+    ap.add_argument("--no-write", action="store_true", help=f"print only, do not write {DOC}")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    methods = sorted(method_names(), key=lambda m: m != "full-rank")  # the baseline first, then registry order
+    rows = [measure(p, m, PRECISIONS[d]) for d in args.precisions for p in args.presets for m in methods]
+    secs = time.perf_counter() - t0
+    for d in args.precisions:
+        print(f"\n{d}:\n" + main_table(rows, PRECISIONS[d]))
+    if all(p in args.presets for p in PUBLISHED_SCALES) and "bf16" in args.precisions:
+        print("\n" + published_table(rows))
+    print(f"\n{len(rows)} builds in {secs:.1f} s")
+    if not args.no_write and set(args.presets) == set(PRESETS) and set(args.precisions) == set(PRECISIONS):
+        DOC.parent.mkdir(parents=True, exist_ok=True)
+        DOC.write_text(render(rows, secs))
+        print(f"wrote {DOC}")
+    if any(_match(r) not in ("exact", "no closed form") for r in rows):
+        raise SystemExit("measured counts differ from the closed forms (see the tables)")
+
+
+if __name__ == "__main__":
+    main()
