@@ -25,6 +25,8 @@ from .subjects import CheckpointRef, RunRef
 
 log = logging.getLogger("lowrank_lens")
 
+PROGRESS_AFTER_S = 5.0
+"""Loops shorter than this log no progress lines."""
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 
@@ -124,11 +126,12 @@ class Context:
 
     # ---- progress ------------------------------------------------------------------------------
     def progress(self, desc: str, done: int, total: int, start: float) -> None:
-        """One log line per ~10% of a long loop (and at the end)."""
+        """One log line per ~10% of a loop that has been running for PROGRESS_AFTER_S (and at its end); quick
+        loops stay silent, so a study's log shows progress, not a line per Hessian-vector product."""
         if total <= 0:
             return
         every = max(1, total // 10)
-        if done == total or done % every == 0:
-            elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        if elapsed >= PROGRESS_AFTER_S and (done == total or done % every == 0):
             eta = elapsed / max(done, 1) * (total - done)
             log.info(f"    {desc}: {done}/{total} ({elapsed:.1f}s, eta {eta:.1f}s)")

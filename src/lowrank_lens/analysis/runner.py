@@ -158,7 +158,8 @@ def _compute_share(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None
     import torch
 
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING)
+    # Progress lines of the share ("[metric i/n] subject: ..."), tagged so interleaved workers stay readable.
+    logging.basicConfig(level=logging.INFO, format=f"[analysis worker {share[0] + 1}/{share[1]}] %(message)s")
     runs = [RunRef.open(p) for p in run_dirs]
     ref = RunRef.open(reference) if reference else None
     ctx = Context(settings)

@@ -26,18 +26,19 @@ DEMO_METRICS = [
     "landscape_pca.k=5", "landscape_pca.points=9",
     "trajectory_pca.points=9",
     "interpolation.points=9", "imib.points=9",
-    "curvature.lanczos_iters=10", "curvature.hutchinson_probes=10",
+    "curvature.lanczos_iters=8", "curvature.hutchinson_probes=8", "curvature.sequences=8",
 ]
 
 
 def demo() -> StudySpec:
     return StudySpec(
         name="demo", scales=["micro"], seeds=[0, 1, 2], overrides=list(DEMO_TRAINING),
-        metric_overrides=list(DEMO_METRICS), analysis_steps="all", sequences=64, eval_batch_size=32,
+        metric_overrides=list(DEMO_METRICS), analysis_steps="all", sequences=32, eval_batch_size=32,
         downstream_tasks=["lens_mc"], downstream_seeds=[0], jobs=max(1, os.cpu_count() or 1),
         notes=["CPU demo: micro recipe at hidden 64 / 4 layers / vocab 2048, 200 steps of 16 x 64 tokens; "
-               "metrics with reduced directions, grid points and 64 validation sequences (the study: 100 "
-               "directions, 25 points, 1000 sequences). A smoke test of the pipeline, not the study's numbers."],
+               "metrics with reduced directions, grid points and 32 validation sequences of 64 tokens (curvature: 8 "
+               "sequences, 8 Lanczos steps and 8 Hutchinson probes; the study: 100 directions, 25 points, 1000 "
+               "sequences of 256 tokens). A smoke test of the pipeline, not the study's numbers."],
     )
 
 
