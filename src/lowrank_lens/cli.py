@@ -165,18 +165,21 @@ def predict(
 
 @app.command()
 def study(
-    study_file: Annotated[str, typer.Argument(help="A study file (TOML/JSON) or a preset: demo, paper.")],
+    study_file: Annotated[str, typer.Argument(help="A study file (TOML/JSON), a preset (demo, paper), or a "
+                                                   "study folder to re-run in place.")],
     out: Annotated[Path | None, typer.Option(help="Study folder (default: studies/<name>).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs and training commands only.")] = False,
     stages: Annotated[str, typer.Option(help="Comma-separated stages to run: train, analyze, downstream, "
                                              "predict, report.")] = "train,analyze,downstream,predict,report",
 ) -> None:
     """Train the grid methods x scales x seeds, analyse, evaluate downstream, predict and report (resumable)."""
+    from .study.presets import study_presets
     from .study.runner import STAGES, describe_plan, run_study
     from .study.spec import load_spec
 
     spec = load_spec(study_file)
-    folder = out or Path("studies") / spec.name
+    in_place = Path(study_file) if study_file not in study_presets() and Path(study_file).is_dir() else None
+    folder = out or in_place or Path("studies") / spec.name
     if dry_run:
         typer.echo(describe_plan(spec, folder))
         return

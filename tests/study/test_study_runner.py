@@ -67,6 +67,8 @@ def test_finished_runs_are_not_retrained_and_killed_runs_resume(tmp_path, monkey
     assert trained == [(killed.name, True)] and real_train is None
     assert complete_checkpoints(killed)[-1][0] == 8
     assert all((d / "ckpt" / "step_000008" / "model.safetensors").stat().st_mtime_ns == t for d, t in finals.items())
+    # The study folder (or its study.json record) is itself a study argument: re-run in place.
+    assert load_spec(tmp_path).to_dict() == load_spec(tmp_path / "study.json").to_dict() == spec.to_dict()
 
 
 def test_parallel_training_and_analysis_match_sequential(tmp_path):

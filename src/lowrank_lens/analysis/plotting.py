@@ -49,17 +49,37 @@ def series_by_run(results: list[Result], value: Callable[[Result], float | None]
     return {k: sorted(v) for k, v in out.items()}
 
 
+def legend_labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Legend label of each (run, method) line: the run when every method has one run, else the method on
+    its first line only ("_nolegend_" hides the rest), so 18 runs give 6 legend entries, not 18."""
+    methods = [m for _, m in keys]
+    if len(set(methods)) == len(methods):
+        return {k: k[0] for k in keys}
+    seen: set[str] = set()
+    out = {}
+    for run, method in sorted(keys):
+        out[(run, method)] = "_nolegend_" if method in seen else method
+        seen.add(method)
+    return out
+
+
+def outside_legend(ax, fontsize: int = 7) -> None:
+    """The legend to the right of the axes, where it hides no line (save_figure's tight bbox keeps it)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def line_plot_by_method(results: list[Result], key: str, path: Path, ylabel: str,
                         label: Callable[[Result], str] | None = None) -> Path:
     """One line per run (coloured by method) of scalar `key` against the training step."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     series = series_by_run(results, lambda r: r.scalars.get(key), label)
+    labels = legend_labels(list(series))
     for (name, method), pts in sorted(series.items()):
         xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, marker="o", ms=3, color=method_colour(method), label=name)
+        ax.plot(xs, ys, marker="o", ms=3, color=method_colour(method), label=labels[(name, method)])
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
-    if series:
-        ax.legend(fontsize=7)
+    outside_legend(ax)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)

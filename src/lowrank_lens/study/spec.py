@@ -116,19 +116,25 @@ def plan_runs(spec: StudySpec) -> list[PlannedRun]:
 
 
 def load_spec(source: str | Path) -> StudySpec:
-    """A StudySpec from a TOML/JSON file, or from a preset name (see `study_presets`)."""
+    """A StudySpec from a TOML/JSON file, a preset name (see `study_presets`), or an existing study folder
+    (its `study.json` record, whose "spec" holds the resolved spec), so a study can be re-run in place."""
     from .presets import study_presets
 
     presets = study_presets()
     if str(source) in presets:
         return presets[str(source)]()
     path = Path(source)
+    if path.is_dir() and (path / "study.json").is_file():
+        path = path / "study.json"
     if not path.is_file():
-        raise LensError(f"study {source!r} is neither a file nor a preset; presets: {', '.join(presets)}")
+        raise LensError(f"study {source!r} is neither a file, a study folder nor a preset; presets: "
+                        f"{', '.join(presets)}")
     try:
         d = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise LensError(f"cannot parse study file {path}: {e}") from None
+    if isinstance(d, dict) and isinstance(d.get("spec"), dict):
+        d = d["spec"]  # a study folder's study.json record
     known = {f.name for f in dataclasses.fields(StudySpec)}
     unknown = sorted(set(d) - known)
     if unknown:

@@ -36,7 +36,7 @@ from ...errors import LensError
 from ..base import Metric, Result
 from ..context import Context
 from ..maths.curvature import HVP_METHODS, hutchinson_trace, lanczos, model_hessian, power_iteration
-from ..plotting import line_plot_by_method, method_colour, plt, save_figure
+from ..plotting import legend_labels, line_plot_by_method, method_colour, outside_legend, plt, save_figure
 from ..subjects import Subject
 from . import register
 
@@ -191,13 +191,13 @@ def _trace_plot(results: list[Result], path: Path) -> Path:
             series[(r.subject.get("run", "?"), r.subject.get("method", "?"))].append(
                 (int(r.subject.get("step", 0)), s["trace"], s["trace_ci_low"], s["trace_ci_high"]))
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    labels = legend_labels(list(series))
     for (name, method), pts in sorted(series.items()):
         step, mean, low, high = (np.array(c) for c in zip(*sorted(pts), strict=True))
         ax.errorbar(step, mean, yerr=[mean - low, high - mean], marker="o", ms=3, capsize=2,
-                    color=method_colour(method), label=name)
+                    color=method_colour(method), label=labels[(name, method)])
     ax.set_xlabel("training step")
     ax.set_ylabel("Hessian trace (Hutchinson, CI)")
-    if series:
-        ax.legend(fontsize=7)
+    outside_legend(ax)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)

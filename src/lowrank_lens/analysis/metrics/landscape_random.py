@@ -39,7 +39,7 @@ from ..maths.landscape import (
     losses_along_directions,
 )
 from ..maths.loss import eval_mode, mean_nll
-from ..plotting import line_plot_by_method, method_colour, plt, save_figure
+from ..plotting import legend_labels, line_plot_by_method, method_colour, outside_legend, plt, save_figure
 from ..subjects import Subject
 from . import register
 
@@ -122,11 +122,13 @@ def landscape_grid(results: list[Result], path: Path, curves: Callable[[Result],
     rows = math.ceil(len(groups) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
     for ax, (step, rs) in zip(axes.flat, groups.items(), strict=False):
+        labels = legend_labels([(str(r.subject.get("run")), str(r.subject.get("method", "?"))) for r in rs])
         for r in sorted(rs, key=lambda r: str(r.subject.get("run"))):
             c = np.asarray(curves(r), dtype=np.float64).reshape(-1, r.arrays["alphas"].size)
             x, mean = r.arrays["alphas"], c.mean(axis=0)
             colour = method_colour(r.subject.get("method", "?"))
-            ax.plot(x, mean, color=colour, lw=1.4, label=str(r.subject.get("run")))
+            ax.plot(x, mean, color=colour, lw=1.4,
+                    label=labels[(str(r.subject.get("run")), str(r.subject.get("method", "?")))])
             if band and c.shape[0] > 1:
                 sd = c.std(axis=0)
                 ax.fill_between(x, mean - 3 * sd, mean + 3 * sd, color=colour, alpha=0.2, lw=0)
@@ -137,7 +139,7 @@ def landscape_grid(results: list[Result], path: Path, curves: Callable[[Result],
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=6)
+    outside_legend(axes.flat[cols - 1], fontsize=6)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
