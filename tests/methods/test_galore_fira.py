@@ -262,6 +262,19 @@ def test_svd_failing_before_any_projector_uses_coordinate_axes(monkeypatch):
     assert torch.isfinite(w).all()
 
 
+def test_svd_out_of_memory_is_raised_not_hidden_by_a_fallback(monkeypatch):
+    w = torch.nn.Parameter(torch.zeros(5, 3))
+    opt = GaLoreAdamW([{"params": [w], "rank": 2, "scale": 1.0}], lr=1e-2)
+
+    def svd(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(torch.linalg, "svd", svd)
+    w.grad = torch.randn(5, 3)
+    with pytest.raises(torch.OutOfMemoryError):
+        opt.step()
+
+
 # ---- the method plugins ----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["galore", "fira"])
 def test_plugin_groups_and_settings(name):

@@ -74,6 +74,8 @@ def orthogonal_basis(grad: torch.Tensor, rank: int, right: bool,
     for label, matrix in attempts:
         try:
             basis = _svd_basis(matrix(), rank, right)
+        except torch.OutOfMemoryError:
+            raise  # out of memory is not a convergence failure: a fallback basis would hide it
         except RuntimeError as err:  # torch.linalg.LinAlgError subclasses RuntimeError
             errors.append(f"{label}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
             continue
