@@ -180,11 +180,11 @@ class RunConfig:
         return cls(
             scale=d["scale"],
             method=d["method"],
-            model=_build(ModelConfig, d.get("model", {}), "model"),
-            data=_build(DataConfig, d.get("data", {}), "data"),
-            optim=_build(OptimConfig, d.get("optim", {}), "optim"),
-            train=_build(TrainConfig, d.get("train", {}), "train"),
-            method_cfg=_build(method_cls.Config, d.get("method_cfg", {}), "method"),
+            model=build_section(ModelConfig, d.get("model", {}), "model"),
+            data=build_section(DataConfig, d.get("data", {}), "data"),
+            optim=build_section(OptimConfig, d.get("optim", {}), "optim"),
+            train=build_section(TrainConfig, d.get("train", {}), "train"),
+            method_cfg=build_section(method_cls.Config, d.get("method_cfg", {}), "method"),
             notes=list(d.get("notes", [])),
         )
 
@@ -195,7 +195,8 @@ class RunConfig:
 SECTIONS = ("model", "data", "optim", "train", "method")
 
 
-def _build(cls: type, values: dict, section: str) -> Any:
+def build_section(cls: type, values: dict, section: str) -> Any:
+    """A config dataclass from a JSON dict, type-checked; unknown names are one clear error."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     _check(not unknown, f"unknown {section} option(s) {sorted(unknown)}; valid: {', '.join(sorted(names))}")

@@ -239,11 +239,11 @@ def cached_results(name: str, run_dirs: list[Path], expected: str | None) -> lis
 
 def _instance(cls: type[Metric], config: dict[str, Any] | None) -> Metric:
     """The metric built with the config its results were computed with (plots may read it)."""
-    from ..config import _build
+    from ..config import build_section
 
     if config:
         try:
-            return cls(_build(cls.Config, dict(config), cls.name))
+            return cls(build_section(cls.Config, dict(config), cls.name))
         except (LensError, TypeError, ValueError) as e:
             log.warning(f"report: {cls.name} config {config} does not build ({e}); plotting with defaults")
     return cls(cls.Config())
