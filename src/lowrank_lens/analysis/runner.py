@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import _build
+from ..config import build_section
 from ..errors import LensError
 from .base import Metric, Result
 from .cache import ResultStore, content_key
@@ -43,7 +43,7 @@ def build_metrics(names: Sequence[str] | None, overrides: Sequence[str] = ()) ->
     out = []
     for name in chosen:
         cls = get_metric(name)
-        out.append(cls(_build(cls.Config, per_metric[name], name)))
+        out.append(cls(build_section(cls.Config, per_metric[name], name)))
     return out
 
 
