@@ -1,7 +1,11 @@
-"""A tiny name -> class registry with an error that lists the valid names."""
+"""A tiny name -> class registry with an error that lists the valid names, and plugin discovery: a registry
+tied to a package imports every module of it on first lookup, so adding a plugin is adding one file."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import sys
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -11,9 +15,19 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, package: str | None = None, skip: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._package, self._skip, self._discovered = package, skip, package is None
+
+    def _discover(self) -> None:
+        """Import every module of the plugin package once (each registers itself on import)."""
+        if self._discovered:
+            return
+        self._discovered = True
+        for info in pkgutil.iter_modules(sys.modules[self._package].__path__):
+            if info.name not in self._skip:
+                importlib.import_module(f"{self._package}.{info.name}")
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -25,13 +39,16 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        self._discover()
         if name not in self._items:
             valid = ", ".join(sorted(self._items))
             raise LensError(f"unknown {self.kind} {name!r}; choose one of: {valid}")
         return self._items[name]
 
     def names(self) -> list[str]:
+        self._discover()
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:
+        self._discover()
         return name in self._items
