@@ -7,12 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import torch
+from lens_testutil import one_torch_thread
 
 
 @pytest.fixture(autouse=True)
 def single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
+from lens_testutil import one_torch_thread
 
 pytest.importorskip("lm_eval", reason="downstream tests need the [eval] extra (lm-eval)")
 pytest.importorskip("accelerate", reason="downstream tests need the [eval] extra (lm-eval[hf])")
@@ -25,20 +25,13 @@ NANO = ["train.steps=8", "train.checkpoints=1"]
 
 @pytest.fixture(autouse=True)
 def single_thread() -> Iterator[None]:
-    """One torch thread: on the shared 2-core machine, two threads under load are slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
 def nano_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """{method: run_dir} for every registered method (same data and seed, 8 steps)."""
     out = tmp_path_factory.mktemp("downstream-runs")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         return {m: train(build_config("nano", m, NANO), out) for m in method_names()}
-    finally:
-        torch.set_num_threads(before)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
+from lens_testutil import one_torch_thread
 
 from lowrank_lens.analysis.base import Metric
 from lowrank_lens.analysis.context import EvalSettings
@@ -32,10 +32,8 @@ HOSTILE_NOTE = "<script>window.__injected = 1</script> & notes are escaped"
 
 @pytest.fixture(scope="session")
 def single_thread_session() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def _downstream(study: Path) -> Path:
