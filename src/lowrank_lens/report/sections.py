@@ -176,8 +176,13 @@ def matched_section(study: Study, tables_dir: Path, href: str, figure_dir: Path,
                                      csv=f"{href}/matched_metrics.csv",
                                      caption="Headline metric columns at the matched checkpoints, over seeds."))
             pairs = []
+            present = {r.get("metric") for r in selected}
             for name, head in heads.items():
-                pairs += _pairwise(selected, name, (head,), ("scale", "kind", "match"))
+                if name in present:
+                    pairs += _pairwise(selected, name, (head,), ("scale", "kind", "match"))
+                else:  # e.g. a pair metric whose two runs were matched at different steps
+                    notes.append(f"{name}: no result at the matched checkpoints (a pair metric needs both runs "
+                                 f"matched at the same step).")
             for p in pairs:
                 p["column"] = f"{p['metric']}.{p['column']}"
             if pairs:
