@@ -214,7 +214,12 @@ def run_eval_downstream(run_dirs: list[Path], tasks: list[str], step: str, seeds
     write_parquet(rows, csv_path.with_suffix(".parquet"))
     for r in rows:
         chance = f" (chance {r['chance']:.3f})" if "chance" in r else ""
-        acc = f"acc {r['acc']:.4f} ± {r['acc_std_seeds']:.4f}" if "acc" in r else "no acc"
+        if "acc" not in r:
+            acc = "no acc"
+        elif r.get("n_seeds", 1) > 1:
+            acc = f"acc {r['acc']:.4f} ± {r['acc_std_seeds']:.4f} (std over {r['n_seeds']} evaluation seeds)"
+        else:  # one evaluation seed: the sampling error of the accuracy, not a zero spread
+            acc = f"acc {r['acc']:.4f} ± {r.get('acc_stderr', float('nan')):.4f} (stderr)"
         log.info(f"downstream: {r['run']:<28} {r['task']:<16} {acc}{chance}")
     log.info(f"downstream: {len(rows)} rows -> {csv_path}")
     return csv_path
