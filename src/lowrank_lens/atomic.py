@@ -15,6 +15,15 @@ from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; set straight back (once, at import: no race)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success it replaces `dest` atomically, on error it is removed.
@@ -30,6 +39,9 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus the umask), so
+        # reports, checkpoints and tables can be shared and served like any other file.
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, dest)
     finally:
         tmp_path.unlink(missing_ok=True)
