@@ -324,125 +324,13 @@ def readme_rows(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-PROSE = """# Memory: parameters, gradients and optimizer state per method
-
-Written by `python benchmarks/bench_memory.py` ({when}; {machine}; torch {torch}; {n} builds in {secs:.0f} s).
-
-## What is measured, and how
-
-Every method in the registry is built at every preset **as training builds it** (`presets.build_config`,
-then `train.run.build_components`: seeded model, the method's surgery, the dtype cast of `train.precision`,
-the method's optimizer and the param-group check), except that the model is constructed on PyTorch's
-**meta device**: tensors with shapes and dtypes but no storage. Then one micro-batch forward/backward (the
-loss of `token_nll`), the loop's gradient clipping where the preset clips, and one `optimizer.step()` run on
-meta, and `train.memory.measure_memory` (the accounting the loop stores in every checkpoint's `meta.json`)
-reads the bytes of the parameters, gradients and optimizer state that now exist. Nothing is allocated, so
-the numbers do not depend on the machine (the script ran on a 2-core x86-64 CPU without a GPU), and the 1b
-model costs nothing.
-
-- **bf16** is the reference recipe (`train.precision=bf16-pure`: weights, gradients and Adam moments in
-  bf16, no master copy). **fp32** (`train.precision=fp32`; `bf16-mixed` holds the same fp32 weights,
-  gradients and state) doubles every entry except torch AdamW's per-tensor `step`, which is fp32 anyway.
-- Counted: all parameters (frozen ones too: ReLoRA's W), the gradients of the trainable ones (full size for
-  GaLore/Fira: the loop keeps whole gradients; the reference's per-layer update mode is not implemented)
-  and every tensor in the optimizer state. **Not counted:** activations (they depend on batch, sequence
-  length and checkpointing, not on the method's state), transient tensors of an update (GaLore/Fira's
-  full-size update and residual, the SVD workspace every T steps, SLTrain's dense W rebuilt in forward and
-  backward) and allocator overhead. `buffers` are the non-parameter tensors: RoPE's inverse frequencies and
-  SLTrain's int64 sparse-support indices (8 bytes per non-zero).
-- Two things cannot run on meta as they do on a real device; they are handled like this:
-  1. GaLore/Fira's projector: `torch.linalg.svd` runs on meta (it has a meta kernel and returns U and Vᵀ of
-     the right shapes), but `optim.projector._svd_basis` then checks that the result is finite, which reads
-     values, and on failure the projector would silently fall back to another basis. The benchmark
-     replaces `_svd_basis` by the same SVD and slicing without that check; the rest of the projector
-     (`orthogonal_basis`, the compact copy, the cast to the gradient's dtype) and the whole optimizer step
-     run unchanged, and a projector fallback warning is raised as an error.
-  2. A method whose forward cannot run on meta gets `p.grad = zeros_like(p)` for every trainable parameter,
-     exactly the shape and dtype autograd gives a leaf, so the optimizer creates the same state. This
-     applies to {fallbacks} (last column of the tables).
-  Transformers' causal-mask builder also reads values, so the forward is given a prepared 4-D causal mask,
-  which is what the builder produces for unpadded rows.
-
-## Closed forms
-
-With h = hidden, i = intermediate, L = layers, V = vocabulary, the non-target parameters are
-E = 2Vh + (2L+1)h (embedding, untied LM head, RMSNorms) and the 7L target matrices are q/k/v/o (h x h),
-gate/up (i x h) and down (h x i), m x n = out x in as torch stores them; r is the method's rank and
-r' = min(r, m, n). "step" is torch AdamW's 1-element fp32 counter per parameter tensor.
-
-- **full-rank**: P = E + L(4h² + 3hi) trainable; state 2P moments + one `step` per tensor.
-- **galore**: P trainable, full-size gradients; state 2E moments for the non-targets (plain Adam, methods.md
-  §2.1) and, per m x n target, two moments of the projected gradient (m x r' if m >= n, r' x n otherwise:
-  2r'·max(m, n)), the projector (r'·min(m, n)) and a 0-dim side flag. The step counter is a python int.
-- **fira**: as GaLore, plus a 0-dim residual norm (the limiter's s_prev) per target.
-- **cola**: E + L·r·(11h + 3i) trainable (A: r x in, B: out x r per target); state 2 x that + `step`s.
-- **sltrain**: E + L·r·(11h + 3i) + Σ int(δ·out·in) sparse values trainable; state 2 x that + `step`s.
-- **relora**: E + L·r·(11h + 3i) trainable; the frozen W, L(4h² + 3hi), has no gradient and no state;
-  state 2 x trainable + `step`s.
-
-The measured element counts of every state key (exp_avg, exp_avg_sq, basis, proj_right, residual_norm,
-step), the parameter and gradient counts and the state bytes equal these formulas **exactly** for every
-method, preset and precision (column "state = closed form"; `tests/methods/test_memory_closed_forms.py`
-holds 60m to them). So measurement and closed form do not differ; the differences discussed below are
-between both of them and the papers' estimates. That the meta path counts what real tensors hold is tested
-too: the same test builds every method at `nano` on CPU with real tensors, in bf16 and fp32, and finds the
-same parameter, gradient and per-key state bytes; and the fp32 60m state sizes here equal those that
-`benchmarks/bench_methods.py` measured from real CPU tensors (443 / 312 / 312 / 326 / 332 / 326 MiB).
-
-## bf16 (pure, the reference recipe)
-
-{bf16}
-
-## fp32 (and bf16-mixed): params + grads + state in MiB (optimizer state alone in parentheses)
-
-{fp32}
-
-## Optimizer-state elements at 60m (bf16; measured, equal to the closed forms)
-
-{state60}
-
-## Against the published estimates
-
-GaLore's Table 2 counts weights + optimizer states in BF16 and its Table 6 splits them; Fira's Table 3
-adds gradients (methods.md §2.4, §3.4, §7). Both write "G"; ours are in GB (10⁹ bytes), bf16:
-
-{published}
-
-Where they differ, and why:
-
-- **Full-rank** follows the papers' own rule (states = 2 x weights; Fira adds 1 x weights of gradients).
-  The papers' weight figures (0.12 / 0.25 / 0.68 / 2.60 G) do not come exactly from the parameter counts
-  58.07M / 134.11M / 367.97M / 1339.08M in either unit (0.116 / 0.268 / 0.736 / 2.678 GB, or 0.108 /
-  0.250 / 0.685 / 2.494 GiB), so the published full-rank totals are 7% below to 3% above ours.
-- **GaLore/Fira states** are 17-26% above GaLore's Table 6 (0.13 / 0.28 / 0.54 / 1.78 G). Those figures are,
-  to rounding, 1.5 x the Low-Rank (W = BA) model's weights (1.5 x 0.0855 and 1.5 x 0.188 GB from the exact
-  low-rank parameter counts at 60m and 130m; 1.5 x the table's own 0.36 and 1.19 G at 350m and 1b), i.e.
-  3/4 of a low-rank model's Adam state: the square-matrix ratio (mr + 2nr) / (2(m + n)r) = 3/4 of GaLore's
-  per-matrix formula, applied to the whole model. But the embedding and LM head are not projected: the
-  reference optimizer keeps plain Adam moments for them (methods.md §2.1), 2 x 32.77M x 2 B = 0.131 GB at
-  60m, which alone is already the published total. The measured state is what `GaLoreAdamW` (bitwise equal
-  to the reference's) holds; our closed form for the projected part is GaLore's own mr + 2nr per matrix.
-- **ReLoRA** (the papers' LoRA/ReLoRA rows): the states agree (0.17 / 0.37 / 0.72 / 2.38 G: Adam on the
-  same trainable set as CoLA's model), but the published weights are full-rank weights + Low-Rank weights
-  (0.12 + 0.08 = 0.20 G at 60m; 2.60 + 1.19 = 3.79 G at 1b), counting the embedding and LM head twice. Ours
-  count each tensor once (frozen W + LoRA factors + embeddings), so our weights are 4-32% lower (weights +
-  states 2-15%).
-- **Gradients** (Fira's Table 3) are Table 6's weights + a gradient per trainable weight + Table 6's states
-  (e.g. 1b GaLore 2.60 + 2.60 + 1.78 = 6.98; ReLoRA 3.79 + 1.19 + 2.38 = 7.36), so its rows inherit both
-  differences above. GaLore/Fira gradients are full size here, as in the reference training script.
-- **CoLA and SLTrain** have no memory table in methods.md; both are Adam on their trainable parameters.
-  SLTrain also holds int64 support indices (`buffers`: 276 MiB at 1b), four times the bytes of the bf16
-  sparse values they index, which a count of parameters alone hides.
-
-## README rows (bf16 params + grads + optimizer state)
-
-{readme}
-"""
+PROSE_TEMPLATE = Path(__file__).with_name("memory_doc_template.md")
+"""docs/memory.md with str.format fields (when, machine, tables...); literal braces are doubled."""
 
 
 def render(rows: list[dict], secs: float) -> str:
     fallbacks = sorted({f"{r['method']} (`{r['grads_from'][4:-1]}`)" for r in rows if r["grads_from"] != "yes"})
-    return PROSE.format(
+    return PROSE_TEMPLATE.read_text().format(
         when=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
         torch=torch.__version__, n=len(rows), secs=secs, fallbacks=", ".join(fallbacks) or "no method",
         bf16=main_table(rows, "bf16-pure"), fp32=fp32_table(rows), state60=state_table(rows, "60m"),
