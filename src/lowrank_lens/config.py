@@ -260,6 +260,12 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return RunConfig.from_dict(d)
 
 
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """Hex digest of a JSON-serialisable object, independent of dict order and of the process."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
 def config_hash(d: dict, exclude: tuple[str, ...] = ()) -> str:
     """Stable hash of a config dict; `exclude` holds dotted keys (e.g. 'train.device') to leave out."""
     d = json.loads(json.dumps(d, default=str))
@@ -269,8 +275,7 @@ def config_hash(d: dict, exclude: tuple[str, ...] = ()) -> str:
         for p in parts[:-1]:
             node = node.get(p, {})
         node.pop(parts[-1], None)
-    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return stable_hash(d)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

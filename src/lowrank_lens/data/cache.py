@@ -8,13 +8,11 @@ two processes building the same artefact at once both end with the same complete
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 from ..atomic import atomic_path, write_json_atomic  # noqa: F401  (re-exported for data/)
-from ..config import DataConfig
+from ..config import DataConfig, stable_hash  # noqa: F401  (stable_hash re-exported for data/)
 
 ENV_CACHE = "LOWRANK_LENS_CACHE"
 
@@ -26,12 +24,6 @@ def default_cache_dir(cfg: DataConfig) -> Path:
     if os.environ.get(ENV_CACHE):
         return Path(os.environ[ENV_CACHE]).expanduser()
     return Path.home() / ".cache" / "lowrank_lens"
-
-
-def stable_hash(obj: Any, n: int = 16) -> str:
-    """Hex digest of a JSON-serialisable object, independent of dict order and of the process."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
 def file_sha256(path: Path, cache_dir: Path) -> str:
