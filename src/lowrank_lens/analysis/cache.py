@@ -68,16 +68,3 @@ class ResultStore:
                                       "scalars": result.scalars, "info": result.info, "skipped": result.skipped,
                                       "has_arrays": bool(result.arrays)})
         return meta_path
-
-    def all(self, metric: str | None = None) -> list[Result]:
-        """Every cached result of this run (of one metric, or all), for reports."""
-        if not self.root.is_dir():
-            return []
-        dirs = [self.root / metric] if metric else sorted(p for p in self.root.iterdir() if p.is_dir())
-        out = []
-        for d in dirs:
-            for meta in sorted(d.glob("*.json")):
-                r = self.get(d.name, meta.stem)
-                if r is not None:
-                    out.append(r)
-        return out
