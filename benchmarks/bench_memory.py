@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 import lowrank_lens.train.run as run_module
+from lowrank_lens.atomic import write_text_atomic
 from lowrank_lens.config import RunConfig
 from lowrank_lens.methods import method_names
 from lowrank_lens.methods.base import DEFAULT_TARGETS
@@ -353,8 +354,7 @@ def main() -> None:
         print("\n" + published_table(rows))
     print(f"\n{len(rows)} builds in {secs:.1f} s")
     if not args.no_write and set(args.presets) == set(PRESETS) and set(args.precisions) == set(PRECISIONS):
-        DOC.parent.mkdir(parents=True, exist_ok=True)
-        DOC.write_text(render(rows, secs))
+        write_text_atomic(DOC, render(rows, secs))
         print(f"wrote {DOC}")
     if any(_match(r) not in ("exact", "no closed form") for r in rows):
         raise SystemExit("measured counts differ from the closed forms (see the tables)")

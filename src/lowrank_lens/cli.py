@@ -173,13 +173,11 @@ def study(
                                              "predict, report.")] = "train,analyze,downstream,predict,report",
 ) -> None:
     """Train the grid methods x scales x seeds, analyse, evaluate downstream, predict and report (resumable)."""
-    from .study.presets import study_presets
     from .study.runner import STAGES, describe_plan, run_study
-    from .study.spec import load_spec
+    from .study.spec import existing_study_folder, load_spec
 
     spec = load_spec(study_file)
-    in_place = Path(study_file) if study_file not in study_presets() and Path(study_file).is_dir() else None
-    folder = out or in_place or Path("studies") / spec.name
+    folder = out or existing_study_folder(study_file) or Path("studies") / spec.name
     if dry_run:
         typer.echo(describe_plan(spec, folder))
         return

@@ -115,6 +115,14 @@ def plan_runs(spec: StudySpec) -> list[PlannedRun]:
     return out
 
 
+def existing_study_folder(source: str | Path) -> Path | None:
+    """The study folder `source` names (a folder holding a study.json, not a preset name), else None."""
+    from .presets import study_presets
+
+    path = Path(source)
+    return path if str(source) not in study_presets() and (path / "study.json").is_file() else None
+
+
 def load_spec(source: str | Path) -> StudySpec:
     """A StudySpec from a TOML/JSON file, a preset name (see `study_presets`), or an existing study folder
     (its `study.json` record, whose "spec" holds the resolved spec), so a study can be re-run in place."""
@@ -123,9 +131,8 @@ def load_spec(source: str | Path) -> StudySpec:
     presets = study_presets()
     if str(source) in presets:
         return presets[str(source)]()
-    path = Path(source)
-    if path.is_dir() and (path / "study.json").is_file():
-        path = path / "study.json"
+    folder = existing_study_folder(source)
+    path = folder / "study.json" if folder else Path(source)
     if not path.is_file():
         raise LensError(f"study {source!r} is neither a file, a study folder nor a preset; presets: "
                         f"{', '.join(presets)}")

@@ -121,14 +121,16 @@ def landscape_grid(results: list[Result], path: Path, curves: Callable[[Result],
     cols = min(4, len(groups))
     rows = math.ceil(len(groups) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
+    def run_method(r: Result) -> tuple[str, str]:
+        return str(r.subject.get("run")), str(r.subject.get("method", "?"))
+
     for ax, (step, rs) in zip(axes.flat, groups.items(), strict=False):
-        labels = legend_labels([(str(r.subject.get("run")), str(r.subject.get("method", "?"))) for r in rs])
-        for r in sorted(rs, key=lambda r: str(r.subject.get("run"))):
+        labels = legend_labels([run_method(r) for r in rs])
+        for r in sorted(rs, key=run_method):
             c = np.asarray(curves(r), dtype=np.float64).reshape(-1, r.arrays["alphas"].size)
             x, mean = r.arrays["alphas"], c.mean(axis=0)
-            colour = method_colour(r.subject.get("method", "?"))
-            ax.plot(x, mean, color=colour, lw=1.4,
-                    label=labels[(str(r.subject.get("run")), str(r.subject.get("method", "?")))])
+            colour = method_colour(run_method(r)[1])
+            ax.plot(x, mean, color=colour, lw=1.4, label=labels[run_method(r)])
             if band and c.shape[0] > 1:
                 sd = c.std(axis=0)
                 ax.fill_between(x, mean - 3 * sd, mean + 3 * sd, color=colour, alpha=0.2, lw=0)
