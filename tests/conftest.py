@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
+from lens_testutil import MISSING_OPTIONAL
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -21,3 +23,47 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ["LOWRANK_LENS_CACHE"] = str(cache)
     return cache
 
+
+@pytest.fixture
+def network_attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every attempt to resolve a host name or open a non-loopback connection during the test, refused.
+
+    Tests of offline behaviour assert the list is empty: "fails fast" means it never tried the network.
+    """
+    attempts: list[str] = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def _loopback(host: object) -> bool:
+        return isinstance(host, str) and (host in ("localhost", "::1") or host.startswith("127."))
+
+    def connect(sock: socket.socket, address: object) -> None:
+        host = address[0] if isinstance(address, tuple) else address
+        if sock.family == socket.AF_UNIX or _loopback(host):
+            return real_connect(sock, address)
+        attempts.append(f"connect {address}")
+        raise OSError("network access attempted in an offline test")
+
+    def getaddrinfo(host: object, *args: object, **kwargs: object) -> list:
+        if host is None or _loopback(host):
+            return real_getaddrinfo(host, *args, **kwargs)
+        attempts.append(f"resolve {host}")
+        raise socket.gaierror(f"network access attempted in an offline test: {host}")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return attempts
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    """A banner for tests skipped because an optional package is missing (pytest -q shows only a count)."""
+    reasons: dict[str, int] = {}
+    for rep in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(rep, "longrepr", None)
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        if MISSING_OPTIONAL in reason:
+            key = reason[reason.index(MISSING_OPTIONAL):]
+            reasons[key] = reasons.get(key, 0) + 1
+    if reasons:
+        terminalreporter.write_sep("!", "reference / optional checks NOT run", red=True, bold=True)
+        for reason, n in sorted(reasons.items()):
+            terminalreporter.write_line(f"{n} test(s) skipped: {reason}", red=True)

@@ -1,20 +1,9 @@
 """Bad input gets one clear line (`error: ...`, exit 2), never a traceback."""
 
 import subprocess
-import sys
 
 import pytest
-from lens_testutil import PYTHON, cli_env
-
-from lowrank_lens import cli
-
-
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lowrank-lens", *args])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    err = capsys.readouterr().err.strip()
-    return exc.value.code, err
+from lens_testutil import PYTHON, cli_env, run_cli
 
 
 @pytest.mark.parametrize("args, fragment", [

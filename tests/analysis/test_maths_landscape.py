@@ -39,7 +39,7 @@ def test_es_and_dv_equal_their_closed_forms_on_a_quadratic():
     alphas = torch.tensor([-0.3, -0.2, -0.05, 0.0, 0.05, 0.2, 0.3], dtype=torch.float64)  # symmetric, non-uniform
     curves, a_, b_ = _curves(H, grad, dirs, alphas)
     pos = alphas[alphas > 0]
-    assert expected_sharpness(curves, alphas) == pytest.approx(0.5 * (pos**2).mean() * b_.mean(), rel=1e-12)
+    assert expected_sharpness(curves, alphas) == pytest.approx(float(0.5 * (pos**2).mean() * b_.mean()), rel=1e-12)
     dv = (alphas**2).mean() * a_.var(unbiased=False) + 0.25 * (alphas**4).mean() * b_.var(unbiased=False)
     assert direction_variance(curves) == pytest.approx(float(dv), rel=1e-10)
     # The study's DV: numpy population variance per grid point, then the mean.

@@ -2,7 +2,7 @@
 
 The runs are nano shapes (hidden 64, 2 layers, vocab 512) trained for 8 steps: seconds to train, enough to
 check that every method's checkpoint runs through lm-evaluation-harness unchanged. The tests need the
-optional `[eval]` extra (lm-eval with accelerate); without it they are skipped.
+optional `[eval]` extra (lm-eval with accelerate); without it they are skipped (in CI they fail).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lens_testutil import one_torch_thread
+from lens_testutil import one_torch_thread, require_package
 
-pytest.importorskip("lm_eval", reason="downstream tests need the [eval] extra (lm-eval)")
-pytest.importorskip("accelerate", reason="downstream tests need the [eval] extra (lm-eval[hf])")
+require_package("lm_eval", "downstream tests need the [eval] extra: pip install -e '.[eval]'", module_level=True)
+require_package("accelerate", "downstream tests need the [eval] extra: pip install -e '.[eval]'",
+                module_level=True)
 
 from lowrank_lens.methods import method_names  # noqa: E402
 from lowrank_lens.presets import build_config  # noqa: E402

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -62,27 +61,29 @@ def test_include_path_group_averages_like_lm_eval(nano_runs: dict[str, Path], tm
 
 
 def test_hub_dataset_offline_fails_fast_with_recipe(nano_runs: dict[str, Path], tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch):
+                                                    monkeypatch: pytest.MonkeyPatch, network_attempts: list):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     inc = tmp_path / "tasks"
     inc.mkdir()
     _mc_yaml(inc / "hubby.yaml", "hubby", Path("unused"), dataset_path="someone/not-on-this-machine")
-    t0 = time.perf_counter()
     with pytest.raises(LensError, match="dataset_path: json") as e:
         evaluate_downstream([nano_runs["full-rank"]], ["hubby"], include_path=str(inc))
-    assert "\n" not in str(e.value) and time.perf_counter() - t0 < 30
+    assert "\n" not in str(e.value)
+    assert network_attempts == []  # failing fast = failing without trying the network
 
 
-def test_builtin_hub_task_and_unknown_name_fail_fast(nano_runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch):
+def test_builtin_hub_task_and_unknown_name_fail_fast(nano_runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                     network_attempts: list):
     """A real lm-eval task (piqa: dataset on the hub) offline, and a name lm-eval does not know: one-line
-    LensErrors within seconds (plus, once per process, lm-eval's index of its built-in tasks)."""
+    LensErrors without any attempt to reach the network (what made them fast; the time itself is not
+    asserted: it depends on the machine's load)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    t0 = time.perf_counter()
-    with pytest.raises(LensError, match="unreachable.*dataset_path: json"):
+    with pytest.raises(LensError, match="unreachable.*dataset_path: json") as e1:
         evaluate_downstream([nano_runs["full-rank"]], ["piqa"])
-    with pytest.raises(LensError, match="unknown lm-eval task 'no_such_task_xyz'"):
+    with pytest.raises(LensError, match="unknown lm-eval task 'no_such_task_xyz'") as e2:
         evaluate_downstream([nano_runs["full-rank"]], ["no_such_task_xyz"])
-    assert time.perf_counter() - t0 < 30
+    assert "\n" not in str(e1.value) and "\n" not in str(e2.value)
+    assert network_attempts == []
     # Every preset names tasks that lm-eval 0.4.13 knows (the index is cached now: no extra cost).
     names = [s.name for s in resolve_tasks(list(PRESETS))]
     assert set(names) <= set(task_manager(resolve_tasks(names)).all_tasks)

@@ -21,6 +21,7 @@ import types
 
 import pytest
 import torch
+from lens_testutil import require_package
 
 from lowrank_lens.config import ModelConfig
 from lowrank_lens.methods import get_method
@@ -40,7 +41,7 @@ def _reference_module(package: str, module: str) -> types.ModuleType:
     """Load `package.module` from the installed files without executing the package's __init__."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        pytest.importorskip(package, reason=INSTALL)  # guard message only; CI installs them
+        require_package(package, INSTALL)  # skips loudly; fails in CI, whose README command installs them
     alias = f"_reference_{package}"
     if alias not in sys.modules:
         pkg = types.ModuleType(alias)
