@@ -76,6 +76,24 @@ def test_loss_is_token_weighted_and_skips_padding(model):
         prepare_batches([{"input_ids": ids[:, :1]}], "cpu")
 
 
+def test_fp64_evaluation_is_fp64_end_to_end(model):
+    """--dtype fp64 scores in fp64: the loss equals a float64 log-softmax to ~1e-15, which an fp32 cast of
+    the logits (what the loss did before) misses by ~1e-8."""
+    import copy
+
+    m64 = copy.deepcopy(model).double()
+    batches = prepare_batches(tiny_batches(pad=False), "cpu")
+    ids = batches[0]["input_ids"]
+    with torch.no_grad():
+        logits = m64(input_ids=ids).logits
+        exact = -torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).sum()
+        ours = mean_nll(m64, batches[:1]) * (ids.shape[0] * (ids.shape[1] - 1))
+        via_fp32 = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(),
+                                                     reduction="sum").double()
+    assert float(abs(ours - exact) / exact) < 1e-14
+    assert float(abs(via_fp32 - exact) / exact) > 1e-12  # the test can tell fp32 from fp64
+
+
 def test_interpolation_endpoints_are_the_endpoint_losses(model):
     batches = tiny_batches(seed=2)
     a = snapshot(dict(model.named_parameters()))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lowrank_lens.analysis.maths import mean_metrics, singular_values, spectral_metrics, update_norms
+from lowrank_lens.errors import LensError
 
 
 def _with_spectrum(s: list[float], m: int, n: int, seed: int) -> torch.Tensor:
@@ -64,3 +65,25 @@ def test_update_norms():
     assert res.fro == {"x": pytest.approx(1.0), "y": pytest.approx(1.0)}
     assert res.relative["x"] == pytest.approx(0.2) and res.relative["y"] == math.inf
     assert res.global_ratio == pytest.approx(math.sqrt(2) / 5)  # sqrt(1 + 1) / sqrt(25 + 0)
+
+
+def test_rank_tolerance_is_relative_so_an_fp32_low_rank_product_has_its_rank():
+    """B @ A of rank 8 computed and stored in fp32: its 56 trailing singular values are fp32 rounding
+    noise (~1e-7 * s_1), far above the study's absolute 1e-12, which read it as full rank (64)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 8, generator=g) @ torch.randn(8, 96, generator=g)  # fp32
+    s = singular_values([w])[0]
+    assert float(s[8]) > 1e-12  # the noise the absolute rule counted
+    assert spectral_metrics(s, max_dim=96)["rank"] == 8
+    assert spectral_metrics(s, max_dim=96, tol=1e-12)["rank"] == 64  # the study's rule, as an option
+
+
+def test_zero_matrix_rule_skip_by_default_zero_as_the_study():
+    one = spectral_metrics(torch.tensor([3.0, 0.0, 0.0]))
+    zero_skip = spectral_metrics(torch.zeros(3))
+    zero_study = spectral_metrics(torch.zeros(3), zero_matrix="zero")
+    assert math.isnan(zero_skip["effective_rank"]) and zero_study["effective_rank"] == 0.0
+    assert mean_metrics([one, zero_skip])["effective_rank"] == 1.0
+    assert mean_metrics([one, zero_study])["effective_rank"] == 0.5
+    with pytest.raises(LensError, match="zero_matrix"):
+        spectral_metrics(torch.zeros(3), zero_matrix="nan")

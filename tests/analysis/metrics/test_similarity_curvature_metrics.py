@@ -135,3 +135,29 @@ def test_curvature_parameter_sets_and_options(tiny_runs):
     batches = ctx.batches(run)  # 2 batches of 4 rows
     cut = first_sequences(batches, 6)
     assert [b["input_ids"].shape[0] for b in cut] == [4, 2] and first_sequences(batches, 0) is batches
+
+
+def test_unmasked_hidden_states_use_the_attention_mask_like_the_study():
+    """The study passes the tokenizer's attention mask, so padding positions attend to real tokens only;
+    our batches carry labels with -100 at padding instead. Without the mask (before), the padding
+    positions' states differed from the study's; real positions are the same either way."""
+    from maths_testutil import TINY, tiny_model
+
+    from lowrank_lens.analysis.maths.loss import prepare_batches
+    from lowrank_lens.analysis.metrics.activation_similarity import _hidden_states
+    from lowrank_lens.data.rows import to_model_inputs
+
+    model = tiny_model().eval()
+    rows = np.random.default_rng(0).integers(0, TINY.vocab_size, (2, 16)).astype(np.int32)
+    rows[1, 9:] = -1  # right padding
+    (batch,) = prepare_batches([to_model_inputs(rows, pad_id=0)], "cpu")
+    real = torch.from_numpy(rows != -1).long()
+    with torch.no_grad():
+        ours = _hidden_states(model, batch)
+        study = model(input_ids=batch["input_ids"], attention_mask=real, output_hidden_states=True).hidden_states
+        no_mask = model(input_ids=batch["input_ids"], output_hidden_states=True).hidden_states
+    for a, b, c in zip(ours, study, no_mask, strict=True):
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a[0], c[0])  # an unpadded row: no difference
+        torch.testing.assert_close(a[1, :9], c[1, :9])  # real positions: causal, the mask changes nothing
+    assert not torch.allclose(ours[-1][1, 9:], no_mask[-1][1, 9:])  # the padding positions it does change

@@ -14,9 +14,9 @@ import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import torch
+from scipy.stats import t as student_t
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -182,7 +182,9 @@ def hutchinson_trace(matvec: Callable[[Tensor], Tensor], dim: int, n_probes: int
                      confidence: float = 0.95, dtype: torch.dtype = torch.float64) -> TraceEstimate:
     """tr(H) ~= mean_i z_i^T H z_i with Rademacher z_i, over a FIXED number of probes (no early stop:
     PyHessian's rule stopped after 2 probes, ecosystem.md §2.3). The interval is mean +- q * stderr with
-    q the normal quantile (a large-sample interval; with few probes it is somewhat too narrow).
+    q the Student t quantile with n_probes - 1 degrees of freedom: the normal quantile covered only ~91%
+    at 10 probes on a dense Hessian (the t interval: ~94.5%, tested). For a Hessian dominated by a few large
+    eigenvalues z^T H z is skewed and even the t interval covers somewhat less (~90% at 10 probes).
     Var(z^T H z) = 2 sum_{i != j} H_ij^2, so a diagonal H is estimated exactly.
     """
     if n_probes < 2:
@@ -193,7 +195,7 @@ def hutchinson_trace(matvec: Callable[[Tensor], Tensor], dim: int, n_probes: int
         z = (torch.randint(0, 2, (dim,), generator=g) * 2 - 1).to(dtype)
         samples[i] = float(matvec(z).to(dtype) @ z)
     mean, se = float(samples.mean()), float(samples.std() / math.sqrt(n_probes))
-    q = NormalDist().inv_cdf(0.5 + confidence / 2)
+    q = float(student_t.ppf(0.5 + confidence / 2, n_probes - 1))
     return TraceEstimate(mean, se, mean - q * se, mean + q * se, confidence, n_probes, samples)
 
 

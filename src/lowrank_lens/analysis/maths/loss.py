@@ -62,14 +62,16 @@ def nll_sum(logits: Tensor, labels: Tensor) -> Tensor:
     """Sum of next-token NLL. logits [B, T, V], labels [B, T]; logits at t predict labels at t+1.
 
     The labels are shifted (last position padded with -100), not the logits, so the [B, T, V] logits are
-    never copied (HF's loss does the same). Logits are upcast to fp32 (as HF's loss does) so a bf16
-    model is not also scored in bf16.
+    never copied (HF's loss does the same). Half-precision logits are upcast to fp32 (as HF's loss does)
+    so a bf16 model is not also scored in bf16; fp32 and fp64 logits keep their dtype, so `--dtype fp64`
+    is fp64 end to end.
     """
     V = logits.shape[-1]
     shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # [B, T]
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, V).float(), shifted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum",
-    )
+    flat = logits.reshape(-1, V)
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
+    return torch.nn.functional.cross_entropy(flat, shifted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def _logits(out: Any) -> Tensor:

@@ -18,7 +18,9 @@ from torch import Tensor
 
 from ...errors import LensError
 
-RANK_TOL = 1e-12  # the study keeps s_i > 1e-12
+STUDY_RANK_TOL = 1e-12  # the study keeps s_i > 1e-12: below fp32 rounding, so every fp32 matrix is "full rank"
+FP32_EPS = float(torch.finfo(torch.float32).eps)
+ZERO_RULES = ("skip", "zero")
 SV_THRESHOLD = 0.1  # the study's "#SV > 0.1"
 
 
@@ -55,28 +57,42 @@ def singular_values(mats: Mapping[str, Tensor] | Sequence[Tensor], *, dtype: tor
     return out  # type: ignore[return-value]
 
 
-def spectral_metrics(s: Tensor, n: int | None = None, *, tol: float = RANK_TOL,
-                     threshold: float = SV_THRESHOLD) -> dict[str, float]:
+def rank_tolerance(s1: float, max_dim: int, eps: float = FP32_EPS) -> float:
+    """numpy's matrix_rank rule: max(m, n) * eps * s_1, with eps of the precision the matrix was computed
+    in (fp32: the analysed matrices are fp32 tensors, so their rounding noise is at that level)."""
+    return max_dim * eps * s1
+
+
+def spectral_metrics(s: Tensor, n: int | None = None, *, tol: float | None = None, max_dim: int | None = None,
+                     threshold: float = SV_THRESHOLD, zero_matrix: str = "skip") -> dict[str, float]:
     """The study's per-matrix scalars from singular values s (any order); n = min(rows, cols) = len(s).
 
-    Only s_i > tol enter (as in the study). With p_i = s_i / sum_j s_j:
+    Only s_i > tol enter. tol None (default): relative, `rank_tolerance(s_1, max_dim)` with max_dim =
+    max(rows, cols) (default n); a number: absolute (the study: 1e-12, which no fp32 rounding noise is
+    below). With p_i = s_i / sum_j s_j:
       rank = #{s_i > tol}                       rank_ratio = rank / n
       effective_rank = exp(-sum p_i log p_i)    effective_rank_score = effective_rank / n  (Roy & Vetterli)
       stable_rank = sum s_i^2 / s_1^2           stable_rank_ratio = stable_rank / n
       spectral_gap = (s_1 - s_2) / s_1          singular_value_ratio = s_2 / s_1  (s_2 = 0 if rank < 2)
       n_sv_above = #{s_i > threshold}           n_sv_above_ratio = n_sv_above / n
-    A zero matrix (rank 0) has NaN for the ratios that divide by s_1 or sum s; `mean_metrics` skips NaN.
+    A zero matrix (rank 0) has no p_i and no s_1: zero_matrix="skip" (default) gives NaN for those ratios
+    and `mean_metrics` leaves the matrix out of their mean; "zero" is the study's rule, 0 for each (which
+    pulls the mean of e.g. the effective rank towards 0 for a matrix that has no spectrum at all).
     """
+    if zero_matrix not in ZERO_RULES:
+        raise LensError(f"zero_matrix {zero_matrix!r} is not one of {', '.join(ZERO_RULES)}")
     s = s.detach().double().flatten().sort(descending=True).values.cpu()
     n = s.numel() if n is None else n
-    keep = s[s > tol]
+    s1 = float(s[0]) if s.numel() else 0.0
+    cut = rank_tolerance(s1, max_dim or n) if tol is None else tol
+    keep = s[s > cut]
     r = keep.numel()
     out = {"rank": float(r), "rank_ratio": r / n,
            "n_sv_above": float((s > threshold).sum()), "n_sv_above_ratio": float((s > threshold).sum()) / n}
     if r == 0:
-        nan = math.nan
-        return out | {"effective_rank": nan, "effective_rank_score": nan, "stable_rank": nan,
-                      "stable_rank_ratio": nan, "spectral_gap": nan, "singular_value_ratio": nan}
+        fill = math.nan if zero_matrix == "skip" else 0.0
+        return out | {"effective_rank": fill, "effective_rank_score": fill, "stable_rank": fill,
+                      "stable_rank_ratio": fill, "spectral_gap": fill, "singular_value_ratio": fill}
     p = keep / keep.sum()
     erank = float(torch.exp(-(p * p.log()).sum()))
     srank = float((keep**2).sum() / keep[0] ** 2)

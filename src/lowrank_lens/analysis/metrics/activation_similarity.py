@@ -14,7 +14,8 @@ position (labels are unshifted, HF convention), so `labels != -100` (or `attenti
 has one) selects exactly the real inputs. The hidden state at t depends on inputs <= t only, so every
 counted state is a function of real tokens; a row's last real token (EOS) counts although it has no
 next-token target. unmasked=True is the study's variant (paper.md §2 A1-A4): every position, padding
-included (N = 1000 x 256). On packed rows (no padding) both agree exactly.
+included (N = 1000 x 256), with the attention mask passed as the study does (the padding positions'
+states then attend to the real tokens only). On packed rows (no padding) both agree exactly.
 """
 
 from __future__ import annotations
@@ -76,11 +77,18 @@ def cap_mask(mask: torch.Tensor, budget: int) -> torch.Tensor:
     return keep.reshape(mask.shape)
 
 
-def _hidden_states(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    kwargs = {"input_ids": batch["input_ids"], "output_hidden_states": True}
+def attention_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The batch's attention mask, or 1 where the input is real (labels are unshifted: -100 marks padding
+    at the padded position itself), as the study's tokenizer gives it. Real positions never see padding
+    (right padding, causal attention), so only the padding positions' states (unmasked=True) depend on it."""
     if "attention_mask" in batch:
-        kwargs["attention_mask"] = batch["attention_mask"]
-    return tuple(model(**kwargs).hidden_states)  # n_layers + 1 tensors [B, T, H]
+        return batch["attention_mask"]
+    return (batch["labels"] != IGNORE_INDEX).long()
+
+
+def _hidden_states(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    out = model(input_ids=batch["input_ids"], attention_mask=attention_mask(batch), output_hidden_states=True)
+    return tuple(out.hidden_states)  # n_layers + 1 tensors [B, T, H]
 
 
 @register

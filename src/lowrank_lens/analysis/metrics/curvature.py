@@ -61,7 +61,7 @@ class CurvatureConfig:
     hutchinson_probes: int = 30
     """Rademacher probes (HVPs) for the trace; fixed count, no early stop."""
     confidence: float = 0.95
-    """Level of the trace's confidence interval (mean +- normal quantile x stderr)."""
+    """Level of the trace's confidence interval (mean +- Student t quantile x stderr)."""
     seed: int = 0
     """Seed of the eigen start vector; the trace probes use seed + 1."""
     params: str = "all"

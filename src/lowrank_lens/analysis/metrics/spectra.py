@@ -22,7 +22,7 @@ import torch
 from ...errors import LensError
 from ..base import Metric, Result
 from ..context import Context
-from ..maths.spectra import mean_metrics, singular_values, spectral_metrics
+from ..maths.spectra import ZERO_RULES, mean_metrics, singular_values, spectral_metrics
 from ..plotting import line_plot_by_method
 from ..subjects import CheckpointRef, Subject
 from . import register
@@ -39,14 +39,21 @@ class SpectraConfig:
     """'dense' (effective W; the factors of a method without one) or 'stored' (the study's stored tensors)."""
     max_elements: int = 4_000_000
     """Skip matrices with more elements (the study skips > 4M); 0 = analyse all."""
-    tol: float = 1e-12
-    """Singular values at or below tol do not count (the study's 1e-12)."""
+    tol: float = 0.0
+    """Singular values at or below tol do not count. 0 = relative, max(m, n) * eps_fp32 * s_1 (numpy's
+    matrix_rank rule); > 0 = that absolute value (the study's 1e-12 reads every fp32 matrix as full rank)."""
     threshold: float = 0.1
     """The '#SV above threshold' cut (study: 0.1)."""
+    zero_matrix: str = "skip"
+    """A zero matrix has no spectrum: 'skip' leaves it out of the mean of the ratios (a deviation from the
+    study), 'zero' counts it as 0 (the study's rule)."""
 
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
             raise LensError(f"spectra.view {self.view!r} is not one of {', '.join(VIEWS)}")
+        if self.tol < 0 or self.zero_matrix not in ZERO_RULES:
+            raise LensError(f"spectra.tol must be >= 0 (got {self.tol}) and spectra.zero_matrix one of "
+                            f"{', '.join(ZERO_RULES)} (got {self.zero_matrix!r})")
 
 
 def analysed_matrices(ctx: Context, ckpt: CheckpointRef, view: str, max_elements: int
@@ -81,12 +88,13 @@ def layer_index(name: str) -> int:
     return -1
 
 
-def spectra_result(name: str, subject: Subject, mats: dict[str, torch.Tensor], basis: str, tol: float,
-                   threshold: float, info: dict | None = None) -> Result:
+def spectra_result(name: str, subject: Subject, mats: dict[str, torch.Tensor], basis: str,
+                   cfg: SpectraConfig, info: dict | None = None) -> Result:
     """Per-matrix spectral metrics, their mean (scalars), and per-matrix arrays for plots."""
     svals = singular_values(mats)
     names = list(mats)
-    per = [spectral_metrics(svals[n], tol=tol, threshold=threshold) for n in names]
+    per = [spectral_metrics(svals[n], tol=cfg.tol or None, max_dim=max(mats[n].shape), threshold=cfg.threshold,
+                            zero_matrix=cfg.zero_matrix) for n in names]
     table = np.array([[row[k] for k in SPECTRAL_KEYS] for row in per], dtype=np.float64)  # [M, K]
     return Result(metric=name, subject=subject.describe(), scalars=mean_metrics(per),
                   arrays={"per_matrix": table, "layer": np.array([layer_index(n) for n in names])},
@@ -107,7 +115,7 @@ class WeightSpectra(Metric):
     def compute(self, subject: Subject, ctx: Context) -> Result:
         (ckpt,) = subject.checkpoints
         mats, basis = analysed_matrices(ctx, ckpt, self.cfg.view, self.cfg.max_elements)
-        return spectra_result(self.name, subject, mats, basis, self.cfg.tol, self.cfg.threshold)
+        return spectra_result(self.name, subject, mats, basis, self.cfg)
 
     def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
         return [line_plot_by_method(results, k, out_dir / f"spectra_{k}.png", f"weight {k.replace('_', ' ')}")

@@ -37,13 +37,13 @@ UPDATE_NORM_KEYS = ("update_fro_mean", "update_relative_mean", "update_global_ra
 
 @dataclass
 class UpdateSpectraConfig(SpectraConfig):
-    """The `spectra` options (view, max_elements, tol, threshold), applied to dW instead of W."""
+    """The `spectra` options (view, max_elements, tol, threshold, zero_matrix), applied to dW instead of W."""
 
     def __post_init__(self) -> None:
         try:
             super().__post_init__()
         except LensError as e:
-            raise LensError(str(e).replace("spectra.view", "update_spectra.view")) from None
+            raise LensError(str(e).replace("spectra.", "update_spectra.")) from None
 
 
 @register
@@ -67,8 +67,7 @@ class UpdateSpectra(Metric):
                             f"({basis} vs {basis_b}); an update needs the same matrices at both ends")
         updates = weight_updates(before, after)
         norms = update_norms(before, after)
-        res = spectra_result(self.name, subject, updates, basis, self.cfg.tol, self.cfg.threshold,
-                             info={"steps": [ca.step, cb.step]})
+        res = spectra_result(self.name, subject, updates, basis, self.cfg, info={"steps": [ca.step, cb.step]})
         names = res.info["matrices"]
         rel = [norms.relative[n] for n in names if math.isfinite(norms.relative[n])]
         scalars = {f"update_{k}": res.scalars[k] for k in SPECTRAL_KEYS}
