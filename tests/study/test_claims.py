@@ -89,8 +89,10 @@ def downstream_rows(runs, acc):
 
 
 def prediction(*improvements):
+    """Improvements (split, delta R^2, p better[, p worse]) as a PredictionResult."""
     return PredictionResult(units=[], target=np.zeros(0), columns={}, scores=[], coefficients=[], importance=[],
-                            improvements=[Improvement(s, d, 0.01, p, p, 99) for s, d, p in improvements])
+                            improvements=[Improvement(i[0], i[1], 0.01, i[2], i[2], 99,
+                                                      i[3] if len(i) > 3 else 1 - i[2]) for i in improvements])
 
 
 def verdicts(rows, runs, **kw):
@@ -124,7 +126,7 @@ def test_every_claim_fails_when_reversed():
         [{**r, "skipped": None, "imib": 0.3} if r.get("skipped") else r for r in rows if r.get("metric") == "imib"]
     acc = {m: 1 - PPL[m] / 100 for m in METHODS} | {"m1": 0.55}  # accuracy ranks exactly as perplexity
     c = verdicts(rows, runs, per_layer=per_layer_arrays(runs, deeper_worse=False),
-                 downstream=downstream_rows(runs, acc), prediction=prediction(("loo", -0.1, 0.9)))
+                 downstream=downstream_rows(runs, acc), prediction=prediction(("loo", -0.1, 0.99, 0.01)))
     assert {i: cl.verdict for i, cl in c.items()} == dict.fromkeys(range(1, 9), FAILS), \
         {i: cl.evidence for i, cl in c.items() if cl.verdict != FAILS}
 
@@ -218,6 +220,21 @@ def test_claim6_and_claim7_partial_results():
     p = verdicts(rows, runs, prediction=prediction(("loo", 0.2, 0.3)))[7]
     assert p.verdict == UNSURE and "p 0.3" in p.evidence
     assert verdicts(rows, runs, prediction=prediction(("loo", 0.2, 0.01), ("lomo", -0.1, 0.8)))[7].verdict == UNSURE
+
+
+def test_claim7_is_decisive_either_way_and_inconclusive_in_between():
+    """The rule is symmetric: a negative delta R^2 inside the permutation null is as inconclusive as a
+    positive one inside it (before, any delta R^2 <= 0 read 'does not hold')."""
+    rows, runs = world()
+
+    def c7(*imps):
+        return verdicts(rows, runs, prediction=prediction(*imps))[7].verdict
+
+    assert c7(("loo", 0.2, 0.01, 0.99)) == HOLDS
+    assert c7(("loo", -0.2, 0.99, 0.01)) == FAILS
+    assert c7(("loo", -0.02, 0.7, 0.3)) == UNSURE  # slightly negative, within the null
+    assert c7(("loo", 0.02, 0.3, 0.7)) == UNSURE  # slightly positive, within the null
+    assert c7(("loo", 0.0, 0.5, 0.5)) == UNSURE
 
 
 def test_claims_json_names_registered_methods():

@@ -139,6 +139,7 @@ def test_driving_metric_gains_r2_with_small_p(units):
         assert imp.delta_r2 == pytest.approx(b.r2 - a.r2)
         assert imp.p_r2 < 0.05 and imp.p_mae < 0.05
         assert imp.p_r2 == pytest.approx(1 / (1 + N_PERM))  # no permutation comes close
+        assert imp.p_r2_worse == pytest.approx(1.0)  # ... and every permutation is worse (the other tail)
     assert r.columns[BASELINE] == ["log(val_ppl)"]
     assert r.columns[AUGMENTED] == ["log(val_ppl)", "good"]
 
@@ -148,6 +149,7 @@ def test_noise_metric_does_not_gain(units):
     for imp in r.improvements:
         assert imp.delta_r2 < 0.02, imp
         assert imp.p_r2 > 0.2, imp
+        assert imp.p_r2_worse > 0.05, imp  # not decisively worse than information-free metrics either
 
 
 def test_importance_and_coefficients_single_out_the_driver(good_result):

@@ -110,6 +110,14 @@ def test_welch_matches_its_formula_and_separates_large_from_null_differences():
     assert welch_p(rng.normal(0, 1, 8), rng.normal(0, 1, 8)) > 0.05  # this draw
     assert math.isnan(welch_p([1.0], [2.0, 3.0]))
     assert welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0
+    assert welch_p([1.0, 1.0, 1.0], [2.0, 2.0]) == 0.0  # deterministic and distinct: a difference
+
+
+def test_distinct_deterministic_methods_read_different():
+    rows = rows_of({"a": 1.0, "b": 2.0, "c": 1.0}, 0.0, seeds=(0, 1, 2))
+    out = {(r["method_a"], r["method_b"]): r for r in pairwise_differences(rows, "x", "m")}
+    assert out[("a", "b")]["verdict"] == "different" and out[("a", "b")]["p"] == 0.0
+    assert out[("a", "c")]["verdict"] == "not significant" and out[("a", "c")]["p"] == 1.0
 
 
 def test_exact_permutation_p_counts_every_split():
@@ -216,3 +224,12 @@ def test_select_rows_keeps_rows_at_matched_steps():
     assert {r["run"]: r["match_gap"] for r in got} == {"A": 2, "B": 0, "C": -2}
     summary = seed_summary(got, by=("metric", "method", "scale", "kind", "match"))
     assert sorted(r["method"] for r in summary) == ["a", "b", "c"]  # one group per method at its own step
+
+
+def test_power_note_says_what_few_seeds_can_show():
+    from lowrank_lens.study.statistics import power_note
+
+    assert "cannot reach p < 0.05" in power_note(3) and "0.1" in power_note(3)
+    assert permutation_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.1)  # the bound power_note states
+    assert " can reach p < 0.05" in power_note(5)  # 2 / C(10, 5) = 0.0079
+    assert "no test" in power_note(1)

@@ -106,7 +106,7 @@ def statistics_section(study: Study, tables_dir: Path, href: str) -> dict[str, A
     """Pairwise method differences over seeds at each run's final step: final val_ppl (both definitions)
     and each metric's headline column (Metric.headline), with Welch tests and Holm correction per group."""
     try:
-        from ..study.statistics import ALPHA, LEVEL
+        from ..study.statistics import ALPHA, LEVEL, power_note
     except ImportError as e:
         return unavailable(f"study/statistics.py is not installed ({e})")
     try:
@@ -125,6 +125,8 @@ def statistics_section(study: Study, tables_dir: Path, href: str) -> dict[str, A
                  "A difference smaller than the larger of the two seed standard deviations is flagged "
                  "'within seed spread' (grey, italic) and not claimed, whatever its p-value; only rows marked "
                  "'different' (bold) are claimed."]
+        if len(seeds) >= 2:
+            intro.append(power_note(len(seeds), ALPHA))
         if len(seeds) < 2:
             intro.append(f"This study has a single seed ({fmt(seeds)}): no seed-to-seed spread can be estimated, so "
                          f"no difference below is claimed (verdict 'insufficient seeds').")

@@ -322,22 +322,27 @@ def _claim6(runs, downstream, spread: str) -> Claim:
 
 
 def _claim7(prediction, alpha: float) -> Claim:
+    """Per split, decisive either way: holds when delta R^2 > 0 beyond the permutation null (p_r2 < alpha),
+    does not hold when delta R^2 < 0 beyond it (p_r2_worse < alpha: worse than information-free metrics),
+    inconclusive otherwise; the splits then combine as every claim's parts do."""
     if prediction is None or not getattr(prediction, "improvements", None):
         return _missing(7, "no prediction result (run the predict stage with downstream results)")
     parts, lines, values = [], [], {}
     for imp in prediction.improvements:
-        if imp.delta_r2 <= 0:
+        worse = getattr(imp, "p_r2_worse", math.nan)
+        if imp.delta_r2 > 0 and _finite(imp.p_r2) and imp.p_r2 < alpha:
+            v = HOLDS
+        elif imp.delta_r2 < 0 and _finite(worse) and worse < alpha:
             v = FAILS
         else:
-            v = HOLDS if _finite(imp.p_r2) and imp.p_r2 < alpha else UNSURE
+            v = UNSURE
         parts.append(v)
-        values[imp.split] = {"delta_r2": imp.delta_r2, "p_r2": imp.p_r2, "delta_mae": imp.delta_mae,
-                             "p_mae": imp.p_mae, "n_perm": imp.n_perm}
-        lines.append(f"{imp.split}: delta R^2 {imp.delta_r2:+.4g} (p {imp.p_r2:.3g}), delta MAE "
-                     f"{imp.delta_mae:+.4g} (p {imp.p_mae:.3g}) -> {v}")
-    verdict = HOLDS if all(p == HOLDS for p in parts) else (FAILS if all(p == FAILS for p in parts) else UNSURE)
-    return Claim(7, claim_texts()[7]["text"], verdict, f"n = {len(prediction.units)} units; " + "; ".join(lines),
-                 values)
+        values[imp.split] = {"delta_r2": imp.delta_r2, "p_r2": imp.p_r2, "p_r2_worse": worse,
+                             "delta_mae": imp.delta_mae, "p_mae": imp.p_mae, "n_perm": imp.n_perm}
+        lines.append(f"{imp.split}: delta R^2 {imp.delta_r2:+.4g} (p better {imp.p_r2:.3g}, p worse {worse:.3g}), "
+                     f"delta MAE {imp.delta_mae:+.4g} (p {imp.p_mae:.3g}) -> {v}")
+    return Claim(7, claim_texts()[7]["text"], combine(parts),
+                 f"n = {len(prediction.units)} units; " + "; ".join(lines), values)
 
 
 # --------------------------------------------------------------------------- claim 8: highest loss, no dense view

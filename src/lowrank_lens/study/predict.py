@@ -18,7 +18,8 @@ module implements §3.3's INFERRED design, with every choice explicit and config
   about the mean of the full target (a predictive R^2; it can be negative). MAE = mean |y - y_oof|.
 - Improvement of (b) over (a): delta R^2 = R^2_b - R^2_a and delta MAE = MAE_a - MAE_b (positive = (b) better),
   with a permutation p-value: the metric columns are permuted jointly across units (perplexity and target
-  fixed), the whole nested CV is refitted, and p = (1 + #{perm improvement >= observed}) / (1 + n_perm).
+  fixed), the whole nested CV is refitted, and p = (1 + #{perm improvement >= observed}) / (1 + n_perm);
+  for delta R^2 also the other tail, p_r2_worse = (1 + #{perm improvement <= observed}) / (1 + n_perm).
 - Which metrics carry the prediction: standardized coefficients of the full-data fit, and drop-column
   importance (CV R^2 of (b) minus CV R^2 of (b) without that metric).
 
@@ -98,6 +99,9 @@ class Improvement:
     p_r2: float
     p_mae: float
     n_perm: int
+    p_r2_worse: float = math.nan
+    """The other tail: (1 + #{perm improvement <= observed}) / (1 + n_perm); small = the metrics made the
+    prediction worse than permuted (information-free) metrics do: decisive evidence against claim 7."""
 
 
 @dataclass
@@ -333,14 +337,15 @@ def predict_downstream(units: Sequence[PredictionUnit], metrics: Sequence[str], 
         sb = cross_validate(Xb, y, fo, alphas, AUGMENTED, split)
         scores += [sa, sb]
         d_r2, d_mae = sb.r2 - sa.r2, sa.mae - sb.mae
-        hits_r2 = hits_mae = 0
+        hits_r2 = hits_mae = worse_r2 = 0
         for perm in perms:
             Xp = np.column_stack([Xb[:, 0], Xb[perm, 1:]])
             sp = cross_validate(Xp, y, fo, alphas)
             hits_r2 += sp.r2 - sa.r2 >= d_r2 - _TIE
+            worse_r2 += sp.r2 - sa.r2 <= d_r2 + _TIE
             hits_mae += sa.mae - sp.mae >= d_mae - _TIE
-        p_r2, p_mae = ((1 + hits_r2) / (1 + n_perm), (1 + hits_mae) / (1 + n_perm)) if n_perm else (math.nan,) * 2
-        improvements.append(Improvement(split, d_r2, d_mae, p_r2, p_mae, n_perm))
+        tail = (lambda hits: (1 + hits) / (1 + n_perm)) if n_perm else (lambda hits: math.nan)
+        improvements.append(Improvement(split, d_r2, d_mae, tail(hits_r2), tail(hits_mae), n_perm, tail(worse_r2)))
         if importance:
             rows = []
             for j, m in enumerate(metrics, start=1):

@@ -103,8 +103,9 @@ def write_prediction_report(result: PredictionResult, out_dir: str | Path) -> li
     paths = [
         _csv(out / "cv_scores.csv", ["feature_set", "split", "r2", "mae", "n"],
              [(s.feature_set, s.split, s.r2, s.mae, s.n) for s in result.scores]),
-        _csv(out / "improvement.csv", ["split", "delta_r2", "delta_mae", "p_r2", "p_mae", "n_perm"],
-             [(i.split, i.delta_r2, i.delta_mae, i.p_r2, i.p_mae, i.n_perm) for i in result.improvements]),
+        _csv(out / "improvement.csv", ["split", "delta_r2", "delta_mae", "p_r2", "p_mae", "n_perm", "p_r2_worse"],
+             [(i.split, i.delta_r2, i.delta_mae, i.p_r2, i.p_mae, i.n_perm, i.p_r2_worse)
+              for i in result.improvements]),
         _csv(out / "coefficients.csv", ["feature_set", "feature", "std_coef", "alpha", "intercept"],
              [(c.feature_set, f, v, c.alpha, c.intercept) for c in result.coefficients for f, v in c.coef.items()]),
         _csv(out / "importance.csv", ["split", "rank", "metric", "r2_drop", "mae_increase"],

@@ -157,15 +157,16 @@ def seed_summary(rows: Sequence[dict[str, Any]], by: Sequence[str] = DEFAULT_BY,
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided Welch t-test p-value; NaN with fewer than 2 values a side or no variance on either side
-    (1.0 then when the means are equal)."""
+    """Two-sided Welch t-test p-value; NaN with fewer than 2 values a side. With no variance on either side
+    the values are deterministic: 1.0 when the means are equal, 0.0 when they differ (the t statistic is
+    infinite: distinct deterministic values are a difference, not 'not significant')."""
     from scipy import stats
 
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) < 2 or len(b) < 2:
         return math.nan
     if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:
-        return 1.0 if a.mean() == b.mean() else math.nan
+        return 1.0 if a.mean() == b.mean() else 0.0
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
@@ -193,6 +194,19 @@ def permutation_p(a: Sequence[float], b: Sequence[float], n_perm: int = 10000, s
         sa = pooled[rng.permutation(na + nb)[:na]].sum()
         hits += abs(sa / na - (total - sa) / nb) >= observed - tol
     return (1 + hits) / (1 + n_perm)
+
+
+def power_note(n_seeds: int, alpha: float = ALPHA) -> str:
+    """What n seeds per method can show: the smallest two-sided exact permutation p of n vs n is
+    2 / C(2n, n) (0.1 at 3 seeds), so below 4 seeds a permutation test can never be significant; the report
+    therefore uses Welch's t-test, which can, but with so few seeds only large differences reach alpha."""
+    if n_seeds < 2:
+        return "With one seed per method no test of a difference is possible."
+    p_min = 2 / math.comb(2 * n_seeds, n_seeds)
+    can = "can" if p_min < alpha else "cannot"
+    return (f"With {n_seeds} seeds per method an exact permutation test {can} reach p < {alpha:g} (its smallest "
+            f"p-value is {p_min:.3g}), which is why the tests below are Welch t-tests; with few seeds they "
+            f"detect only differences that are large against the seed spread.")
 
 
 def adjust(p: Sequence[float], correction: str = "holm") -> list[float]:
