@@ -6,8 +6,9 @@ method's surgery and its optimizer with the training code itself (`train.run.bui
 forward/backward and one optimizer step on the meta device, and reads the bytes of the tensors that now
 exist with `train.memory.measure_memory`, the accounting the training loop writes into every checkpoint.
 Meta tensors have shapes and dtypes but no storage, so the 1b model costs nothing and the whole script takes
-seconds. Each count is then compared with a closed form derived from methods.md (`closed_form` below) and
-with the published estimates (GaLore Table 2, Fira Table 3; methods.md §2.4, §3.4, §7).
+seconds. Each count is then compared with the closed form the method's own plugin declares
+(`Method.footprint`, read by `closed_form` below, so a new method brings its closed form in its own file) and
+with the published estimates (GaLore Table 2, Fira Table 3; docs/methods.md §2.4, §3.4, §7).
 
 Two things do not run on meta as they do on a real device, and are handled as follows:
 
@@ -42,8 +43,7 @@ import torch.nn.functional as F
 import lowrank_lens.train.run as run_module
 from lowrank_lens.atomic import write_text_atomic
 from lowrank_lens.config import RunConfig
-from lowrank_lens.methods import method_names
-from lowrank_lens.methods.base import DEFAULT_TARGETS
+from lowrank_lens.methods import get_method, method_names
 from lowrank_lens.model import build_model
 from lowrank_lens.optim import projector
 from lowrank_lens.presets import build_config
@@ -55,75 +55,26 @@ PRESETS = ("micro", "60m", "130m", "350m", "1b")
 PRECISIONS = {"bf16": "bf16-pure", "fp32": "fp32"}
 DOC = Path(__file__).resolve().parent.parent / "docs" / "memory.md"
 MIB = 2**20
-STATE_KEYS = ("exp_avg", "exp_avg_sq", "basis", "proj_right", "residual_norm", "step")
 
 
-# ---- closed forms (methods.md §2-6) -----------------------------------------------------------------------
-def _shapes(cfg: RunConfig) -> tuple[list[int], list[tuple[int, int]]]:
-    """(numels of the non-target parameters, (out, in) of every target linear) of the LLaMA preset."""
-    m = cfg.model
-    h, i, L = m.hidden_size, m.intermediate_size, m.num_layers
-    plain = [m.vocab_size * h, m.vocab_size * h] + [h] * (2 * L + 1)  # embedding, lm_head, 2 norms/block + final
-    targets = ([(h, h)] * 4 + [(i, h)] * 2 + [(h, i)]) * L  # q k v o, gate up (out > in), down (out < in)
-    return plain, targets
+# ---- closed forms: each method's plugin declares its footprint (Method.footprint) -------------------------
+def _totals(state: list[dict[str, int]]) -> dict[str, int]:
+    """Elements per state key, summed over the parameter groups."""
+    out: Counter = Counter()
+    for group in state:
+        out.update(group)
+    return dict(out)
 
 
-def _rank(cfg: RunConfig) -> int:
-    return cfg.method_cfg.rank or max(1, cfg.model.hidden_size // 4)  # 0 = hidden // 4 (cola/sltrain/relora)
-
-
-def _adamw(trainable: list[int]) -> dict[str, int]:
-    """torch.optim.AdamW: two moments of each trainable parameter's shape and a 1-element `step` tensor."""
-    return {"exp_avg": sum(trainable), "exp_avg_sq": sum(trainable), "step": len(trainable)}
-
-
-def _galore(cfg: RunConfig, fira: bool) -> dict[str, int]:
-    """GaLoreAdamW: plain Adam moments for non-targets; per m x n target, r' = min(r, m, n): moments of the
-    projected gradient, r' x max(m, n) each (m x r' right, r' x n left), projector r' x min(m, n), and a
-    0-dim side flag. The step counter is a python int (no tensor). Fira adds a 0-dim residual norm."""
-    plain, targets = _shapes(cfg)
-    r = cfg.method_cfg.rank
-    low = sum(min(r, m, n) * max(m, n) for m, n in targets)
-    out = {"exp_avg": sum(plain) + low, "exp_avg_sq": sum(plain) + low,
-           "basis": sum(min(r, m, n) * min(m, n) for m, n in targets), "proj_right": len(targets)}
-    if fira:
-        out["residual_norm"] = len(targets)
-    return out
-
-
-def _params(cfg: RunConfig) -> tuple[int, list[int]]:
-    """(total parameters, numel of each trainable parameter tensor) of the method's model."""
-    plain, targets = _shapes(cfg)
-    dense = [m * n for m, n in targets]
-    if cfg.method in ("full-rank", "galore", "fira"):
-        return sum(plain) + sum(dense), plain + dense
-    r = _rank(cfg)
-    lora = [x for m, n in targets for x in (r * n, m * r)]  # A: r x in, B: out x r
-    if cfg.method == "cola":
-        return sum(plain) + sum(lora), plain + lora
-    if cfg.method == "sltrain":  # + the sparse values, int(δ·out·in) as SLTrainLinear counts them
-        sparse = [int(cfg.method_cfg.density * m * n) for m, n in targets]
-        return sum(plain) + sum(lora) + sum(sparse), plain + lora + sparse
-    if cfg.method == "relora":  # frozen W: a parameter without gradient or state
-        return sum(plain) + sum(dense) + sum(lora), plain + lora
-    raise KeyError(cfg.method)
-
-
-def closed_form(cfg: RunConfig) -> dict[str, int]:
-    """Element counts the method must hold after one step: params (total, trainable), grads, and optimizer
-    state per key (STATE_KEYS). Raises KeyError for a method without a closed form here."""
-    if tuple(cfg.method_cfg.targets) != DEFAULT_TARGETS:
-        raise ValueError("the closed forms assume the default targets (q/k/v/o/gate/up/down)")
-    total, trainable = _params(cfg)
-    state = _galore(cfg, cfg.method == "fira") if cfg.method in ("galore", "fira") else _adamw(trainable)
-    return {"params_total": total, "params_trainable": sum(trainable), "grads": sum(trainable),
-            **{k: state.get(k, 0) for k in STATE_KEYS}}
-
-
-def closed_form_state_bytes(counts: dict[str, int], precision: str) -> int:
-    """State bytes: moments, projector and flags in the parameters' dtype; torch AdamW's `step` is fp32."""
-    size = 2 if precision == "bf16-pure" else 4
-    return sum(v * (4 if k == "step" else size) for k, v in counts.items() if k in STATE_KEYS)
+def closed_form(cfg: RunConfig) -> dict:
+    """What the method's plugin says it holds after one step (`Method.footprint` in its own file): params
+    (total, trainable), grads, the buffers it adds, optimizer-state elements per key and per parameter group,
+    and the state and buffer bytes. The measurement below is independent of it (it reads the real tensors)."""
+    fp = get_method(cfg.method).footprint(cfg)
+    state = [{k: v for k, v in g.items() if v} for g in fp.state]
+    return {"params_total": sum(fp.trainable) + sum(fp.frozen), "params_trainable": sum(fp.trainable),
+            "grads": sum(fp.trainable), "buffers": sum(fp.buffers), "buffer_bytes": fp.buffer_bytes,
+            "state_groups": state, "state": _totals(state), "state_bytes": fp.state_bytes}
 
 
 # ---- measurement on the meta device ------------------------------------------------------------------------
@@ -166,18 +117,26 @@ def _forward_backward(cfg: RunConfig, model: torch.nn.Module) -> str:
         return f"no ({type(err).__name__}: {str(err).splitlines()[0][:100]})"
 
 
-def _state_counts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, int], dict[str, int]]:
-    """Elements and bytes of the optimizer state per key (python numbers hold no tensor memory)."""
-    numel, nbytes = Counter(), Counter()
-    for st in optimizer.state.values():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                numel[k] += v.numel()
-                nbytes[k] += v.numel() * v.element_size()
-    unknown = set(numel) - set(STATE_KEYS)
-    if unknown:
-        raise RuntimeError(f"optimizer state has keys without a closed form: {sorted(unknown)}")
-    return dict(numel), dict(nbytes)
+def _state_counts(optimizer: torch.optim.Optimizer) -> tuple[list[dict[str, int]], dict[str, int]]:
+    """Elements of the optimizer state per key in each parameter group, and bytes per key (python numbers
+    hold no tensor memory)."""
+    groups, nbytes = [], Counter()
+    for group in optimizer.param_groups:
+        numel: Counter = Counter()
+        for p in group["params"]:
+            for k, v in optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor):
+                    numel[k] += v.numel()
+                    nbytes[k] += v.numel() * v.element_size()
+        groups.append(dict(numel))
+    return groups, dict(nbytes)
+
+
+def _added_buffers(cfg: RunConfig, model: torch.nn.Module) -> tuple[int, int]:
+    """(elements, bytes) of the buffers the method's surgery added: those the plain model does not have."""
+    own = {n for n, _ in build_model(cfg.model, device=META).named_buffers()}
+    added = [b for n, b in model.named_buffers() if n not in own]
+    return sum(b.numel() for b in added), sum(b.numel() * b.element_size() for b in added)
 
 
 def measure(preset: str, method: str, precision: str, device: torch.device = META) -> dict:
@@ -192,18 +151,16 @@ def measure(preset: str, method: str, precision: str, device: torch.device = MET
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         optimizer.step()
     mem = measure_memory(model, optimizer, device)
-    numel, nbytes = _state_counts(optimizer)
+    groups, nbytes = _state_counts(optimizer)
+    buffers, buffer_bytes = _added_buffers(cfg, model)
     got = {"params_total": mem["params_total"], "params_trainable": mem["params_trainable"],
-           "grads": sum(p.grad.numel() for p in params), **{k: numel.get(k, 0) for k in STATE_KEYS}}
-    try:
-        want = closed_form(cfg)
-    except KeyError:
-        want = None
+           "grads": sum(p.grad.numel() for p in params), "buffers": buffers, "buffer_bytes": buffer_bytes,
+           "state_groups": groups, "state": _totals(groups), "state_bytes": mem["optimizer_state_bytes"]}
     return {"preset": preset, "method": method, "precision": precision, "cfg": cfg, "mem": mem,
-            "counts": got, "closed": want, "state_bytes_by_key": nbytes, "grads_from": grads_from}
+            "counts": got, "closed": closed_form(cfg), "state_bytes_by_key": nbytes, "grads_from": grads_from}
 
 
-# ---- published estimates (methods.md §2.4 Tables 2 and 6, §3.4 Table 3), in the papers' "G" ----------------
+# ---- published estimates (docs/methods.md §2.4 Tables 2 and 6, §3.4 Table 3), in the papers' "G" ----------------
 GALORE_T2 = {  # weights + optimizer states, BF16
     "full-rank": (0.36, 0.76, 2.06, 7.80), "galore": (0.24, 0.52, 1.22, 4.38), "relora": (0.36, 0.80, 1.76, 6.17)}
 GALORE_T6_WEIGHTS = {"full-rank": (0.12, 0.25, 0.68, 2.60), "galore": (0.12, 0.25, 0.68, 2.60),
@@ -231,13 +188,9 @@ def _total(r: dict) -> int:
 
 
 def _match(r: dict) -> str:
-    if r["closed"] is None:
-        return "no closed form"
     bad = [k for k in r["closed"] if r["closed"][k] != r["counts"][k]]
-    bytes_ok = closed_form_state_bytes(r["closed"], r["precision"]) == r["mem"]["optimizer_state_bytes"]
-    if bad or not bytes_ok:
-        return "DIFFERS: " + ", ".join(f"{k} {r['counts'][k]} vs {r['closed'][k]}" for k in bad) + \
-            ("" if bytes_ok else " (state bytes)")
+    if bad:
+        return "DIFFERS: " + ", ".join(f"{k} {r['counts'][k]} vs {r['closed'][k]}" for k in bad)
     return "exact"
 
 
@@ -258,22 +211,24 @@ def main_table(rows: list[dict], precision: str) -> str:
     return "\n".join(out)
 
 
+# Display order of the state keys: the moment and projector tensors get a column each, every other key (per-tensor
+# scalars: AdamW's step, GaLore's side flag, Fira's residual norm, or a new method's) shares the scalars column.
+TENSOR_KEYS = ("exp_avg", "exp_avg_sq", "basis")
+
+
 def state_table(rows: list[dict], preset: str) -> str:
     """Optimizer-state elements per key at one preset: measured = closed form."""
-    out = ["| method | exp_avg | exp_avg_sq | basis (projector) | scalars (step / proj_right / residual_norm) "
+    rows = [r for r in rows if r["preset"] == preset and r["precision"] == "bf16-pure"]
+    scalars = list(dict.fromkeys(k for r in rows for k in r["counts"]["state"] if k not in TENSOR_KEYS))
+    out = ["| method | exp_avg | exp_avg_sq | basis (projector) | scalars (" + " / ".join(scalars) + ") "
            "| total elements | of which low-rank moments + projector |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r["preset"] != preset or r["precision"] != "bf16-pure":
-            continue
-        c = r["counts"]
-        scal = f"{c['step']:,} / {c['proj_right']:,} / {c['residual_norm']:,}"
-        plain, _ = _shapes(r["cfg"])
-        total = sum(c[k] for k in STATE_KEYS)
-        extra = ""
-        if r["method"] in ("galore", "fira"):
-            extra = f"{2 * (c['exp_avg'] - sum(plain)) + c['basis']:,}"
-        out.append(f"| {r['method']} | {c['exp_avg']:,} | {c['exp_avg_sq']:,} | {c['basis']:,} | {scal} | "
-                   f"{total:,} | {extra} |")
+        c = r["counts"]["state"]
+        scal = " / ".join(f"{c.get(k, 0):,}" for k in scalars)
+        # Groups after the first are the method's own (GaLore/Fira's projected matrices); the first is plain Adam.
+        extra = sum(g.get(k, 0) for g in r["counts"]["state_groups"][1:] for k in TENSOR_KEYS)
+        out.append(f"| {r['method']} | {c.get('exp_avg', 0):,} | {c.get('exp_avg_sq', 0):,} | {c.get('basis', 0):,} "
+                   f"| {scal} | {sum(c.values()):,} | {f'{extra:,}' if extra else ''} |")
     return "\n".join(out)
 
 
@@ -329,9 +284,16 @@ PROSE_TEMPLATE = Path(__file__).with_name("memory_doc_template.md")
 """docs/memory.md with str.format fields (when, machine, tables...); literal braces are doubled."""
 
 
+def formulas(methods: list[str]) -> str:
+    """The closed forms in words, one bullet per method, from each plugin's `memory_formula`."""
+    return "\n".join(f"- **{m}**: {get_method(m).memory_formula or '(the plugin states no formula)'}"
+                     for m in methods)
+
+
 def render(rows: list[dict], secs: float) -> str:
     fallbacks = sorted({f"{r['method']} (`{r['grads_from'][4:-1]}`)" for r in rows if r["grads_from"] != "yes"})
     return PROSE_TEMPLATE.read_text().format(
+        formulas=formulas(list(dict.fromkeys(r["method"] for r in rows))),
         when=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
         torch=torch.__version__, n=len(rows), secs=secs, fallbacks=", ".join(fallbacks) or "no method",
         bf16=main_table(rows, "bf16-pure"), fp32=fp32_table(rows), state60=state_table(rows, "60m"),
@@ -356,7 +318,7 @@ def main() -> None:
     if not args.no_write and set(args.presets) == set(PRESETS) and set(args.precisions) == set(PRECISIONS):
         write_text_atomic(DOC, render(rows, secs))
         print(f"wrote {DOC}")
-    if any(_match(r) not in ("exact", "no closed form") for r in rows):
+    if any(_match(r) != "exact" for r in rows):
         raise SystemExit("measured counts differ from the closed forms (see the tables)")
 
 

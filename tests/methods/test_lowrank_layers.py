@@ -1,4 +1,4 @@
-"""CoLA, SLTrain and ReLoRA layers and plugins against methods.md §4-§6 (CPU, seconds)."""
+"""CoLA, SLTrain and ReLoRA layers and plugins against docs/methods.md §4-§6 (CPU, seconds)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def batch(cfg, n=2, t=16, seed=0):
 
 
 # ---- shared contract ---------------------------------------------------------------------------
-# Closed forms of methods.md §4.3 / §5.2 and the study's logged counts (paper.md §1.4), in millions.
+# Closed forms of docs/methods.md §4.3 / §5.2 and the study's logged counts (docs/study.md §1.4), in millions.
 COUNTS = {("cola", "60m"): 42.77, ("cola", "130m"): 94.00, ("cola", "350m"): 185.22,
           ("sltrain", "60m"): 43.53, ("sltrain", "130m"): 96.55, ("sltrain", "350m"): 194.29,
           ("relora", "60m"): 68.07, ("relora", "130m"): 178.93}
@@ -47,7 +47,7 @@ COUNTS = {("cola", "60m"): 42.77, ("cola", "130m"): 94.00, ("cola", "350m"): 185
 def test_parameter_counts_match_closed_forms(method, scale):
     _, _, model = setup(method, scale=scale, device="meta")
     assert round(count_parameters(model) / 1e6, 2) == COUNTS[(method, scale)]
-    if method == "relora":  # "ReLoRA-60M ... 42.77M trainable", "130M 94.00M" (paper.md §1.4)
+    if method == "relora":  # "ReLoRA-60M ... 42.77M trainable", "130M 94.00M" (docs/study.md §1.4)
         assert round(count_parameters(model, trainable_only=True) / 1e6, 2) == COUNTS[("cola", scale)]
 
 
@@ -77,7 +77,7 @@ def test_init_is_a_function_of_the_seeds(method):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
-# ---- CoLA (methods.md §4) ----------------------------------------------------------------------
+# ---- CoLA (docs/methods.md §4) ----------------------------------------------------------------------
 def test_cola_product_variance_is_one_over_in_plus_out():
     layer = CoLALinear(512, 1376, 128)
     layer.reset_parameters(seed=0)
@@ -116,13 +116,13 @@ def test_cola_factors_and_no_dense_view():
 def test_cola_presets():
     for scale, rank, act, lr in [("60m", 128, False, 6e-3), ("130m", 256, False, 3e-3),
                                  ("350m", 256, True, 3e-3), ("1b", 512, True, 2e-3)]:
-        p = get_method("cola").preset(scale, 0)
+        p = get_method("cola").preset(scale)
         assert p.params == {"rank": rank, "only_lr_act": act}
         assert p.optim == {"weight_decay": 0.01, "grad_clip": 0.5, "lr": lr}
-    assert get_method("cola").preset("micro", 128).params["rank"] == 32
+    assert build_config("micro", "cola").method_cfg.rank == 32
 
 
-# ---- SLTrain (methods.md §5) -------------------------------------------------------------------
+# ---- SLTrain (docs/methods.md §5) -------------------------------------------------------------------
 def _sparse_case(n_in=7, n_out=5, r=3, nnz=9, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 4, n_in, generator=g, dtype=dtype, requires_grad=True)  # B x T x in
@@ -229,13 +229,13 @@ def test_sltrain_presets():
     expect = {"60m": (128, 32.0, 2e-3), "130m": (256, 16.0, 3e-3), "350m": (256, 16.0, 2e-3),
               "1b": (512, 8.0, 3e-3)}
     for scale, (rank, alpha, lr) in expect.items():
-        p = get_method("sltrain").preset(scale, 0)
+        p = get_method("sltrain").preset(scale)
         assert p.params == {"rank": rank, "alpha": alpha, "density": 0.03} and p.optim == {"lr": lr}
     with pytest.raises(LensError, match="density"):
         build_config("nano", "sltrain", ["method.density=0"])
 
 
-# ---- ReLoRA (methods.md §6) --------------------------------------------------------------------
+# ---- ReLoRA (docs/methods.md §6) --------------------------------------------------------------------
 RELORA = ("train.steps=100", "optim.warmup_steps=10", "method.reset_every=25", "method.restart_warmup_steps=5")
 
 
@@ -378,7 +378,7 @@ def test_relora_presets():
     expect = {"60m": (128, 1000, 100, 1e-3, 1.0), "130m": (256, 5000, 100, 1e-3, 1.0),
               "350m": (256, 5000, 200, 5e-4, 0.0)}
     for scale, (rank, every, rw, lr, clip) in expect.items():
-        p = get_method("relora").preset(scale, 0)
+        p = get_method("relora").preset(scale)
         assert (p.params["rank"], p.params["reset_every"], p.params["restart_warmup_steps"]) == (rank, every, rw)
         assert p.params["alpha"] == 32 and p.params["dropout"] == 0.1
         assert (p.params["prune"], p.params["prune_ratio"]) == ("random", 0.99)

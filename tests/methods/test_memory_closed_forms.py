@@ -1,8 +1,11 @@
-"""The optimizer state each method really creates equals its closed form (docs/memory.md, methods.md §2-6).
+"""What each method really holds equals the footprint its plugin declares (docs/memory.md, issue 12 item 13).
 
-Built as training builds it, on the meta device (nothing is allocated), with one forward/backward and one
-optimizer step; the measuring code and the closed forms are those of benchmarks/bench_memory.py. A change
-that adds, drops or resizes optimizer state (or parameters, or gradients) of any method fails here.
+`Method.footprint` (in each method's own file) is the closed form: parameter tensors (trainable, frozen),
+added buffers, optimizer-state elements per key and parameter group, and bytes. benchmarks/bench_memory.py
+measures independently: it builds as training builds, on the meta device (nothing is allocated), runs one
+forward/backward and optimizer step, and reads the tensors. A change that adds, drops or resizes state,
+parameters, gradients or buffers of any method without its plugin saying so fails here; a new method is
+covered without editing this file or the benchmark.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from lowrank_lens.methods import method_names
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_memory.py"
+PRESETS = ("micro", "60m", "130m", "350m", "1b")  # bench_memory.PRESETS: the tables of docs/memory.md
 
 
 def _bench():
@@ -29,17 +33,18 @@ def _bench():
     return sys.modules[name]
 
 
+def test_presets_are_the_benchmarks():
+    assert _bench().PRESETS == PRESETS
+
+
 @pytest.mark.parametrize("method", method_names())
-@pytest.mark.parametrize(("preset", "precision"), [("60m", "bf16-pure")])
-def test_measured_state_equals_closed_form(method: str, preset: str, precision: str) -> None:
-    bench = _bench()
-    r = bench.measure(preset, method, precision)
-    assert r["closed"] is not None, f"{method} has no closed form in benchmarks/bench_memory.py; add one"
-    assert r["counts"] == r["closed"], f"{method} at {preset}: measured {r['counts']} != closed form {r['closed']}"
-    assert r["mem"]["optimizer_state_bytes"] == bench.closed_form_state_bytes(r["closed"], precision)
-    size = 2 if precision == "bf16-pure" else 4
-    assert r["mem"]["param_bytes"] == size * r["closed"]["params_total"]
-    assert r["mem"]["grad_bytes"] == size * r["closed"]["grads"]
+@pytest.mark.parametrize("preset", PRESETS)
+def test_measured_tensors_equal_the_plugin_footprint(method: str, preset: str) -> None:
+    r = _bench().measure(preset, method, "bf16-pure")
+    assert r["counts"] == r["closed"], f"{method} at {preset}: measured {r['counts']} != plugin {r['closed']}"
+    mem, closed = r["mem"], r["closed"]
+    assert mem["param_bytes"] == 2 * closed["params_total"] and mem["grad_bytes"] == 2 * closed["grads"]
+    assert mem["optimizer_state_bytes"] == closed["state_bytes"]
 
 
 @pytest.mark.parametrize("method", method_names())
@@ -57,7 +62,7 @@ def test_meta_measurement_equals_real_tensors(method: str) -> None:
 
 
 def test_closed_forms_at_60m_by_hand() -> None:
-    """Spot values of the formulas themselves (bf16, 60m: h 512, i 1376, L 8, V 32000, r 128)."""
+    """Spot values of the plugins' formulas themselves (bf16, 60m: h 512, i 1376, L 8, V 32000, r 128)."""
     bench = _bench()
     from lowrank_lens.presets import build_config
 
@@ -65,11 +70,16 @@ def test_closed_forms_at_60m_by_hand() -> None:
     dense = 8 * (4 * 512 * 512 + 3 * 512 * 1376)
     full = bench.closed_form(build_config("60m", "full-rank"))
     assert full["params_total"] == plain + dense == 58_073_600
-    assert full["exp_avg"] == full["exp_avg_sq"] == plain + dense and full["step"] == 2 + 17 + 56
+    assert full["state"] == {"exp_avg": plain + dense, "exp_avg_sq": plain + dense, "step": 2 + 17 + 56}
+    assert full["state_bytes"] == 2 * 2 * (plain + dense) + 4 * 75
     galore = bench.closed_form(build_config("60m", "galore"))
     # per block: 4 square (512 x r moments, r x 512 basis), gate/up 1376 x r, down r x 1376 (left side)
-    assert galore["exp_avg"] == plain + 8 * 128 * (4 * 512 + 3 * 1376)
-    assert galore["basis"] == 8 * 7 * 128 * 512 and galore["step"] == 0
+    low = 8 * 128 * (4 * 512 + 3 * 1376)
+    assert galore["state_groups"] == [{"exp_avg": plain, "exp_avg_sq": plain},
+                                      {"exp_avg": low, "exp_avg_sq": low, "basis": 8 * 7 * 128 * 512, "proj_right": 56}]
     relora = bench.closed_form(build_config("60m", "relora"))
     assert relora["params_trainable"] == 42_770_944 and relora["params_total"] == 58_073_600 + 128 * 8 * (
         4 * 1024 + 3 * (512 + 1376))
+    sltrain = bench.closed_form(build_config("60m", "sltrain"))
+    nnz = 8 * (4 * int(0.03 * 512 * 512) + 3 * int(0.03 * 512 * 1376))
+    assert sltrain["buffers"] == nnz and sltrain["buffer_bytes"] == 8 * nnz  # int64 support indices

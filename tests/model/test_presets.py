@@ -4,7 +4,7 @@ import torch
 from lowrank_lens.model import build_model, count_parameters
 from lowrank_lens.presets import MODEL_SHAPES, build_config
 
-# methods.md §1.1, counted at vocab 32000.
+# docs/methods.md §1.1, counted at vocab 32000.
 EXPECTED_M = {"60m": 58.07, "130m": 134.11, "350m": 367.97, "1b": 1339.08}
 
 

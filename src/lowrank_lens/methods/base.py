@@ -1,6 +1,6 @@
 """The method seam: five hooks whose defaults are full-rank AdamW.
 
-The training loop calls only these hooks and never names a method (design.md, "Method plugin"):
+The training loop calls only these hooks and never names a method (docs/design.md, "Method plugin"):
 
     model = method.prepare_model(model)                 # module surgery, before DDP and dtype casts
     opt   = method.build_optimizer(model, cfg.optim)     # param groups; checked by check_param_groups
@@ -9,6 +9,10 @@ The training loop calls only these hooks and never names a method (design.md, "M
     W     = method.dense_weights(model)                  # effective W per target layer, or None (CoLA)
 
 `step` is the number of updates completed: after_step(step=1) runs right after the first update.
+
+Besides the hooks a plugin owns its configuration (`Config`, `preset`, `resolve`, `check_config`,
+`unused_fields`), its description and colour, and its memory footprint (`footprint`), so a new method is one
+file: nothing outside methods/ names a method.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..config import OptimConfig, RunConfig
+from ..config import ModelConfig, OptimConfig, RunConfig, check_fields
 from ..errors import LensError
 
 # Attention q/k/v/o and MLP gate/up/down: the 7 matrices per block every reference method targets.
@@ -38,6 +42,29 @@ class MethodPreset:
     optim: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    """Provenance of the preset. The first note states its settings ("GaLore 60m: rank 128, lr 1e-2, ...");
+    a value derived from the shape or the steps is stated as its rule ("rank = hidden/4"), never as a
+    number, because `--set` may change the shape after the preset (tests/methods/test_preset_notes.py
+    checks every note against the resolved config)."""
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a method holds after one optimizer step, in elements, as a function of the run config: the
+    closed form that benchmarks/bench_memory.py compares with the tensors it measures (docs/memory.md)."""
+
+    trainable: tuple[int, ...]
+    """numel of every trainable parameter tensor (each has a gradient of its size)."""
+    frozen: tuple[int, ...] = ()
+    """numel of every frozen parameter tensor (no gradient, no optimizer state)."""
+    buffers: tuple[int, ...] = ()
+    """numel of every buffer the method adds to the model (not the model's own, e.g. RoPE's)."""
+    buffer_bytes: int = 0
+    """Bytes of those buffers."""
+    state: tuple[dict[str, int], ...] = ()
+    """Optimizer-state elements per key (tensors only), one dict per parameter group, in group order."""
+    state_bytes: int = 0
+    """Bytes of the whole optimizer state."""
 
 
 @dataclass
@@ -45,19 +72,35 @@ class BaseMethodConfig:
     targets: tuple[str, ...] = DEFAULT_TARGETS
     """fnmatch patterns over module names selecting the target linears."""
 
+    def __post_init__(self) -> None:
+        check_fields(self, "method")
+        if not self.targets or not all(t.strip() for t in self.targets):
+            raise LensError(f"method.targets must be non-empty fnmatch patterns, got {self.targets}; the default "
+                            f"is {','.join(DEFAULT_TARGETS)}")
+
 
 class Method:
     """Full-rank AdamW. Subclasses override what their method changes and nothing else."""
 
     name: ClassVar[str] = "full-rank"
+    description: ClassVar[str] = ""
+    """Required: one line saying what the method trains and how (shown by `lowrank-lens list`)."""
     Config: ClassVar[type] = BaseMethodConfig
     has_dense_view: ClassVar[bool] = True
     """False when no dense W exists (CoLA: a SiLU sits between the factors)."""
     no_dense_reason: ClassVar[str] = ""
     is_baseline: ClassVar[bool] = False
     """True for the method other methods are compared with (activation similarity's default reference)."""
-    colour: ClassVar[str] = "#1f77b4"
-    """Fixed plot colour of the method (the study's, paper.md §1.1), so figures agree across reports."""
+    linear_targets_only: ClassVar[bool] = False
+    """True for methods that replace each target by a layer of their own (only a bias-free Linear can be)."""
+    colour: ClassVar[str] = ""
+    """Required: fixed plot colour "#rrggbb" of the method (the study's, docs/study.md §1.1), so figures agree
+    across reports; distinct across methods (the contract test)."""
+    unused_fields: ClassVar[dict[str, str]] = {}
+    """Run-config fields the method does not read, each with the field that takes its role (GaLore:
+    {"optim.eps": "method.eps"}); `--set` of one is an error instead of a silent no-op."""
+    memory_formula: ClassVar[str] = ""
+    """The footprint in words and symbols for docs/memory.md (h, i, L, V, E, P, r as defined there)."""
 
     def __init__(self, cfg: Any, run: RunConfig) -> None:
         self.cfg = cfg
@@ -65,9 +108,23 @@ class Method:
 
     # ---- presets -------------------------------------------------------------------------------
     @classmethod
-    def preset(cls, scale: str, model_hidden: int) -> MethodPreset:
-        """Per-scale defaults (paper.md §1.4 for the study's scales). `model_hidden` sizes CPU presets."""
+    def preset(cls, scale: str) -> MethodPreset:
+        """Per-scale defaults (docs/study.md §1.4 for the study's scales). Values that follow the model's shape or
+        the run's length are left automatic (0) here and filled in by `resolve` after the `--set` overrides."""
         return MethodPreset()
+
+    @classmethod
+    def resolve(cls, run: RunConfig) -> dict[str, Any]:
+        """{method field: value} for every automatic (0) field, computed from the final config; build_config
+        writes them into the config after the overrides, so the saved config.json records what trains."""
+        return {}
+
+    @classmethod
+    def check_config(cls, run: RunConfig) -> None:
+        """Config-time checks that need the whole run (the model's matrices, train.steps), called by
+        RunConfig.from_dict so a bad value fails before any training; raise LensError. The base checks that
+        every target pattern selects weight matrices (Linear only where `linear_targets_only`)."""
+        target_matrices(run.model, run.method_cfg.targets, linear_only=cls.linear_targets_only)
 
     # ---- hooks ---------------------------------------------------------------------------------
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -96,8 +153,105 @@ class Method:
         view; None when the dense view is the natural object."""
         return None
 
+    # ---- memory ----------------------------------------------------------------------------------
+    @classmethod
+    def footprint(cls, run: RunConfig) -> Footprint:
+        """Every parameter trainable, one torch AdamW group: two moments per parameter and a 1-element fp32
+        `step` per tensor."""
+        trainable = tuple(model_parameters(run.model).values())
+        state, nbytes = adamw_state(trainable, param_bytes(run))
+        return Footprint(trainable=trainable, state=(state,), state_bytes=nbytes)
+
 
 # ---- helpers shared by methods -----------------------------------------------------------------
+def model_modules(model: ModelConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{module name: (kind, weight shape)} of the model that model/llama.py builds, without building it
+    (config checks run on every resolve and must not import transformers). Kinds: 'linear' (weight
+    out x in), 'embedding' (vocab x hidden), 'norm' (hidden,), 'other' (no weight). A test compares this
+    table with the named_modules of a meta-device model."""
+    h, i, v = model.hidden_size, model.intermediate_size, model.vocab_size
+    out: dict[str, tuple[str, tuple[int, ...]]] = {
+        "": ("other", ()), "model": ("other", ()), "model.embed_tokens": ("embedding", (v, h)),
+        "model.layers": ("other", ()), "model.norm": ("norm", (h,)), "model.rotary_emb": ("other", ()),
+        "lm_head": ("linear", (v, h))}
+    for n in range(model.num_layers):
+        b = f"model.layers.{n}"
+        out.update({b: ("other", ()), f"{b}.self_attn": ("other", ()), f"{b}.mlp": ("other", ()),
+                    f"{b}.mlp.act_fn": ("other", ()), f"{b}.input_layernorm": ("norm", (h,)),
+                    f"{b}.post_attention_layernorm": ("norm", (h,)),
+                    f"{b}.mlp.gate_proj": ("linear", (i, h)), f"{b}.mlp.up_proj": ("linear", (i, h)),
+                    f"{b}.mlp.down_proj": ("linear", (h, i))})
+        out.update({f"{b}.self_attn.{p}_proj": ("linear", (h, h)) for p in "qkvo"})
+    return out
+
+
+def target_matrices(model: ModelConfig, patterns: tuple[str, ...], linear_only: bool) -> dict[str, tuple[int, int]]:
+    """{name: (out, in)} of the modules `patterns` select; LensError when a pattern selects nothing or
+    selects a module without a weight matrix (a norm, a block), or a non-Linear where `linear_only`."""
+    modules = model_modules(model)
+    allowed = ("linear",) if linear_only else ("linear", "embedding")
+    found: dict[str, tuple[int, int]] = {}
+    for pat in patterns:
+        hits = [n for n in modules if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            raise LensError(f"method.targets pattern {pat!r} matches no module; module names look like "
+                            f"'model.layers.0.self_attn.q_proj'")
+        for name in hits:
+            kind, shape = modules[name]
+            if kind not in allowed:
+                raise LensError(f"method.targets pattern {pat!r} selects {name or 'the whole model'} ({kind}), "
+                                f"not a {' or '.join(allowed)} weight matrix; narrow it, e.g. '*.mlp.up_proj'")
+            found[name] = (shape[0], shape[1])
+    return found
+
+
+def model_parameters(model: ModelConfig, exclude: tuple[str, ...] = ()) -> dict[str, int]:
+    """{module name: numel of its weight} of the model's parameter tensors (no biases: model/llama.py has
+    none), leaving out the modules named in `exclude` (a method's targets, whose weights it replaces)."""
+    return {name: math.prod(shape) for name, (kind, shape) in model_modules(model).items()
+            if kind != "other" and name not in exclude}
+
+
+def param_bytes(run: RunConfig) -> int:
+    """Bytes per parameter element: bf16 under pure bf16, else fp32 (bf16-mixed keeps fp32 weights)."""
+    return 2 if run.train.precision == "bf16-pure" else 4
+
+
+def adamw_state(trainable: tuple[int, ...], size: int) -> tuple[dict[str, int], int]:
+    """torch.optim.AdamW's state for these tensors: (elements per key, bytes). Moments in the parameters'
+    dtype; `step` is a 1-element fp32 tensor per parameter."""
+    n = sum(trainable)
+    return {"exp_avg": n, "exp_avg_sq": n, "step": len(trainable)}, 2 * n * size + 4 * len(trainable)
+
+
+def lowrank_factors(shapes: list[tuple[int, int]], rank: int) -> tuple[int, ...]:
+    """numel of A (r x in) and B (out x r) for each (out, in) target, in that order."""
+    return tuple(x for out, inn in shapes for x in (rank * inn, out * rank))
+
+
+def check_rank(run: RunConfig, rank: int, auto: bool = False) -> None:
+    """A rank r factorising (or projecting) an out x in matrix is meaningful only up to min(out, in); above
+    it the factors hold more parameters than the matrix (CoLA at r = 8 x hidden has 15x the weights). The
+    bound is that of the smallest selected matrix."""
+    matrices = target_matrices(run.model, run.method_cfg.targets, linear_only=False)
+    name, (out, inn) = min(matrices.items(), key=lambda kv: min(kv[1]))
+    bound = min(out, inn)
+    if rank > bound:
+        what = f"method.rank (automatic: hidden_size // 4 = {rank})" if auto else f"method.rank {rank}"
+        raise LensError(f"{what} exceeds {bound} = min(out, in) of the smallest target matrix {name} "
+                        f"({out} x {inn}); use method.rank <= {bound}")
+
+
+def auto_rank(rank: int, model: ModelConfig) -> int:
+    """method.rank, where 0 means hidden_size // 4 (the 60m ratio 128 / 512), from the final shape."""
+    return rank or max(1, model.hidden_size // 4)
+
+
+def auto_alpha(alpha: float, rank: int) -> float:
+    """method.alpha, where 0 means rank / 4: the scale alpha / r = 0.25 of the 60m recipes (32 / 128)."""
+    return alpha or rank / 4
+
+
 def stable_seed(*parts: object) -> int:
     """A 63-bit seed that depends only on `parts` (e.g. (seed, step, layer name)), not on process or RNG
     state, so every DDP rank and every resumed run draws the same numbers."""

@@ -1,14 +1,14 @@
-"""CoLA: every target linear becomes a low-rank bottleneck with a SiLU inside (methods.md §4).
+"""CoLA: every target linear becomes a low-rank bottleneck with a SiLU inside (docs/methods.md §4).
 
     y = B silu(A x)      A: r x in (in -> r), B: out x r (r -> out), no bias
 
 There is no full-rank W anywhere in the 7 projections, and because of the SiLU no dense matrix reproduces a
-layer, so `dense_weights` returns None and analyses read `factors()` instead. Init (methods.md §4.2): A, B ~
+layer, so `dense_weights` returns None and analyses read `factors()` instead. Init (docs/methods.md §4.2): A, B ~
 N(0, sigma^2) with sigma = r^(-1/4) (in+out)^(-1/4), so an entry of the linear product B A has variance
 r sigma^4 = 1/(in+out). The layer is a plain nn.Module (not an nn.Linear), so transformers' `_init_weights`,
 which matches nn.Linear / nn.Embedding / *Norm classes, never overwrites this init.
 
-`only_lr_act` (methods.md §4.1): when True the MLP's own SwiGLU SiLU is dropped, out = down(gate(x) * up(x)),
+`only_lr_act` (docs/methods.md §4.1): when True the MLP's own SwiGLU SiLU is dropped, out = down(gate(x) * up(x)),
 leaving the SiLUs inside the factorised layers as the only non-linearities. The official configs keep the
 outer SiLU at 60m/130m (`only_lr_act: false`) and drop it at 350m and above (the ColaConfig default, True).
 """
@@ -16,18 +16,35 @@ outer SiLU at 60m/130m (`only_lr_act: false`) and drop it at 350m and above (the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import RunConfig
 from ..errors import LensError
 from . import register
-from .base import BaseMethodConfig, Method, MethodPreset, replace_module, stable_seed, target_modules
+from .base import (
+    BaseMethodConfig,
+    Footprint,
+    Method,
+    MethodPreset,
+    adamw_state,
+    auto_rank,
+    check_rank,
+    lowrank_factors,
+    model_parameters,
+    param_bytes,
+    replace_module,
+    stable_seed,
+    target_matrices,
+    target_modules,
+)
 
 
 class CoLALinear(nn.Module):
-    """y = B silu(A x); replaces a bias-free nn.Linear (in -> out) (methods.md §4.1)."""
+    """y = B silu(A x); replaces a bias-free nn.Linear (in -> out) (docs/methods.md §4.1)."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, layer_name: str = "",
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
@@ -58,17 +75,18 @@ class CoLALinear(nn.Module):
 @dataclass
 class CoLAConfig(BaseMethodConfig):
     rank: int = 0
-    """r; 0 = model.hidden_size // 4 (ColaConfig's own default)."""
+    """r; 0 = model.hidden_size // 4 (ColaConfig's own default), resolved from the final shape."""
     only_lr_act: bool = True
     """Drop the MLP's outer SwiGLU SiLU: down(gate(x) * up(x)). ColaConfig's default; the official 60m and
     130m configs set it False."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rank < 0:
             raise LensError(f"method.rank must be >= 0 (0 = hidden_size // 4), got {self.rank}")
 
 
-_STUDY = {  # rank, only_lr_act, lr: paper.md §1.4 (60m/130m/350m) and methods.md §4.3-4.4 (1b)
+_STUDY = {  # rank, only_lr_act, lr: docs/study.md §1.4 (60m/130m/350m) and docs/methods.md §4.3-4.4 (1b)
     "60m": (128, False, 6e-3),
     "130m": (256, False, 3e-3),
     "350m": (256, True, 3e-3),
@@ -81,36 +99,63 @@ class CoLA(Method):
     """Low-rank bottleneck layers with an inner SiLU; AdamW with wd 0.01 on all parameters, clip 0.5."""
 
     name = "cola"
+    description = ("Every target linear becomes a rank-r bottleneck B silu(A x) (no full-rank weight); AdamW "
+                   "with wd 0.01 on all parameters, clip 0.5")
     colour = "#d62728"
     Config = CoLAConfig
     has_dense_view = False
+    linear_targets_only = True
     no_dense_reason = ("CoLA puts a SiLU between its factors (y = B silu(A x)), so no matrix W with y = W x "
-                       "exists (methods.md §4.1); use CoLA.factors() for A and B")
+                       "exists (docs/methods.md §4.1); use CoLA.factors() for A and B")
+
+    memory_formula = "E + L·r·(11h + 3i) trainable (A: r x in, B: out x r per target); state 2 x that + `step`s."
 
     @classmethod
-    def preset(cls, scale: str, model_hidden: int) -> MethodPreset:
-        # methods.md §4.4 / §8 item 2: torch AdamW, wd 0.01 on every parameter (norms and embeddings too), clip 0.5.
+    def preset(cls, scale: str) -> MethodPreset:
+        # docs/methods.md §4.4 / §8 item 2: torch AdamW, wd 0.01 on every parameter (norms and embeddings
+        # too), clip 0.5.
         optim: dict[str, float] = {"weight_decay": 0.01, "grad_clip": 0.5}
         if scale not in _STUDY:
-            return MethodPreset(params={"rank": max(1, model_hidden // 4), "only_lr_act": False}, optim=optim,
-                                notes=["CPU preset: rank = hidden // 4 (the 60m ratio); outer SiLU kept as in "
-                                       "the official small configs"])
+            return MethodPreset(params={"rank": 0, "only_lr_act": False}, optim=optim,
+                                notes=[f"CoLA {scale}: rank = hidden/4 (the 60m ratio 128/512), only_lr_act False "
+                                       "(the outer SiLU kept, as in the official 60m/130m configs), AdamW wd 0.01 "
+                                       "on all parameters, clip 0.5"])
         rank, only_lr_act, lr = _STUDY[scale]
         notes = [f"CoLA {scale}: r {rank}, only_lr_act {only_lr_act}, lr {lr:g}, AdamW wd 0.01 on all "
-                 "parameters, clip 0.5 (methods.md §4.4, paper.md §1.4)"]
+                 "parameters, clip 0.5 (docs/methods.md §4.4, docs/study.md §1.4)"]
         if scale == "60m":
-            notes.append("the official CoLA 60m script warms up 2K steps (20%); we keep the shared recipe's 10%")
+            notes.append("the official CoLA 60m script warms up 2K steps (20%); we keep the shared recipe's 10% "
+                         "warmup")
         if scale == "130m":
-            notes.append("rank 256 = d/3 at 130m, as in the official config (methods.md §4.3)")
+            notes.append("rank 256 = d/3 at 130m, as in the official config (docs/methods.md §4.3)")
         if scale == "1b":
-            notes.append("1b is not in the study: official script values (methods.md §4.4)")
+            notes.append("1b is not in the study: official script values (docs/methods.md §4.4)")
         notes.append("the official configs set pad_token_id 0 (frozen embedding row 0); we set no pad id")
         return MethodPreset(params={"rank": rank, "only_lr_act": only_lr_act}, optim={**optim, "lr": lr},
                             notes=notes)
 
+    @classmethod
+    def resolve(cls, run: RunConfig) -> dict[str, Any]:
+        return {} if run.method_cfg.rank else {"rank": auto_rank(0, run.model)}
+
+    @classmethod
+    def check_config(cls, run: RunConfig) -> None:
+        super().check_config(run)
+        check_rank(run, auto_rank(run.method_cfg.rank, run.model), auto=not run.method_cfg.rank)
+
+    @classmethod
+    def footprint(cls, run: RunConfig) -> Footprint:
+        """The targets' weights are gone; A and B of each target and every other parameter train with AdamW."""
+        targets = target_matrices(run.model, run.method_cfg.targets, linear_only=True)
+        rank = auto_rank(run.method_cfg.rank, run.model)
+        trainable = (*model_parameters(run.model, exclude=tuple(targets)).values(),
+                     *lowrank_factors(list(targets.values()), rank))
+        state, nbytes = adamw_state(trainable, param_bytes(run))
+        return Footprint(trainable=trainable, state=(state,), state_bytes=nbytes)
+
     def prepare_model(self, model: nn.Module) -> nn.Module:
         cfg: CoLAConfig = self.cfg
-        rank = cfg.rank or max(1, self.run.model.hidden_size // 4)
+        rank = auto_rank(cfg.rank, self.run.model)
         parents: dict[str, nn.Module] = {}
         for name, mod in target_modules(model, cfg.targets):
             if not isinstance(mod, nn.Linear) or mod.bias is not None:

@@ -1,4 +1,4 @@
-"""Fira: GaLore plus the norm-scaled full-rank residual and the norm-growth limiter (methods.md §3).
+"""Fira: GaLore plus the norm-scaled full-rank residual and the norm-growth limiter (docs/methods.md §3).
 
 Same parameter selection, projector and defaults as GaLore (§3.1, §3.3) except α 0.0625 at 1b; the
 optimizer is `optim/fira_adamw.py`. `residual` picks the official code's update (default; the published
@@ -34,23 +34,32 @@ class FiraConfig(GaLoreConfig):
         super().__post_init__()
         if self.residual not in RESIDUAL_MODES:
             raise LensError(f"method.residual {self.residual!r} is not one of {', '.join(RESIDUAL_MODES)}")
-        if self.gamma < 1.0:
+        if not self.gamma >= 1.0:
             raise LensError(f"method.gamma must be >= 1, got {self.gamma}")
 
 
 @register
 class Fira(GaLore):
+    """GaLore plus the norm-scaled full-rank residual and the norm-growth limiter."""
+
     name = "fira"
+    description = ("GaLore plus the norm-scaled full-rank residual of the gradient outside the subspace and a "
+                   "norm-growth limiter")
     colour = "#2ca02c"
     Config = FiraConfig
+    memory_formula = "as GaLore, plus a 0-dim residual norm (the limiter's s_prev) per target."
 
     @classmethod
-    def preset(cls, scale: str, model_hidden: int) -> MethodPreset:
-        preset = shared_preset(scale, model_hidden, alpha_1b=0.0625, method="Fira")
+    def preset(cls, scale: str) -> MethodPreset:
+        preset = shared_preset(scale, alpha_1b=0.0625, method="Fira")
         preset.params.update(gamma=1.01, residual="code")
         preset.notes.append("Fira residual='code' (G - α·P·R, not scaled by α): the official code's rule "
                             "that produced the published numbers; the paper's Algorithm 1 is residual='paper'")
         return preset
+
+    @classmethod
+    def _extra_state(cls, n_targets: int) -> dict[str, int]:
+        return {"residual_norm": n_targets}  # 0-dim: the limiter's previous (limited) residual norm
 
     def build_optimizer(self, model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
         return FiraAdamW(self.param_groups(model), gamma=self.cfg.gamma, residual=self.cfg.residual,

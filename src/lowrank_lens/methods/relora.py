@@ -1,8 +1,8 @@
-"""ReLoRA: frozen W plus a LoRA that is merged into W and restarted every `reset_every` steps (methods.md §6).
+"""ReLoRA: frozen W plus a LoRA that is merged into W and restarted every `reset_every` steps (docs/methods.md §6).
 
     y = x W^T + (alpha/r) B A(dropout(x))      W frozen (out x in), A: r x in, B: out x r, dropout 0.1
 
-Timing (methods.md §6.2-6.4), with the loop's conventions: `lr_multiplier(s)` is the multiplier of the update
+Timing (docs/methods.md §6.2-6.4), with the loop's conventions: `lr_multiplier(s)` is the multiplier of the update
 taking the model from step s to s+1, and `after_step(s)` runs once s updates are done. Let R = reset_every.
 
 * lr_multiplier(s): linear warmup s / warmup_steps while s < warmup_steps; otherwise, for k = s // R >= 1 and
@@ -14,22 +14,23 @@ taking the model from step s to s+1, and `after_step(s)` runs once s updates are
   after the update made with lr 0 (the one from kR to kR+1), "one step after the lr hits 0". It then
   (1) merges W += (alpha/r) B A in the parameters' dtype (bf16 under pure bf16, as in the reference),
   (2) re-initialises A ~ kaiming_uniform(a=sqrt(5)) and B = 0, and (3) prunes, in place, the Adam moments
-  (exp_avg, exp_avg_sq) of the LoRA parameters only; Adam's step counter is kept (methods.md §6.3).
+  (exp_avg, exp_avg_sq) of the LoRA parameters only; Adam's step counter is kept (docs/methods.md §6.3).
   The update from kR+1 to kR+2 then runs at lr (1/restart_warmup) x envelope(kR + restart_warmup).
 
 All randomness of a reset (new A, pruning masks) comes from generators seeded by (train.seed, step, layer),
 so every DDP rank makes identical changes without communicating, and a resumed run repeats them.
 
-`zero_init_bug` reproduces the reference HEAD (ReLoRA issue #18, methods.md §6.6): A = B = 0 at wrap, so the
+`zero_init_bug` reproduces the reference HEAD (ReLoRA issue #18, docs/methods.md §6.6): A = B = 0 at wrap, so the
 wrapped matrices get zero gradients for the whole first cycle; the study inherited it. Later re-inits are
 the intended ones either way. A warm start is the loop's business: it loads `train.init_from` before
-`prepare_model`, so the frozen W is whatever weight the model holds at wrap time (methods.md §6.5).
+`prepare_model`, so the frozen W is whatever weight the model holds at wrap time (docs/methods.md §6.5).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +39,26 @@ from torch import nn
 from ..config import RunConfig
 from ..errors import LensError
 from . import register
-from .base import BaseMethodConfig, Method, MethodPreset, replace_module, stable_seed, target_modules
+from .base import (
+    BaseMethodConfig,
+    Footprint,
+    Method,
+    MethodPreset,
+    adamw_state,
+    auto_alpha,
+    auto_rank,
+    check_rank,
+    lowrank_factors,
+    model_parameters,
+    param_bytes,
+    replace_module,
+    stable_seed,
+    target_matrices,
+    target_modules,
+)
 
 PRUNE_MODES = ("random", "magnitude")
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
-
 
 
 class ReLoRALinear(nn.Module):
@@ -73,10 +89,14 @@ class ReLoRALinear(nn.Module):
         self.lora_B.zero_()
 
     @torch.no_grad()
+    def _delta(self) -> torch.Tensor:
+        """(alpha/r) B A (out x in) in W's dtype (bf16 under pure bf16, as the reference merges)."""
+        return (self.lora_B.to(self.weight.dtype) @ self.lora_A.to(self.weight.dtype)) * self.scale
+
+    @torch.no_grad()
     def merge(self) -> None:
         """W += (alpha/r) B A, computed and added in W's dtype (bf16 under pure bf16, as the reference)."""
-        delta = (self.lora_B.to(self.weight.dtype) @ self.lora_A.to(self.weight.dtype)) * self.scale  # out x in
-        self.weight.add_(delta)
+        self.weight.add_(self._delta())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in] -> [..., out]
         lora = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)  # [..., r] -> [..., out]
@@ -84,16 +104,16 @@ class ReLoRALinear(nn.Module):
 
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:
-        """The exact W + (alpha/r) B A (out x in) this layer applies in eval mode, in W's dtype."""
-        w = self.weight.float() + self.scale * (self.lora_B.float() @ self.lora_A.float())
-        return w.to(self.weight.dtype)
+        """W + (alpha/r) B A (out x in): bitwise the weight a merge now would leave (the same ops in W's dtype),
+        so an analysis of the dense view sees what the run's next merge makes of it."""
+        return self.weight + self._delta()
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, r={self.rank}, scale={self.scale:g}"
 
 
 def jagged_cosine(step: int, total: int, warmup: int, cycle: int, restart_warmup: int, min_ratio: float) -> float:
-    """ReLoRA's `cosine_restarts` multiplier (methods.md §6.4); see the module docstring for the timing."""
+    """ReLoRA's `cosine_restarts` multiplier (docs/methods.md §6.4); see the module docstring for the timing."""
 
     def envelope(s: int) -> float:
         progress = min(1.0, (s - warmup) / max(1, total - warmup))
@@ -128,18 +148,19 @@ def prune_(state: torch.Tensor, mode: str, ratio: float, generator: torch.Genera
 @dataclass
 class ReLoRAConfig(BaseMethodConfig):
     rank: int = 0
-    """r; 0 = model.hidden_size // 4 (the 60m ratio)."""
+    """r; 0 = model.hidden_size // 4 (the 60m ratio), resolved from the final shape."""
     alpha: float = 32.0
-    """LoRA scale alpha / rank (`--lora_alpha`, default 32)."""
+    """LoRA scale alpha / rank (`--lora_alpha`, default 32); 0 = rank / 4 (scale 0.25, the reference's
+    32 / 128), resolved from the final rank."""
     dropout: float = 0.1
     """LoRA input dropout (hard-coded 0.1 in the reference)."""
     reset_every: int = 0
     """R: merge, re-init, prune and restart the lr every R steps (the reference's `--relora` and
-    `--cycle_length`, equal in every script); 0 = max(2, train.steps // 4)."""
+    `--cycle_length`, equal in every script); 0 = max(2, train.steps // 4), resolved from the final steps."""
     restart_warmup_steps: int = 0
     """Linear lr ramp after each restart; 0 = max(1, R // 10) (the 60m ratio 100/1000). Must be < R."""
     prune: str = "random"
-    """How the LoRA Adam moments are pruned at a reset: 'random' or 'magnitude' (methods.md §6.3)."""
+    """How the LoRA Adam moments are pruned at a reset: 'random' or 'magnitude' (docs/methods.md §6.3)."""
     prune_ratio: float = 0.999
     """Fraction of moment entries zeroed at a reset; the reference default is random 0.999, the study
     uses random 0.99, the README suggests magnitude 0.9; 0 keeps the moments."""
@@ -147,6 +168,7 @@ class ReLoRAConfig(BaseMethodConfig):
     """Reproduce the reference HEAD's A = B = 0 at wrap (issue #18): the first cycle trains no LoRA."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rank < 0:
             raise LensError(f"method.rank must be >= 0 (0 = hidden_size // 4), got {self.rank}")
         if self.prune not in PRUNE_MODES:
@@ -157,11 +179,21 @@ class ReLoRAConfig(BaseMethodConfig):
             raise LensError(f"method.dropout must be in [0, 1), got {self.dropout}")
         if self.reset_every < 0 or self.restart_warmup_steps < 0:
             raise LensError("method.reset_every and method.restart_warmup_steps must be >= 0 (0 = automatic)")
-        if self.alpha <= 0:
-            raise LensError(f"method.alpha must be positive, got {self.alpha}")
+        if self.alpha < 0:
+            raise LensError(f"method.alpha must be >= 0 (0 = rank / 4), got {self.alpha}")
 
 
-# rank, reset_every, restart_warmup_steps, lr, grad_clip: paper.md §1.4 (60m/130m/350m), methods.md §6.7 (1b)
+def restart_cycle(cfg: ReLoRAConfig, steps: int) -> tuple[int, int]:
+    """(R, restart warmup) with their automatic values filled in; LensError unless 1 <= warmup < R, R >= 2."""
+    every = cfg.reset_every or max(2, steps // 4)
+    warmup = cfg.restart_warmup_steps or max(1, every // 10)
+    if every < 2 or warmup >= every:
+        raise LensError(f"method.restart_warmup_steps ({warmup}) must be below method.reset_every ({every}) and "
+                        f"reset_every >= 2 (0 = automatic: train.steps // 4 and reset_every // 10)")
+    return every, warmup
+
+
+# rank, reset_every, restart_warmup_steps, lr, grad_clip: docs/study.md §1.4 (60m/130m/350m), docs/methods.md §6.7 (1b)
 _STUDY = {
     "60m": (128, 1000, 100, 1e-3, 1.0),
     "130m": (256, 5000, 100, 1e-3, 1.0),
@@ -175,51 +207,88 @@ class ReLoRA(Method):
     """LoRA with periodic merges, optimizer pruning and a jagged cosine; AdamW on the trainable params."""
 
     name = "relora"
+    description = ("Frozen W plus a LoRA that is merged into W, re-initialised and restarted every R steps, "
+                   "with optimizer pruning and a jagged cosine")
     colour = "#9467bd"
     Config = ReLoRAConfig
+    linear_targets_only = True
+    memory_formula = ("E + L·r·(11h + 3i) trainable; the frozen W, L(4h² + 3hi), has no gradient and no state; "
+                      "state 2 x trainable + `step`s.")
 
     def __init__(self, cfg: ReLoRAConfig, run: RunConfig) -> None:
         super().__init__(cfg, run)
-        self.reset_every = cfg.reset_every or max(2, run.train.steps // 4)
-        self.restart_warmup = cfg.restart_warmup_steps or max(1, self.reset_every // 10)
-        if self.reset_every < 2 or self.restart_warmup >= self.reset_every:
-            raise LensError(f"relora needs 1 <= restart_warmup_steps < reset_every and reset_every >= 2; got "
-                            f"{self.restart_warmup} and {self.reset_every}")
+        self.reset_every, self.restart_warmup = restart_cycle(cfg, run.train.steps)
 
     @classmethod
-    def preset(cls, scale: str, model_hidden: int) -> MethodPreset:
-        bug = ("the study inherited the reference's A = B = 0 init (issue #18, methods.md §6.6); this preset "
+    def resolve(cls, run: RunConfig) -> dict[str, Any]:
+        cfg: ReLoRAConfig = run.method_cfg
+        rank = auto_rank(cfg.rank, run.model)
+        every, warmup = restart_cycle(cfg, run.train.steps)
+        values = {"rank": rank, "alpha": auto_alpha(cfg.alpha, rank), "reset_every": every,
+                  "restart_warmup_steps": warmup}
+        return {k: v for k, v in values.items() if not getattr(cfg, k)}
+
+    @classmethod
+    def check_config(cls, run: RunConfig) -> None:
+        super().check_config(run)
+        check_rank(run, auto_rank(run.method_cfg.rank, run.model), auto=not run.method_cfg.rank)
+        restart_cycle(run.method_cfg, run.train.steps)
+
+    @classmethod
+    def footprint(cls, run: RunConfig) -> Footprint:
+        """The targets' W stay as frozen parameters; their LoRA factors and every other parameter train with
+        AdamW."""
+        targets = target_matrices(run.model, run.method_cfg.targets, linear_only=True)
+        trainable = (*model_parameters(run.model, exclude=tuple(targets)).values(),
+                     *lowrank_factors(list(targets.values()), auto_rank(run.method_cfg.rank, run.model)))
+        state, nbytes = adamw_state(trainable, param_bytes(run))
+        return Footprint(trainable=trainable, frozen=tuple(m * n for m, n in targets.values()), state=(state,),
+                         state_bytes=nbytes)
+
+    @classmethod
+    def preset(cls, scale: str) -> MethodPreset:
+        bug = ("the study inherited the reference's A = B = 0 init (issue #18, docs/methods.md §6.6); this preset "
                "uses the intended init: set method.zero_init_bug=true to reproduce the study")
         if scale not in _STUDY:
-            r = max(1, model_hidden // 4)
-            return MethodPreset(params={"rank": r, "alpha": r / 4, "prune": "random", "prune_ratio": 0.99},
+            return MethodPreset(params={"rank": 0, "alpha": 0.0, "reset_every": 0, "restart_warmup_steps": 0,
+                                        "prune": "random", "prune_ratio": 0.99},
                                 optim={"grad_clip": 1.0},
-                                notes=["CPU preset: rank = hidden // 4 and alpha = rank / 4 (the 60m ratios); "
-                                       "reset_every = steps // 4, restart warmup = reset_every // 10", bug])
+                                notes=[f"ReLoRA {scale}: rank = hidden/4, alpha = rank/4 (scale 0.25: the 60m "
+                                       "ratios), dropout 0.1, reset_every = steps // 4, restart warmup = "
+                                       "reset_every // 10, random pruning 0.99 of the LoRA moments, clip 1, no "
+                                       "warm start", bug])
         rank, every, rw, lr, clip = _STUDY[scale]
         notes = [f"ReLoRA {scale}: r {rank}, alpha 32, dropout 0.1, reset every {every}, restart warmup {rw}, "
                  f"lr {lr:g}, clip {clip:g}, random pruning 0.99 of the LoRA moments, no warm start "
-                 "(paper.md §1.4)", bug]
+                 "(docs/study.md §1.4)", bug]
+        # The study's fork of ReLoRA's scheduler (docs/methods.md §0) comments out upstream's assert that the first
+        # warmup ends before the first reset; upstream Guitaricet/relora would refuse these two schedules.
+        fork = ("only the study's fork allows this: NamrataRShivagunde/low-rank-geometry, "
+                "training/ReLoRA/peft_pretraining/training_utils.py, comments out the assert of upstream "
+                "Guitaricet/relora (peft_pretraining/training_utils.py, _get_cosine_schedule_with_multiple_"
+                "warmups_lambda) that the first warmup ends before the first reset (docs/methods.md §0)")
         if scale == "350m":
             notes.append("warmup 6000 > reset_every 5000: the first merge (step 5001) happens inside the first "
-                         "warmup, which the reference schedule lets take precedence (no lr drop at 5000)")
+                         "warmup, which takes precedence in the fork's schedule (no lr drop at 5000); " + fork)
         if scale == "1b":
             notes.append("1b is not in the study: r 512 as GaLore's 1B low-rank baselines; reset 5000 / restart "
                          "warmup 200 as the study's 350m; lr 4e-4 and clip 1.0 from the reference's 1B config "
-                         "and argparse (methods.md §6.7); that config's Pile-specific beta2 0.95, wd 0.01 and "
-                         "magnitude pruning 0.8 are not adopted; the 10K warmup spans the first restart")
+                         "and argparse (docs/methods.md §6.7); that config's Pile-specific beta2 0.95, wd 0.01 and "
+                         "magnitude pruning 0.8 are not adopted")
+            notes.append("warmup 10000 > reset_every 5000: the 10K warmup spans the first restart; " + fork)
         return MethodPreset(params={"rank": rank, "alpha": 32.0, "dropout": 0.1, "reset_every": every,
                                     "restart_warmup_steps": rw, "prune": "random", "prune_ratio": 0.99},
                             optim={"lr": lr, "grad_clip": clip}, notes=notes)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         cfg: ReLoRAConfig = self.cfg
-        rank = cfg.rank or max(1, self.run.model.hidden_size // 4)
+        rank = auto_rank(cfg.rank, self.run.model)
+        alpha = auto_alpha(cfg.alpha, rank)
         for name, mod in target_modules(model, cfg.targets):
             if not isinstance(mod, nn.Linear) or mod.bias is not None:
                 raise LensError(f"relora wraps bias-free nn.Linear layers; {name} is {type(mod).__name__}"
                                 f"{' with a bias' if isinstance(mod, nn.Linear) else ''}")
-            new = ReLoRALinear(mod, rank, cfg.alpha, cfg.dropout, name)
+            new = ReLoRALinear(mod, rank, alpha, cfg.dropout, name)
             new.reset_lora(stable_seed(self.run.train.seed, "relora", 0, name), zero_a=cfg.zero_init_bug)
             replace_module(model, name, new)
         return model
@@ -236,7 +305,7 @@ class ReLoRA(Method):
     def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """Merge, re-init and prune at the reset steps (module docstring). Logs `relora_merge` (0/1) every
         step and, at a reset, `relora_pruned_frac`: the fraction of LoRA moment entries that are zero after
-        pruning, measured on the optimizer state itself (a reset that pruned nothing shows up, methods.md §6.9)."""
+        pruning, measured on the optimizer state itself (a reset that pruned nothing shows up, docs/methods.md §6.9)."""
         if not self.is_reset_step(step):
             return {"relora_merge": 0.0}
         layers = [m for m in model.modules() if isinstance(m, ReLoRALinear)]

@@ -1,13 +1,17 @@
-"""SLTrain: every target linear is a sum of a low-rank and a fixed-support sparse matrix (methods.md §5).
+"""SLTrain: every target linear is a sum of a low-rank and a fixed-support sparse matrix (docs/methods.md §5).
 
-    W = (alpha/r) B A + S,   y = x W^T
+    W = B (A alpha/r) + S,   y = x W^T
     A: r x in, B: out x r, S: out x in with int(delta * out * in) non-zeros at a fixed random support
 
+The scale multiplies A before the product, as the official layer does (it passes `lora_A * scale` to its
+kernel): (B A) s rounds differently from B (A s) in bf16 unless s is a power of two (about 3e-3 relative
+at s = 1.5), so forward, backward and the dense view all use B (A s).
+
 The support is drawn once, at wrap time, from a recorded seed (`support_seed`) with a private generator, and
-kept as a buffer so it travels in the state dict; only its values are trained. Init (methods.md §5.1):
+kept as a buffer so it travels in the state dict; only its values are trained. Init (docs/methods.md §5.1):
 A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0, S values ~ U(-1/sqrt(in), 1/sqrt(in)), so the
 initial W is S alone. The reference builds W in a C++ extension; here a pure-PyTorch autograd Function does the
-same: it builds W in forward, does not keep it, and rebuilds it in backward (methods.md §8 item 10).
+same: it builds W in forward, does not keep it, and rebuilds it in backward (docs/methods.md §8 item 10).
 """
 
 from __future__ import annotations
@@ -20,9 +24,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import RunConfig, seed_field
 from ..errors import LensError
 from . import register
-from .base import BaseMethodConfig, Method, MethodPreset, replace_module, stable_seed, target_modules
+from .base import (
+    BaseMethodConfig,
+    Footprint,
+    Method,
+    MethodPreset,
+    adamw_state,
+    auto_alpha,
+    auto_rank,
+    check_rank,
+    lowrank_factors,
+    model_parameters,
+    param_bytes,
+    replace_module,
+    stable_seed,
+    target_matrices,
+    target_modules,
+)
 
 
 def sample_support(numel: int, nnz: int, generator: torch.Generator) -> torch.Tensor:
@@ -45,19 +66,20 @@ def sample_support(numel: int, nnz: int, generator: torch.Generator) -> torch.Te
 
 def build_weight(lora_a: torch.Tensor, lora_b: torch.Tensor, values: torch.Tensor, index: torch.Tensor,
                  scale: float) -> torch.Tensor:
-    """Dense W (out x in) = scale * B A + S, in the factors' dtype."""
-    w = (lora_b @ lora_a).mul_(scale)  # out x in
+    """Dense W (out x in) = B (scale A) + S in the factors' dtype, in the official kernel's order."""
+    w = lora_b @ (lora_a * scale)  # out x in
     w.view(-1).index_add_(0, index, values.to(w.dtype))  # the support has no duplicates: a plain scatter
     return w
 
 
 class SparseLowRankLinear(torch.autograd.Function):
-    """y = x (scale B A + S)^T without keeping W for backward (methods.md §5.1, "Kernel").
+    """y = x (B (scale A) + S)^T without keeping W for backward (docs/methods.md §5.1, "Kernel").
 
-    Backward rebuilds W, forms dx = g W, frees W, then dW = g^T x (out x in) and
-    dB = scale dW A^T, dA = scale B^T dW, dS = dW at the support. At most one dense out x in matrix is alive
-    at a time, as in the reference extension. Under autocast the two big matmuls run in the autocast dtype
-    while W is built in the parameters' dtype (autocast would otherwise break the scatter's dtype match).
+    Backward rebuilds W, forms dx = g W, frees W, then dW = g^T x (out x in) and, as the official kernel
+    with As = scale A as its input, dB = dW As^T, dA = scale (B^T dW), dS = dW at the support. At most one
+    dense out x in matrix is alive at a time, as in the reference extension. Under autocast the two big
+    matmuls run in the autocast dtype while W is built in the parameters' dtype (autocast would otherwise
+    break the scatter's dtype match).
     """
 
     @staticmethod
@@ -90,14 +112,14 @@ class SparseLowRankLinear(torch.autograd.Function):
                 if need_a:
                     da = (lora_b.t() @ dw).mul_(scale)  # r x in
                 if need_b:
-                    db = (dw @ lora_a.t()).mul_(scale)  # out x r
+                    db = dw @ (lora_a * scale).t()  # out x r
                 if need_s:
                     ds = dw.view(-1).index_select(0, index).to(values.dtype)  # nnz
         return dx, da, db, ds, None, None
 
 
 class SLTrainLinear(nn.Module):
-    """W = (alpha/r) B A + S with S on a fixed support; replaces a bias-free nn.Linear (methods.md §5.1)."""
+    """W = B (A alpha/r) + S with S on a fixed support; replaces a bias-free nn.Linear (docs/methods.md §5.1)."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, density: float,
                  layer_name: str = "", device: torch.device | str | None = None,
@@ -148,25 +170,27 @@ class SLTrainLinear(nn.Module):
 @dataclass
 class SLTrainConfig(BaseMethodConfig):
     rank: int = 0
-    """r; 0 = model.hidden_size // 4 (the 60m ratio)."""
+    """r; 0 = model.hidden_size // 4 (the 60m ratio), resolved from the final shape."""
     alpha: float = 32.0
-    """The low-rank part is scaled by alpha / rank (`--lora_alpha`)."""
+    """The low-rank part is scaled by alpha / rank (`--lora_alpha`); 0 = rank / 4 (scale 0.25, the 60m
+    ratio 32 / 128), resolved from the final rank."""
     density: float = 0.03
     """delta, the fraction of non-zeros in S (`--sp_ratio`; every script uses 0.03, argparse says 0.01)."""
-    support_seed: int = 42
+    support_seed: int = seed_field(42)
     """Seed of the sparse supports (the reference seeds 42). Independent of train.seed, so runs that differ
     only in their training seed share the supports; each layer's support is f(support_seed, layer name)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rank < 0:
             raise LensError(f"method.rank must be >= 0 (0 = hidden_size // 4), got {self.rank}")
         if not 0 < self.density <= 1:
             raise LensError(f"method.density must be in (0, 1], got {self.density}")
-        if self.alpha <= 0:
-            raise LensError(f"method.alpha must be positive, got {self.alpha}")
+        if self.alpha < 0:
+            raise LensError(f"method.alpha must be >= 0 (0 = rank / 4), got {self.alpha}")
 
 
-_STUDY = {  # paper.md §1.4 (60m/130m/350m, the study's scripts) and methods.md §5.2 (1b)
+_STUDY = {  # docs/study.md §1.4 (60m/130m/350m, the study's scripts) and docs/methods.md §5.2 (1b)
     "60m": {"rank": 128, "alpha": 32.0, "lr": 2e-3},
     "130m": {"rank": 256, "alpha": 16.0, "lr": 3e-3},
     "350m": {"rank": 256, "alpha": 16.0, "lr": 2e-3},
@@ -180,36 +204,71 @@ class SLTrain(Method):
     """Sparse plus low-rank reparameterisation of the 7 matrices per block; AdamW on everything."""
 
     name = "sltrain"
+    description = ("Every target linear is a trained low-rank product plus a sparse matrix on a fixed random "
+                   "support; AdamW on everything")
     colour = "#e377c2"
     Config = SLTrainConfig
+    linear_targets_only = True
+    memory_formula = ("E + L·r·(11h + 3i) + Σ int(δ·out·in) sparse values trainable; state 2 x that + `step`s.")
 
     @classmethod
-    def preset(cls, scale: str, model_hidden: int) -> MethodPreset:
+    def resolve(cls, run: RunConfig) -> dict[str, Any]:
+        cfg: SLTrainConfig = run.method_cfg
+        rank = auto_rank(cfg.rank, run.model)
+        return {k: v for k, v in (("rank", rank), ("alpha", auto_alpha(cfg.alpha, rank))) if not getattr(cfg, k)}
+
+    @classmethod
+    def footprint(cls, run: RunConfig) -> Footprint:
+        """The targets' dense weights are discarded; A, B and the sparse values of each target and every other
+        parameter train with AdamW; the int64 support indices are buffers."""
+        cfg: SLTrainConfig = run.method_cfg
+        targets = target_matrices(run.model, cfg.targets, linear_only=True)
+        nnz = tuple(int(cfg.density * m * n) for m, n in targets.values())  # as SLTrainLinear counts them
+        trainable = (*model_parameters(run.model, exclude=tuple(targets)).values(),
+                     *lowrank_factors(list(targets.values()), auto_rank(cfg.rank, run.model)), *nnz)
+        state, nbytes = adamw_state(trainable, param_bytes(run))
+        return Footprint(trainable=trainable, buffers=nnz, buffer_bytes=8 * sum(nnz), state=(state,),
+                         state_bytes=nbytes)
+
+    @classmethod
+    def check_config(cls, run: RunConfig) -> None:
+        super().check_config(run)
+        cfg: SLTrainConfig = run.method_cfg
+        check_rank(run, auto_rank(cfg.rank, run.model), auto=not cfg.rank)
+        # S keeps int(density * out * in) entries (the reference's count): below one entry S is empty.
+        matrices = target_matrices(run.model, cfg.targets, linear_only=True)
+        name, (out, inn) = min(matrices.items(), key=lambda kv: kv[1][0] * kv[1][1])
+        if int(cfg.density * out * inn) < 1:
+            raise LensError(f"method.density {cfg.density:g} leaves S of {name} ({out} x {inn}) without a non-zero; "
+                            f"use method.density >= {1 / (out * inn):.3g}")
+
+    @classmethod
+    def preset(cls, scale: str) -> MethodPreset:
         if scale not in _STUDY:
-            r = max(1, model_hidden // 4)
-            return MethodPreset(params={"rank": r, "alpha": r / 4, "density": 0.03},
-                                notes=["CPU preset: rank = hidden // 4 and alpha = rank / 4, keeping the 60m "
-                                       "ratios (r = d/4, alpha/r = 0.25)"])
+            return MethodPreset(params={"rank": 0, "alpha": 0.0, "density": 0.03},
+                                notes=[f"SLTrain {scale}: rank = hidden/4, alpha = rank/4 (scale 0.25: the 60m ratios "
+                                       "r = d/4 and alpha/r = 32/128), delta 0.03, AdamW wd 0, no clipping"])
         v = _STUDY[scale]
         notes = [f"SLTrain {scale}: r {v['rank']}, delta 0.03, alpha {v['alpha']:g} (scale "
-                 f"{v['alpha'] / v['rank']:g}), AdamW wd 0, no clipping (methods.md §5.2)",
+                 f"{v['alpha'] / v['rank']:g}), AdamW wd 0, no clipping (docs/methods.md §5.2)",
                  f"official scripts train {_OFFICIAL_STEPS[scale]} steps/warmup; we keep the shared "
                  "recipe's length and 10% warmup, as the study did"]
         if scale in ("60m", "350m"):
-            notes.append(f"lr {v['lr']:g} is the study's value (paper.md §1.4); the official script uses 3e-3")
+            notes.append(f"lr {v['lr']:g} is the study's value (docs/study.md §1.4); the official script uses 3e-3")
         if scale == "1b":
-            notes.append("1b is not in the study: official script values (methods.md §5.2)")
+            notes.append("1b is not in the study: official script values (docs/methods.md §5.2)")
         return MethodPreset(params={"rank": v["rank"], "alpha": v["alpha"], "density": 0.03},
                             optim={"lr": v["lr"]}, notes=notes)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         cfg: SLTrainConfig = self.cfg
-        rank = cfg.rank or max(1, self.run.model.hidden_size // 4)
+        rank = auto_rank(cfg.rank, self.run.model)
+        alpha = auto_alpha(cfg.alpha, rank)
         for name, mod in target_modules(model, cfg.targets):
             if not isinstance(mod, nn.Linear) or mod.bias is not None:
                 raise LensError(f"sltrain wraps bias-free nn.Linear layers; {name} is {type(mod).__name__}"
                                 f"{' with a bias' if isinstance(mod, nn.Linear) else ''}")
-            new = SLTrainLinear(mod.in_features, mod.out_features, rank, cfg.alpha, cfg.density, name,
+            new = SLTrainLinear(mod.in_features, mod.out_features, rank, alpha, cfg.density, name,
                                 device=mod.weight.device, dtype=mod.weight.dtype)
             new.reset_parameters(stable_seed(cfg.support_seed, name), stable_seed(self.run.train.seed, "sltrain", name))
             replace_module(model, name, new)  # the dense N(0, 0.02^2) weight is discarded, as in the reference

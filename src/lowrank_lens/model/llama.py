@@ -1,4 +1,4 @@
-"""LLaMA-style decoders from presets, on transformers' LlamaForCausalLM (methods.md §1.1).
+"""LLaMA-style decoders from presets, on transformers' LlamaForCausalLM (docs/methods.md §1.1).
 
 SwiGLU MLP, RMSNorm eps 1e-6, RoPE base 10000, no biases, untied embedding and LM head, every Linear and
 Embedding initialised N(0, 0.02^2). Unlike the reference configs we set no pad_token_id: the reference's

@@ -1,4 +1,4 @@
-"""Optimizers and their pure tensor pieces: GaLore's SVD projector, GaLoreAdamW, FiraAdamW (methods.md §2-3)."""
+"""Optimizers and their pure tensor pieces: GaLore's SVD projector, GaLoreAdamW, FiraAdamW (docs/methods.md §2-3)."""
 
 from .fira_adamw import FiraAdamW
 from .galore_adamw import GaLoreAdamW

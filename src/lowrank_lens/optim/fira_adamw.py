@@ -1,4 +1,4 @@
-"""FiraAdamW: GaLore plus a scaled full-rank residual and a norm-growth limiter (methods.md §3.2).
+"""FiraAdamW: GaLore plus a scaled full-rank residual and a norm-growth limiter (docs/methods.md §3.2).
 
 Steps 1-3 are GaLoreAdamW's (same projector, SVD schedule, projected Adam with eps 1e-6, no moment reset).
 With R the projected gradient and N = M / (√V + eps) the *bias-uncorrected* normalised update, the
@@ -37,7 +37,7 @@ _LIMITER_EPS = 1e-8
 
 
 class FiraAdamW(GaLoreAdamW):
-    """GaLoreAdamW whose projected weights also get Fira's scaled, norm-limited residual (methods.md §3.2).
+    """GaLoreAdamW whose projected weights also get Fira's scaled, norm-limited residual (docs/methods.md §3.2).
 
     Projected groups use the `scale` key for Fira's α (`--alpha` in the reference scripts); an `alpha`
     key, as written by the reference's `divide_params`, is accepted as a synonym.

@@ -1,4 +1,4 @@
-"""GaLoreAdamW: AdamW whose moments live in a rank-r gradient subspace (methods.md §2.2).
+"""GaLoreAdamW: AdamW whose moments live in a rank-r gradient subspace (docs/methods.md §2.2).
 
 Faithful to the official optimizer (`galore_torch/adamw.py`, `proj_type="std"`), step by step:
 
@@ -34,12 +34,12 @@ import torch
 from .projector import is_right, needs_refresh, orthogonal_basis, project, project_back
 
 # Keys of a projected param group and their defaults (those of the reference projector class;
-# the presets always pass the script values, methods.md §2.3).
+# the presets always pass the script values, docs/methods.md §2.3).
 PROJECTION_DEFAULTS: dict[str, Any] = {"update_proj_gap": 200, "scale": 1.0}
 
 
 class GaLoreAdamW(torch.optim.Optimizer):
-    """AdamW with GaLore projection for param groups that carry `rank` (methods.md §2.2).
+    """AdamW with GaLore projection for param groups that carry `rank` (docs/methods.md §2.2).
 
     A projected group is a dict with `params` (2-D weights, torch layout out x in), `rank`, and optionally
     `update_proj_gap` (T, default 200) and `scale` (α, default 1.0). `proj_type` is accepted for drop-in
@@ -70,7 +70,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 group.setdefault(key, value)
             proj_type = group.pop("proj_type", "std")
             if proj_type != "std":
-                raise ValueError(f"proj_type {proj_type!r} is not supported; only 'std' (methods.md §2.2)")
+                raise ValueError(f"proj_type {proj_type!r} is not supported; only 'std' (docs/methods.md §2.2)")
             if int(group["rank"]) < 1 or int(group["update_proj_gap"]) < 1:
                 raise ValueError(f"rank and update_proj_gap must be >= 1, got {group['rank']} and "
                                  f"{group['update_proj_gap']}")
@@ -129,7 +129,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
     @staticmethod
     def _adam(state: dict[str, Any], grad: torch.Tensor, group: dict[str, Any]) -> tuple[torch.Tensor, float]:
         """Moment update on `grad` (projected or not). Returns the bias-uncorrected N = M / (√V + eps)
-        and the step size with the bias correction folded in (methods.md §2.2 step 3)."""
+        and the step size with the bias correction folded in (docs/methods.md §2.2 step 3)."""
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(grad)
             state["exp_avg_sq"] = torch.zeros_like(grad)

@@ -1,4 +1,4 @@
-"""GaLore's SVD gradient projector as pure tensor functions (methods.md §2.2 steps 2 and 4; §8 item 7).
+"""GaLore's SVD gradient projector as pure tensor functions (docs/methods.md §2.2 steps 2 and 4; §8 item 7).
 
 For a weight W of torch layout m x n (m = out features, n = in features) and its gradient G (m x n):
 
@@ -14,10 +14,10 @@ weight's shape, never by "hidden vs intermediate". Unlike the reference, the sca
 code mode scale only the subspace term; Fira's paper mode scales the whole update).
 
 The projector's state is two plain tensors (the basis and a bool side flag), so optimizer state dicts load
-with `torch.load(weights_only=True)`; the reference pickles a projector object instead (methods.md §1.5,
+with `torch.load(weights_only=True)`; the reference pickles a projector object instead (docs/methods.md §1.5,
 ms-swift PR #10161).
 
-A non-converging SVD (GaLore issue #58, methods.md §2.5) must not end a run: `orthogonal_basis` retries in
+A non-converging SVD (GaLore issue #58, docs/methods.md §2.5) must not end a run: `orthogonal_basis` retries in
 float64, then on a slightly jittered gradient, and finally keeps the previous basis (or, before any basis
 exists, the coordinate axes), each time with a warning.
 """
@@ -39,14 +39,14 @@ class SVDFallbackWarning(RuntimeWarning):
 
 
 def is_right(shape: torch.Size | tuple[int, ...]) -> bool:
-    """True when the right projector applies: m >= n for a gradient of shape (m, n) (methods.md §2.2)."""
+    """True when the right projector applies: m >= n for a gradient of shape (m, n) (docs/methods.md §2.2)."""
     m, n = shape
     return m >= n
 
 
 def needs_refresh(step: int, update_proj_gap: int, has_basis: bool) -> bool:
     """Refresh at steps 0, T, 2T, ... (the per-parameter counter *before* it is incremented), or when
-    no basis exists yet (methods.md §2.2 step 2)."""
+    no basis exists yet (docs/methods.md §2.2 step 2)."""
     return not has_basis or step % update_proj_gap == 0
 
 
@@ -116,7 +116,7 @@ def _compact(view: torch.Tensor) -> torch.Tensor:
 
 
 def _jittered(matrix: torch.Tensor) -> torch.Tensor:
-    """matrix + tiny Gaussian noise from a fixed seed, so the retry is reproducible (design.md conv. 7)."""
+    """matrix + tiny Gaussian noise from a fixed seed, so the retry is reproducible (docs/design.md conv. 7)."""
     gen = torch.Generator(device=matrix.device).manual_seed(_JITTER_SEED)
     noise = torch.randn(matrix.shape, generator=gen, dtype=matrix.dtype, device=matrix.device)
     scale = _JITTER * matrix.norm() / max(1.0, matrix.numel() ** 0.5)

@@ -10,9 +10,13 @@ from collections.abc import Callable
 
 from .spec import StudySpec
 
+# The study's six methods (docs/study.md §1), written out: a preset must not grow when a method is registered.
+PAPER_METHODS = ["full-rank", "galore", "fira", "cola", "sltrain", "relora"]
+
 # The demo's model: the `micro` recipe (embedded corpus, trained BPE, packed rows, fp32) at a smaller
 # shape and batch, so 6 methods x 3 seeds train in a few minutes on 2 CPU cores. Low-rank methods keep
-# the 60m rank ratio (r = hidden/4).
+# the 60m rank ratio (r = hidden/4 = 16): their CPU presets leave the rank automatic, and build_config
+# resolves it from this final shape, after the overrides.
 DEMO_TRAINING = [
     "model.hidden_size=64", "model.intermediate_size=176", "model.num_layers=4", "model.num_heads=4",
     "model.vocab_size=2048", "data.seq_len=64", "data.val_tokens=8192", "train.total_batch_size=16",
@@ -32,10 +36,11 @@ DEMO_METRICS = [
 
 def demo() -> StudySpec:
     return StudySpec(
-        name="demo", scales=["micro"], seeds=[0, 1, 2], overrides=list(DEMO_TRAINING),
+        name="demo", methods=list(PAPER_METHODS), scales=["micro"], seeds=[0, 1, 2], overrides=list(DEMO_TRAINING),
         metric_overrides=list(DEMO_METRICS), analysis_steps="all", sequences=32, eval_batch_size=32,
         downstream_tasks=["lens_mc"], downstream_seeds=[0], jobs=max(1, os.cpu_count() or 1),
-        notes=["CPU demo: micro recipe at hidden 64 / 4 layers / vocab 2048, 200 steps of 16 x 64 tokens; "
+        notes=["CPU demo: micro recipe at hidden 64 / 4 layers / vocab 2048, 200 steps of 16 x 64 tokens, "
+               "low-rank methods at rank = hidden/4 = 16; "
                "metrics with reduced directions, grid points and 32 validation sequences of 64 tokens (curvature: 8 "
                "sequences, 8 Lanczos steps and 8 Hutchinson probes; the study: 100 directions, 25 points, 1000 "
                "sequences of 256 tokens). A smoke test of the pipeline, not the study's numbers."],
@@ -43,10 +48,10 @@ def demo() -> StudySpec:
 
 
 def paper() -> StudySpec:
-    """The study's grid (paper.md §1): six methods at 60m/130m/350m on C4 with t5-base, 3 seeds (the study
+    """The study's grid (docs/study.md §1): six methods at 60m/130m/350m on C4 with t5-base, 3 seeds (the study
     ran one), its checkpoints and metric protocol (every metric's defaults), its downstream task set."""
-    return StudySpec(name="paper", scales=["60m", "130m", "350m"], seeds=[0, 1, 2], sequences=1000,
-                     eval_batch_size=64, downstream_tasks=["study"], downstream_seeds=[0, 1, 2, 3, 4],
+    return StudySpec(name="paper", methods=list(PAPER_METHODS), scales=["60m", "130m", "350m"], seeds=[0, 1, 2],
+                     sequences=1000, eval_batch_size=64, downstream_tasks=["study"], downstream_seeds=[0, 1, 2, 3, 4],
                      gpus_per_run=1)
 
 

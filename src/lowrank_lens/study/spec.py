@@ -19,8 +19,11 @@ for GPU scales), so the grid can go to a cluster; the same command without --dry
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +31,18 @@ from typing import Any
 from ..config import RunConfig
 from ..errors import LensError
 
+NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+"""A study name is the folder studies/<name>: one plain path component, so the study cannot write elsewhere."""
+DOWNSTREAM_SEED_LIMIT = 2**32
+"""Evaluation seeds go to np.random.seed (downstream/harness.py), which takes [0, 2**32)."""
+
 
 @dataclass
 class StudySpec:
     name: str = "study"
+    """Folder name under studies/: letters, digits, '-', '_', '.', not starting with '.', at most 100."""
     methods: list[str] = field(default_factory=list)
-    """Training methods (default: every registered method)."""
+    """Training methods (default: every registered method; the named presets list theirs explicitly)."""
     scales: list[str] = field(default_factory=lambda: ["micro"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     overrides: list[str] = field(default_factory=list)
@@ -66,27 +75,120 @@ class StudySpec:
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        """Validate the whole spec, down to every planned run's resolved config, so a mistake anywhere in a
+        study file fails when it is loaded (also by --dry-run), not after hours of training."""
         from ..methods import method_names
         from ..presets import preset_names
 
+        for f in dataclasses.fields(self):
+            _check_type(getattr(self, f.name), _field_types()[f.name], f.name)
+        if not NAME_RE.fullmatch(self.name):
+            raise LensError(f"study name {self.name!r} must be a plain folder name: letters, digits, '-', '_' or "
+                            f"'.', not starting with '.', no '/', at most 100 characters")
         if not self.methods:
             self.methods = method_names()
-        valid = method_names()
-        for m in self.methods:
-            if m not in valid:
-                raise LensError(f"study method {m!r} is unknown; choose from {', '.join(valid)}")
-        for s in self.scales:
-            if s not in preset_names():
-                raise LensError(f"study scale {s!r} is unknown; choose from {', '.join(preset_names())}")
-        if self.jobs < 1:
-            raise LensError(f"study jobs must be >= 1, got {self.jobs}")
+        _known("method", self.methods, method_names())
+        _known("scale", self.scales, preset_names())
+        for what, values in (("methods", self.methods), ("scales", self.scales), ("seeds", self.seeds),
+                             ("metrics", self.metrics), ("downstream_tasks", self.downstream_tasks),
+                             ("downstream_seeds", self.downstream_seeds), ("predict_features", self.predict_features)):
+            dups = sorted({str(v) for v in values if values.count(v) > 1})
+            if dups:
+                raise LensError(f"study {what} repeat {', '.join(dups)}; list each once")
         if not self.seeds:
             raise LensError("a study needs at least one seed")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise LensError(f"study seeds repeat: {self.seeds}")
+        for key, within, what in ((self.scale_overrides, self.scales, "scale"),
+                                  (self.method_overrides, self.methods, "method")):
+            stray = sorted(set(key) - set(within))
+            if stray:
+                raise LensError(f"study {what}_overrides name {what}(s) {stray} that the study does not train "
+                                f"({what}s: {', '.join(within)}); remove them or add them to {what}s")
+        for name, low in (("sequences", 1), ("eval_batch_size", 1), ("gpus_per_run", 1), ("jobs", 1),
+                          ("downstream_limit", 0)):
+            if getattr(self, name) < low:
+                raise LensError(f"study {name} must be >= {low}, got {getattr(self, name)}")
+        bad = [s for s in self.downstream_seeds if not 0 <= s < DOWNSTREAM_SEED_LIMIT]
+        if bad:
+            raise LensError(f"study downstream_seeds must be in [0, 2**32) (numpy's seed range), got {bad}")
+        if self.downstream_tasks and not self.downstream_seeds:
+            raise LensError("study downstream_seeds is empty; give at least one seed or set downstream_tasks = []")
+        if any(not t.strip() for t in self.downstream_tasks):
+            raise LensError(f"study downstream_tasks has an empty name: {self.downstream_tasks}")
+        self._check_analysis()
+        plan_runs(self)  # every override resolved, typed and range-checked now
+
+    def _check_analysis(self) -> None:
+        """Checkpoint steps, metric names, metric options and prediction features, as the analysis and
+        prediction stages will read them."""
+        from ..analysis.subjects import parse_steps
+
+        try:
+            parse_steps(self.analysis_steps)
+        except LensError:
+            raise LensError(f"study analysis_steps {self.analysis_steps!r}: use 'all', 'final' or comma-separated "
+                            f"steps such as '0,500,final'") from None
+        if not (self.metrics or self.metric_overrides or self.predict_features):
+            return  # nothing names a metric: spare the registry's imports (transformers, ~5 s)
+        from ..analysis.metrics import get_metric, metric_names
+        from ..config import build_section
+
+        _known("metric", self.metrics, metric_names())
+        chosen = self.metrics or metric_names()
+        options: dict[str, dict[str, str]] = {}
+        for item in self.metric_overrides:
+            key, eq, value = item.partition("=")
+            metric, dot, option = key.strip().partition(".")
+            if not (eq and dot and option):
+                raise LensError(f"study metric_overrides entry {item!r} is not of the form metric.option=value")
+            _known("metric_overrides metric", [metric], metric_names())
+            if metric not in chosen:
+                raise LensError(f"study metric_overrides entry {item!r} is for {metric!r}, which the study does not "
+                                f"compute (metrics: {', '.join(chosen)})")
+            options.setdefault(metric, {})[option] = value
+        for metric, values in options.items():  # the same build as analysis/runner.py build_metrics
+            build_section(get_metric(metric).Config, values, metric)
+        for feat in self.predict_features:
+            metric, dot, column = feat.partition(".")
+            if not (dot and column) or metric not in chosen:
+                raise LensError(f"study predict_features entry {feat!r} is not <metric>.<column> of a computed "
+                                f"metric (metrics: {', '.join(chosen)}); e.g. landscape_random.es")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(StudySpec)
+
+
+_TYPE_WORDS = {str: "a string", int: "an integer", list[str]: "a list of strings", list[int]: "a list of integers",
+               dict[str, list[str]]: 'a table of string lists (name = ["section.field=value", ...])'}
+
+
+def _check_type(value: Any, tp: Any, name: str) -> None:
+    """One study field against its annotation (str, int, list[str], list[int], dict[str, list[str]]); a
+    bool is not an int and neither is a float (seeds = [1.5] would name a run seed1.5 that trains seed 1)."""
+    if not _is(value, tp):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise LensError(f"study {name} expects {_TYPE_WORDS[tp]}, got {shown}")
+
+
+def _is(value: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        return isinstance(value, list) and all(_is(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_is(k, args[0]) and _is(v, args[1]) for k, v in value.items())
+    if tp is int:  # bool subclasses int; TOML 1e400 loads as the float inf, which is caught here too
+        return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    return isinstance(value, tp)
+
+
+def _known(what: str, values: list[str], valid: list[str]) -> None:
+    for v in values:
+        if v not in valid:
+            raise LensError(f"study {what} {v!r} is unknown; choose from {', '.join(valid)}")
 
 
 @dataclass(frozen=True)
@@ -110,8 +212,12 @@ def plan_runs(spec: StudySpec) -> list[PlannedRun]:
             for seed in spec.seeds:
                 ov = (*spec.overrides, *spec.scale_overrides.get(scale, ()), *spec.method_overrides.get(method, ()),
                       f"train.seed={seed}")
-                cfg = build_config(scale, method, list(ov))
-                out.append(PlannedRun(scale, method, seed, cfg, f"{scale}-{method}-seed{seed}", tuple(ov)))
+                name = f"{scale}-{method}-seed{seed}"
+                try:
+                    cfg = build_config(scale, method, list(ov))
+                except LensError as e:
+                    raise LensError(f"study run {name}: {e}") from None
+                out.append(PlannedRun(scale, method, seed, cfg, name, tuple(ov)))
     return out
 
 
@@ -137,11 +243,18 @@ def load_spec(source: str | Path) -> StudySpec:
         raise LensError(f"study {source!r} is neither a file, a study folder nor a preset; presets: "
                         f"{', '.join(presets)}")
     try:
-        d = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LensError(f"study file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        d = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise LensError(f"cannot parse study file {path}: {e}") from None
+        raise LensError(f"cannot parse study file {path}: {str(e).splitlines()[0]}") from None
     if isinstance(d, dict) and isinstance(d.get("spec"), dict):
         d = d["spec"]  # a study folder's study.json record
+    if not isinstance(d, dict):
+        raise LensError(f"study file {path} must hold a table of study fields (name, methods, ...), "
+                        f"not a {type(d).__name__}")
     known = {f.name for f in dataclasses.fields(StudySpec)}
     unknown = sorted(set(d) - known)
     if unknown:
