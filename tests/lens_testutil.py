@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 # Skip reasons of tests whose optional packages are missing start with this; conftest.py repeats them in a
 # banner at the end of the run, so a skipped reference check is never silent.
-MISSING_OPTIONAL = "optional package missing"
+MISSING_OPTIONAL = "optional dependency missing"
 
 
 def optional_packages_required() -> bool:

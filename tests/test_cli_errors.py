@@ -64,3 +64,18 @@ def test_no_traceback_through_the_real_entry_point(tmp_path):
                          env=cli_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.strip().startswith("error: unknown method 'nope'")
     assert "Traceback" not in res.stderr
+
+
+def test_list_shows_each_method_by_its_description(capsys, monkeypatch):
+    import sys
+
+    from lowrank_lens import cli
+    from lowrank_lens.methods import get_method, method_names
+
+    monkeypatch.setattr(sys, "argv", ["lowrank-lens", "list"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    out = capsys.readouterr().out
+    for name in method_names():
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(name + " "))
+        assert get_method(name).description in line and get_method(name).description

@@ -12,7 +12,7 @@ from lens_testutil import require_package
 def test_missing_optional_package_skips_elsewhere_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("LOWRANK_LENS_REQUIRE_OPTIONAL", raising=False)
     monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="optional package missing: no_such_package_xyz"):
+    with pytest.raises(pytest.skip.Exception, match="optional dependency missing: no_such_package_xyz"):
         require_package("no_such_package_xyz", "pip install it")
     for var, value in (("LOWRANK_LENS_REQUIRE_OPTIONAL", "1"), ("CI", "true")):
         with monkeypatch.context() as m:

@@ -7,12 +7,15 @@ writing the same artefact at once both end with one complete file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from .errors import LensError
 
 
 def _read_umask() -> int:
@@ -22,6 +25,36 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK
+"""The mode a plain open() gives a new file; every file the project writes gets it."""
+
+
+DISK_NEARLY_FULL = 1 << 20  # bytes: a failed write with less than this left is put down to a full disk
+
+
+def is_disk_full(error: BaseException, where: str | Path | None = None) -> bool:
+    """Whether a write failed for lack of space: an OSError's errno, the text of the errors safetensors (a
+    Rust io::Error, "os error 28") and torch.save ("file write failed") raise, or, since torch.save may
+    only report a short write ("unexpected pos"), less than DISK_NEARLY_FULL bytes free at `where`
+    (checked before the failed write's partial files are removed)."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error)
+    if any(s in text for s in ("No space left", "StorageFull", "os error 28", "code: 28", "Disk quota",
+                               "file write failed")):
+        return True
+    if where is not None:
+        try:
+            st = os.statvfs(where)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < DISK_NEARLY_FULL
+    return False
+
+
+def disk_full_message(what: str | Path) -> str:
+    return (f"disk full while writing {what}; nothing complete was replaced (earlier files are intact): free "
+            f"space, then rerun the same command (with --resume for a training run)")
 
 
 @contextlib.contextmanager
@@ -41,8 +74,12 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus the umask), so
         # reports, checkpoints and tables can be shared and served like any other file.
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, dest)
+    except OSError as e:
+        if is_disk_full(e):
+            raise LensError(disk_full_message(dest)) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

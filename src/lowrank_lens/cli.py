@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +24,56 @@ Preset = Annotated[str, typer.Option("--preset", "-p", help="Scale preset: nano,
 MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Training method (see `lowrank-lens list`).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any config field: section.field=value "
                                                               "(sections: model, data, optim, train, method).")]
+
+
+def _at_least(low: int, **values: int | None) -> None:
+    """LensError naming the option (--batch-size ...) of the first value below `low` (None: not given)."""
+    for name, value in values.items():
+        if value is not None and value < low:
+            raise LensError(f"--{name.replace('_', '-')} {value} is out of range; it must be at least {low}")
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]: non-negative integers, at least one."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise LensError(f"{option} {text!r}: pass comma-separated non-negative integers such as 0,1,2")
+    return [int(p) for p in parts]
+
+
+def _writable_folder(path: Path, option: str, target: Path | None = None) -> Path:
+    """`path` if it can be this command's output folder: missing (it is created) or a folder, not a file nor
+    under one, with names the file system allows, and the nearest existing folder writable by this user.
+    `target`: the file the command writes in `path` (eval-downstream --out X.csv), named in the errors.
+
+    Writability is os.access (the kernel's answer for this user: root passes mode bits but not a read-only
+    mount), checked up front so a long computation does not fail at its first write."""
+    shown = target or path
+    for part in shown.parts:
+        if len(os.fsencode(part)) > 255:  # NAME_MAX; Path.exists would raise ENAMETOOLONG
+            raise LensError(f"{option} {str(shown)[:80]}...: a name in it is over 255 bytes; pass a shorter path")
+    if target is None and path.exists() and not path.is_dir():
+        raise LensError(f"{option} {path} is an existing file, not a folder; pass a folder (created if missing)")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise LensError(f"{option} {shown} lies under {probe}, which is a file; pass a folder path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise LensError(f"{option} {shown}: {probe} is not writable by this user; pass a folder you can write to")
+    return path
+
+
+def _check_saved_run(run_dir: Path) -> None:
+    """Before resuming: the newest checkpoint's tensors fit the saved config.json (an edited config would
+    otherwise fail deep in load_state_dict, after the data and model were built)."""
+    from .train import load_run_config
+    from .train.checkpoint import complete_checkpoints
+    from .train.loading import check_checkpoint_fits
+
+    ckpts = complete_checkpoints(run_dir)
+    if ckpts:
+        check_checkpoint_fits(load_run_config(run_dir), ckpts[-1][1])
 
 
 def _resolve(preset: str, method: str, data: str | None, tokenizer: str | None, steps: int | None,
@@ -54,18 +105,38 @@ def train(
 ) -> None:
     """Train one model. Works alone or under `torchrun --nproc_per_node N -m lowrank_lens train ...`."""
     from .train import train as run_train
+    from .train.loading import parse_device
+    from .train.run import default_run_name
+    from .train.rundir import check_run_name
 
+    if run_name is not None:
+        check_run_name(run_name)
     cfg = _resolve(preset, method, data, tokenizer, steps, seed, precision, device, set_)
+    parse_device(cfg.train.device, "--device" if device is not None else "train.device")
+    _writable_folder(out, "--out")
+    if resume:
+        _check_saved_run(out / (run_name or default_run_name(cfg)))
     run_train(cfg, out, run_name=run_name, resume=resume)
 
 
 @app.command()
-def resume(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<run-id>).")]) -> None:
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<run-id>).")],
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: the saved one; "
+                                                    "changing it does not change the maths).")] = None,
+) -> None:
     """Continue a stopped run from its newest complete checkpoint, with its saved config."""
+    import dataclasses
+
     from .train import load_run_config
     from .train import train as run_train
+    from .train.loading import parse_device
 
     cfg = load_run_config(run_dir)
+    if device is not None:  # train.device is one of the keys a resumption may change (train/run.py)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
+    parse_device(cfg.train.device, "--device" if device is not None else f"train.device of {run_dir}/config.json")
+    _check_saved_run(run_dir)
     run_train(cfg, run_dir.parent, run_name=run_dir.name, resume=True)
 
 
@@ -82,35 +153,55 @@ def analyze(
     token_file: Annotated[str, typer.Option(help=".npy token rows [N, T] (-1 = masked) instead of each "
                                                  "run's val_tokens.npy.")] = "",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16, fp64.")] = "auto",
-    out: Annotated[Path | None, typer.Option(help="Where tables and figures go (default: <runs>/analysis).")] = None,
+    dtype: Annotated[str, typer.Option(help="auto (= fp32 on every device), fp32, bf16 (faster on GPU, "
+                                               "but it moves ES_rand by ~28%), fp64.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Where tables and figures go (default: <runs>/analysis, or "
+                                                  "DIR/analysis with --cache-dir DIR).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache results under DIR/<run-id>/ (same content keys) "
+                                                        "instead of <run>/analysis/: the run folders are only "
+                                                        "read, so they may be read-only.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute even when cached.")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write figures.")] = True,
     jobs: Annotated[int, typer.Option(help="Worker processes computing at once (CPU: one per core).")] = 1,
 ) -> None:
     """Compute the solution metrics of runs (cached by content; a re-run only computes what changed)."""
-    from .analysis.context import EvalSettings
+    from .analysis.context import TOKEN_FILE_FIX, EvalSettings
     from .analysis.runner import analyze as run_analyze
+    from .analysis.subjects import parse_steps
+    from .data.cache import load_token_rows
+    from .train.loading import expand_runs, parse_device
 
+    _at_least(1, sequences=sequences, batch_size=batch_size, jobs=jobs)
+    parse_device(device)
+    chosen_steps = parse_steps(steps)
+    if token_file:
+        try:
+            load_token_rows(token_file, fix=TOKEN_FILE_FIX)
+        except LensError as e:
+            raise LensError(f"--token-file: {e}") from None
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     settings = EvalSettings(sequences=sequences, batch_size=batch_size, token_file=token_file, device=device,
                             dtype=dtype)
-    from .analysis.subjects import parse_steps
-    from .train.loading import expand_runs
-
-    chosen_steps = parse_steps(steps)
-    run_analyze(expand_runs(runs), names, chosen_steps, reference, set_ or [], settings, out, force, plots,
-                jobs)
+    dirs = expand_runs(runs)
+    if cache_dir is not None:
+        _writable_folder(cache_dir, "--cache-dir")
+    out = _writable_folder(out or (cache_dir or dirs[0].parent) / "analysis", "--out")
+    run_analyze(dirs, names, chosen_steps, reference, set_ or [], settings, out, force, plots, jobs,
+                cache_dir=cache_dir)
 
 
 @app.command("eval-downstream")
 def eval_downstream(
     runs: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding runs.")],
     tasks: Annotated[str, typer.Option(help="Comma-separated lm-eval task names, presets (study, commonsense), "
-                                            "lens_mc, or local .jsonl/.yaml task files.")] = "lens_mc",
+                                            "lens_mc, or local .jsonl/.yaml task files. A task YAML is code: "
+                                            "lm-eval's !function tag imports and runs Python from the YAML's "
+                                            "folder, so use only task files you trust.")] = "lens_mc",
     step: Annotated[str, typer.Option(help="Checkpoint step, or 'final'.")] = "final",
     seeds: Annotated[str, typer.Option(help="Comma-separated evaluation seeds.")] = "0",
-    include_path: Annotated[str | None, typer.Option(help="Folder of local lm-eval task YAMLs.")] = None,
+    include_path: Annotated[str | None, typer.Option(help="Folder of local lm-eval task YAMLs. They are code: "
+                                                          "a !function tag imports and runs a Python file of "
+                                                          "that folder; include only folders you trust.")] = None,
     limit: Annotated[int | None, typer.Option(help="First N examples per task (smoke tests).")] = None,
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 16,
     num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples (default: zero-shot).")] = None,
@@ -118,7 +209,11 @@ def eval_downstream(
     rebuild_tokenizer: Annotated[bool, typer.Option("--rebuild-tokenizer", help="Retrain a run's BPE "
                                                     "tokenizer from its corpus if its file is gone.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    out: Annotated[Path | None, typer.Option(help="Folder of downstream.csv (default: <runs>/downstream).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder of downstream.csv, or the .csv path itself (default: "
+                                                  "<runs>/downstream, or DIR/downstream with --cache-dir DIR)."
+                                             )] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache results under DIR/<run-id>/ instead of "
+                                                        "<run>/analysis/: the run folders are only read.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute even when cached.")] = False,
 ) -> None:
     """Zero-shot accuracy of checkpoints through lm-evaluation-harness (needs the `eval` extra installed)."""
@@ -127,15 +222,26 @@ def eval_downstream(
     except ImportError as e:
         raise LensError(f"downstream evaluation needs lm-eval ({e.name} is missing); install it with "
                         f"pip install 'lowrank-lens[eval]'") from None
-    from .train.loading import expand_runs
+    from .downstream.evaluate import parse_step
+    from .train.loading import expand_runs, parse_device
 
-    dirs = expand_runs(runs)
-    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    seed_list = _int_list(seeds, "--seeds")
+    parse_step(step)
+    _at_least(1, limit=limit, batch_size=batch_size)
+    _at_least(0, num_fewshot=num_fewshot, bootstrap_iters=bootstrap_iters)
+    parse_device(device)
     task_list = [t.strip() for t in tasks.split(",") if t.strip()]
-    folder = out or dirs[0].parent / "downstream"
+    dirs = expand_runs(runs)
+    if cache_dir is not None:
+        _writable_folder(cache_dir, "--cache-dir")
+    folder = out or (cache_dir or dirs[0].parent) / "downstream"
+    if folder.suffix == ".csv" and not folder.is_dir():  # the table's own path
+        _writable_folder(folder.parent, "--out", target=folder)
+    else:
+        _writable_folder(folder, "--out")
     run_eval_downstream(dirs, task_list, step, seed_list, folder, include_path, limit, device,
                         batch_size=batch_size, num_fewshot=num_fewshot, bootstrap_iters=bootstrap_iters,
-                        rebuild_tokenizer=rebuild_tokenizer, force=force)
+                        rebuild_tokenizer=rebuild_tokenizer, force=force, cache_dir=cache_dir)
 
 
 @app.command()
@@ -158,8 +264,9 @@ def predict(
     dirs = expand_runs([base / "runs"] if base else runs)
     root = base or dirs[0].parent
     feats = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    folder = _writable_folder(out or root / "prediction", "--out")
     files = run_prediction(dirs, analysis or root / "analysis", downstream or root / "downstream" / "downstream.csv",
-                           out or root / "prediction", feats, permutations)
+                           folder, feats, permutations)
     typer.echo("\n".join(str(f) for f in files))
 
 
@@ -181,6 +288,7 @@ def study(
     if dry_run:
         typer.echo(describe_plan(spec, folder))
         return
+    _writable_folder(folder, "--out" if out is not None else "study folder")
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
     bad = [s for s in chosen if s not in STAGES]
     if bad:
@@ -195,7 +303,7 @@ def demo(out: Annotated[Path, typer.Option(help="Study folder.")] = Path("studie
     from .study.presets import demo as demo_spec
     from .study.runner import run_study
 
-    result = run_study(demo_spec(), out)
+    result = run_study(demo_spec(), _writable_folder(out, "--out"))
     typer.echo(f"report: {result}")
 
 
@@ -224,8 +332,7 @@ def list_things() -> None:
                    f"vocab {shape.vocab_size:6d}  {n / 1e6:8.2f}M params")
     typer.echo("methods:")
     for name in method_names():
-        doc = (get_method(name).__doc__ or "").strip().splitlines()
-        typer.echo(f"  {name:10s} {doc[0] if doc else ''}")
+        typer.echo(f"  {name:10s} {get_method(name).description}")
     from .analysis.metrics import get_metric, metric_names
 
     typer.echo("metrics:")
@@ -241,7 +348,8 @@ def main() -> None:
     try:
         app()
     except LensError as e:
-        typer.echo(f"error: {e}", err=True)
+        # One line whatever the message quotes (a library's multi-line text): scripts grep for `error: `.
+        typer.echo("error: " + " ".join(str(e).split("\n")), err=True)
         sys.exit(2)
 
 

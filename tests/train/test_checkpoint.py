@@ -10,8 +10,8 @@ from lowrank_lens.train import checkpoint as ck
 
 def _save(path, value=1.0, step=1):
     state = {"w": torch.full((4, 4), value)}
-    resume = {"step": step, "optimizer": {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": []},
-              "rng_cpu": torch.get_rng_state()}
+    resume = {"step": step, "tokens": 0, "optimizer": {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": []},
+              "rng_cpu": torch.get_rng_state(), "rng_cuda": []}  # every key Trainer.save writes
     return ck.save_checkpoint(path, state, {"step": step}, resume)
 
 
@@ -54,8 +54,10 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     (path / "model.safetensors").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(LensError, match="corrupt"):
         ck.load_model_state(path, verify=True)
+    with pytest.raises(LensError, match="does not match its recorded hash"):
+        ck.load_model_state(path)  # verifying is the default
     with pytest.raises(LensError, match="corrupt or truncated"):
-        ck.load_model_state(path)
+        ck.load_model_state(path, verify=False)
     (path / "state.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(LensError, match="corrupt or truncated state.pt"):
         ck.load_resume_state(path)

@@ -8,6 +8,9 @@ Layout, inside the run directory the subject belongs to:
 
     runs/<run-id>/analysis/<metric>/<key>.json   scalars, info, subject, skipped reason (written last)
                                    /<key>.npz    arrays (curves, spectra, per-layer values)
+
+or, given a cache folder (`analyze --cache-dir DIR`, for run folders that are read-only or shared), under
+DIR/<run-id>/<metric>/ with the same keys: the run folder is then only read.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path, write_json_atomic
+from ..errors import LensError
 from .base import Result
 
 ANALYSIS_DIR = "analysis"
@@ -33,10 +37,10 @@ def content_key(parts: Any) -> str:
 
 
 class ResultStore:
-    """Cached Results of one run directory."""
+    """Cached Results of one run directory (in it, or under `cache_dir`/<run-id> when given)."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.root = Path(run_dir) / ANALYSIS_DIR
+    def __init__(self, run_dir: Path, cache_dir: str | Path | None = None) -> None:
+        self.root = Path(cache_dir) / Path(run_dir).resolve().name if cache_dir else Path(run_dir) / ANALYSIS_DIR
 
     def _paths(self, metric: str, key: str) -> tuple[Path, Path]:
         base = self.root / metric / key
@@ -59,12 +63,16 @@ class ResultStore:
 
     def put(self, key: str, result: Result) -> Path:
         meta_path, arr_path = self._paths(result.metric, key)
-        meta_path.parent.mkdir(parents=True, exist_ok=True)
-        if result.arrays:
-            with atomic_path(arr_path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, **result.arrays)
-        # The JSON goes last: its presence marks a complete entry.
-        write_json_atomic(meta_path, {"metric": result.metric, "key": key, "subject": result.subject,
-                                      "scalars": result.scalars, "info": result.info, "skipped": result.skipped,
-                                      "has_arrays": bool(result.arrays)})
+        try:
+            meta_path.parent.mkdir(parents=True, exist_ok=True)
+            if result.arrays:
+                with atomic_path(arr_path) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, **result.arrays)
+            # The JSON goes last: its presence marks a complete entry.
+            write_json_atomic(meta_path, {"metric": result.metric, "key": key, "subject": result.subject,
+                                          "scalars": result.scalars, "info": result.info,
+                                          "skipped": result.skipped, "has_arrays": bool(result.arrays)})
+        except OSError as e:  # read-only or foreign run folder (a full disk is atomic.py's LensError already)
+            raise LensError(f"cannot write the result cache under {self.root} ({e.strerror or e}); pass "
+                            f"--cache-dir DIR to keep it elsewhere (the run folders are then only read)") from None
         return meta_path

@@ -3,7 +3,7 @@ progress output. Metrics receive a Context and never read run directories themse
 
 Evaluation tokens are the run's fixed validation rows (`val_tokens.npy`, the same set training validated
 on) or a given token file, cut to the first `sequences` rows (the study uses 1000 sequences of C4
-validation; paper.md §2 "Shared evaluation protocol"). They are moved to the device once.
+validation; docs/study.md §2 "Shared evaluation protocol"). They are moved to the device once.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.cache import load_token_rows
 from ..errors import LensError
-from ..train.loading import LoadedCheckpoint, dense_model, load_checkpoint
+from ..train.loading import LoadedCheckpoint, dense_model, load_checkpoint, parse_device
 from .maths.loss import prepare_batches
 from .subjects import CheckpointRef, RunRef
 
@@ -28,6 +29,9 @@ log = logging.getLogger("lowrank_lens")
 PROGRESS_AFTER_S = 5.0
 """Loops shorter than this log no progress lines."""
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+VAL_TOKENS_FIX = ("training writes it once from the data cache: restore it, or evaluate on other rows with "
+                  "--token-file FILE.npy")
+TOKEN_FILE_FIX = "pass an .npy of int token rows [N, T] (-1 = masked) made with the run's tokenizer (np.save)"
 
 
 @dataclass
@@ -42,7 +46,8 @@ class EvalSettings:
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
     dtype: str = "auto"
-    """auto (fp32 on CPU, bf16 on GPU as in the study), fp32, bf16, fp64."""
+    """auto = fp32 on every device; fp32, bf16, fp64. The study evaluated in bf16 on GPU, which moved ES_rand
+    by +28% against fp32 on the same checkpoint and directions: bf16 stays an explicit choice."""
 
     def __post_init__(self) -> None:
         if self.sequences < 1 or self.batch_size < 1:
@@ -54,28 +59,27 @@ class EvalSettings:
 class Context:
     def __init__(self, settings: EvalSettings | None = None, max_loaded: int = 4) -> None:
         self.settings = s = settings or EvalSettings()
-        dev = s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.device(dev)
-        if s.dtype == "auto":
-            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        else:
-            self.dtype = DTYPES[s.dtype]
+        self.device = parse_device(s.device)
+        # fp32 whatever the device: the landscape metrics are differences of nearby losses, which bf16's
+        # 8-bit mantissa distorts. TF32 matmuls are not enabled either (torch's default; unmeasured here).
+        self.dtype = torch.float32 if s.dtype == "auto" else DTYPES[s.dtype]
         self._loaded: OrderedDict[tuple[str, ...], object] = OrderedDict()
         self._max_loaded = max_loaded
-        self._rows: dict[str, np.ndarray] = {}
+        self._rows: dict[tuple[str, int], np.ndarray] = {}
         self._batches: dict[str, list[dict[str, torch.Tensor]]] = {}
 
     # ---- evaluation tokens ---------------------------------------------------------------------
     def rows(self, run: RunRef) -> np.ndarray:
         """int32 [N, T] rows (-1 = masked), N = min(sequences, available)."""
-        path = Path(self.settings.token_file) if self.settings.token_file else run.run_dir / "val_tokens.npy"
-        key = str(path)
+        if self.settings.token_file:
+            path, fix = Path(self.settings.token_file), TOKEN_FILE_FIX
+        else:
+            path, fix = run.run_dir / "val_tokens.npy", VAL_TOKENS_FIX
+        key = (str(path), run.vocab_size)
         if key not in self._rows:
-            if not path.is_file():
-                raise LensError(f"no evaluation tokens at {path}; pass --token-file FILE.npy (int rows, -1 = masked)")
-            rows = np.load(path, allow_pickle=False)
-            if rows.ndim != 2 or not np.issubdtype(rows.dtype, np.integer):
-                raise LensError(f"{path} must hold integer token rows [N, T]; got {rows.dtype} {rows.shape}")
+            rows = load_token_rows(path, run.vocab_size or None, fix=fix)
+            if len(rows) == 0:
+                raise LensError(f"{path} holds no token rows; {fix}")
             self._rows[key] = np.ascontiguousarray(rows[: self.settings.sequences])
         return self._rows[key]
 

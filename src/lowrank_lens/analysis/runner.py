@@ -22,7 +22,7 @@ from .base import Metric, Result
 from .cache import ResultStore, content_key
 from .context import Context, EvalSettings
 from .metrics import get_metric, metric_names
-from .subjects import RunRef, Subject
+from .subjects import RunRef, Subject, check_steps
 from .tables import write_csv, write_parquet
 
 log = logging.getLogger("lowrank_lens")
@@ -66,9 +66,10 @@ class MetricOutcome:
 
 
 def run_metric(metric: Metric, runs: list[RunRef], steps: list[int] | None, reference: RunRef | None,
-               ctx: Context, force: bool = False, share: tuple[int, int] | None = None) -> MetricOutcome:
+               ctx: Context, force: bool = False, share: tuple[int, int] | None = None,
+               cache_dir: str | Path | None = None) -> MetricOutcome:
     """Every subject of `metric`: cached or computed. `share=(k, n)` keeps the subjects whose home run is
-    the k-th of every n runs (one worker's part of a parallel analysis)."""
+    the k-th of every n runs (one worker's part of a parallel analysis). `cache_dir`: see ResultStore."""
     out = MetricOutcome(metric)
     subjects = metric.subjects(runs, steps, reference)
     if share is not None:
@@ -79,7 +80,7 @@ def run_metric(metric: Metric, runs: list[RunRef], steps: list[int] | None, refe
     t0 = time.perf_counter()
     for i, subject in enumerate(subjects, 1):
         key = cache_key(metric, subject, ctx)
-        store = ResultStore(subject.home.run_dir)
+        store = ResultStore(subject.home.run_dir, cache_dir)
         result = None if force else store.get(metric.name, key)
         where = _where(subject)
         if result is not None:
@@ -120,26 +121,30 @@ def _where(subject: Subject) -> str:
 def analyze(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None, steps: list[int] | None = None,
             reference: str | Path | None = None, overrides: Sequence[str] = (),
             settings: EvalSettings | None = None, out: str | Path | None = None, force: bool = False,
-            plots: bool = True, jobs: int = 1) -> dict[str, MetricOutcome]:
+            plots: bool = True, jobs: int = 1, cache_dir: str | Path | None = None) -> dict[str, MetricOutcome]:
     """Compute (or load) every selected metric on the runs; write `<out>/<metric>.csv|.parquet` and figures.
 
     jobs > 1 first computes the missing results in that many worker processes (each with cpu_count / jobs
     threads, the runs split between them), then tabulates and plots from the cache in this process.
+    `cache_dir` keeps the cached results under <cache_dir>/<run-id>/ instead of in the run folders.
     """
     if not run_dirs:
         raise LensError("no run directory given; pass one or more runs/<run-id> folders")
-    if jobs > 1 and len(run_dirs) > 1:
-        _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings, force, jobs)
-        force = False
+    if jobs < 1:
+        raise LensError(f"jobs {jobs}: analysis needs at least one process (--jobs 1 computes in this one)")
     runs = [RunRef.open(p) for p in run_dirs]
     ref = RunRef.open(reference) if reference else None
+    check_steps(runs, steps)
+    if jobs > 1 and len(run_dirs) > 1:
+        _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings, force, jobs, cache_dir)
+        force = False
     chosen = build_metrics(metrics, overrides)
     ctx = Context(settings)
     out_dir = Path(out) if out else Path(run_dirs[0]).parent / "analysis"
     outcomes: dict[str, MetricOutcome] = {}
     for metric in chosen:
         log.info(f"== {metric.name} ({metric.dimension}) on {len(runs)} run(s)")
-        outcome = run_metric(metric, runs, steps, ref, ctx, force)
+        outcome = run_metric(metric, runs, steps, ref, ctx, force, cache_dir=cache_dir)
         outcomes[metric.name] = outcome
         if outcome.rows:
             write_csv(outcome.rows, out_dir / f"{metric.name}.csv")
@@ -153,7 +158,7 @@ def analyze(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None
 
 def _compute_share(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None, steps: list[int] | None,
                    reference: str | Path | None, overrides: Sequence[str], settings: EvalSettings | None,
-                   force: bool, share: tuple[int, int], threads: int) -> int:
+                   force: bool, share: tuple[int, int], threads: int, cache_dir: str | Path | None = None) -> int:
     """One worker of a parallel analysis: compute (and cache) its share of the subjects; no tables."""
     import torch
 
@@ -163,10 +168,12 @@ def _compute_share(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None
     runs = [RunRef.open(p) for p in run_dirs]
     ref = RunRef.open(reference) if reference else None
     ctx = Context(settings)
-    return sum(run_metric(m, runs, steps, ref, ctx, force, share).computed for m in build_metrics(metrics, overrides))
+    return sum(run_metric(m, runs, steps, ref, ctx, force, share, cache_dir).computed
+               for m in build_metrics(metrics, overrides))
 
 
-def _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings, force, jobs: int) -> None:
+def _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings, force, jobs: int,
+                        cache_dir: str | Path | None = None) -> None:
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
@@ -177,6 +184,6 @@ def _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings
     log.info(f"analysis: computing in {jobs} worker processes ({threads} thread(s) each)")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_compute_share, list(run_dirs), metrics, steps, reference, list(overrides), settings,
-                               force, (k, jobs), threads) for k in range(jobs)]
+                               force, (k, jobs), threads, cache_dir) for k in range(jobs)]
         computed = sum(f.result() for f in futures)
     log.info(f"analysis: {computed} results computed by the workers in {time.perf_counter() - t0:.0f}s")

@@ -7,14 +7,16 @@ kinds (base.SUBJECT_KINDS) are enumerated here once, so metric plugins only decl
 from __future__ import annotations
 
 import itertools
-import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import LensError
 from ..methods import get_method
-from ..train.checkpoint import complete_checkpoints, read_meta
+from ..train.checkpoint import checkpoint_sha256, complete_checkpoints
+
+log = logging.getLogger("lowrank_lens")
 
 
 @dataclass(frozen=True)
@@ -42,26 +44,30 @@ class RunRef:
     has_dense_view: bool
     no_dense_reason: str
     is_baseline: bool
+    vocab_size: int = 0
+    """model.vocab_size of the run: evaluation token ids must lie below it (0: unknown, unchecked)."""
 
     @classmethod
     def open(cls, run_dir: str | Path) -> RunRef:
-        from ..train.run import load_run_config
+        from ..train.run import load_run_config, read_run_json
 
         run_dir = Path(run_dir)
         cfg = load_run_config(run_dir)
-        fingerprint = json.loads((run_dir / "config.json").read_text()).get("data_fingerprint") or {}
+        fingerprint = read_run_json(run_dir).get("data_fingerprint")
+        fingerprint = fingerprint if isinstance(fingerprint, dict) else {}
         ckpts = []
         for step, path in complete_checkpoints(run_dir):
             if path.name == "resume":
                 continue
-            meta = read_meta(path)
-            ckpts.append(CheckpointRef(run_dir.name, run_dir, step, path, meta.get("model_sha256", ""), cfg.method))
+            # The verified hash (once per file per process): garbled weights are an error, never a cache hit.
+            ckpts.append(CheckpointRef(run_dir.name, run_dir, step, path, checkpoint_sha256(path), cfg.method))
         if not ckpts:
             raise LensError(f"run {run_dir} has no complete checkpoint to analyse; train it first")
         method_cls = get_method(cfg.method)
         return cls(run_dir=run_dir, run_id=run_dir.name, method=cfg.method, scale=cfg.scale, seed=cfg.train.seed,
                    checkpoints=ckpts, data=fingerprint, has_dense_view=method_cls.has_dense_view,
-                   no_dense_reason=method_cls.no_dense_reason, is_baseline=method_cls.is_baseline)
+                   no_dense_reason=method_cls.no_dense_reason, is_baseline=method_cls.is_baseline,
+                   vocab_size=cfg.model.vocab_size)
 
     def steps(self) -> list[int]:
         return [c.step for c in self.checkpoints]
@@ -162,6 +168,23 @@ def _check_same_tokens(a: RunRef, b: RunRef) -> None:
     if any(a.data.get(k) != b.data.get(k) for k in SAME_DATA_KEYS):
         raise LensError(f"runs {a.run_id} and {b.run_id} were trained on different data/tokenizers, so their "
                         f"checkpoints cannot be compared; analyse them separately")
+
+
+def check_steps(runs: list[RunRef], steps: list[int] | None) -> None:
+    """LensError when `steps` selects no checkpoint of any run (the analysis would silently do nothing); a
+    warning for each run lacking some of them (runs of different lengths can be analysed together)."""
+    if steps is None or not runs:
+        return
+    asked = sorted({s for s in steps if s != -1})
+    if any(run.selected(steps) for run in runs):
+        for run in runs:
+            lacking = [s for s in asked if run.at(s) is None]
+            if lacking:
+                log.warning(f"{run.run_id} has no checkpoint at step(s) {lacking} (it has {run.steps()}); "
+                            f"skipped there")
+        return
+    raise LensError(f"no run has a checkpoint at step(s) {', '.join(map(str, asked))} ({runs[0].run_id} has "
+                    f"steps {', '.join(map(str, runs[0].steps()))}); pass existing steps, 'final' or 'all'")
 
 
 def parse_steps(steps: str) -> list[int] | None:

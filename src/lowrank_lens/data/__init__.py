@@ -1,4 +1,4 @@
-"""Data: corpus -> tokenizer -> token rows, with every expensive step cached (design.md "data/").
+"""Data: corpus -> tokenizer -> token rows, with every expensive step cached (docs/design.md "data/").
 
 `build_data` is the one entry point of the training loop. It resolves the corpus (corpus.py), gets the
 tokenizer (tokenizer.py), and returns the training rows as a `RowSource` (sources.py) plus a fixed
@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..config import DataConfig
 from ..errors import LensError
-from .cache import atomic_path, default_cache_dir, stable_hash, write_json_atomic
+from .cache import atomic_path, default_cache_dir, load_token_rows, stable_hash, write_json_atomic
 from .corpus import Corpus, open_corpus
 from .rows import MASK, RowEncoder, build_rows, to_model_inputs
 from .sources import MaterializedRows, RowSource, StreamingRows, count_tokens
@@ -63,10 +63,17 @@ def _load_or_build_rows(cfg: DataConfig, corpus: Corpus, enc: RowEncoder, folder
     """
     meta_path = folder / "meta.json"
     if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        train = np.load(folder / "train.npy", mmap_mode="r") if with_train else None
-        log(f"data: reusing cached rows {folder}")
-        return train, np.load(folder / "val.npy"), meta
+        # A damaged cache entry (truncated, garbage, a pickle: never unpickled) is rebuilt, not an error:
+        # its content is a pure function of its key, so rebuilding is always right and asks nothing of the user.
+        try:
+            meta = json.loads(meta_path.read_bytes())
+            train = load_token_rows(folder / "train.npy", mmap=True) if with_train else None
+            val = load_token_rows(folder / "val.npy")
+            if isinstance(meta, dict):
+                log(f"data: reusing cached rows {folder}")
+                return train, val, meta
+        except (LensError, OSError, ValueError) as e:
+            log(f"data: cached rows {folder} are unreadable ({e}); rebuilding them")
     t0 = time.perf_counter()
     meta: dict = {}
     train = None

@@ -11,8 +11,11 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..atomic import atomic_path, write_json_atomic  # noqa: F401  (re-exported for data/)
 from ..config import DataConfig, stable_hash  # noqa: F401  (stable_hash re-exported for data/)
+from ..errors import LensError
 
 ENV_CACHE = "LOWRANK_LENS_CACHE"
 
@@ -44,3 +47,37 @@ def file_sha256(path: Path, cache_dir: Path) -> str:
     with atomic_path(memo) as tmp:
         tmp.write_text(digest)
     return digest
+
+
+def load_token_rows(path: str | Path, vocab_size: int | None = None, *, mmap: bool = False,
+                    fix: str = "") -> np.ndarray:
+    """Integer token rows [N, T] (-1 = masked) from an .npy file: the one reader of every token-row file
+    (a run's val_tokens.npy, an analysis --token-file, the data cache's rows), so each reports a bad file
+    with the same line. Nothing is ever unpickled (allow_pickle=False). `vocab_size` also checks every id is
+    in [-1, vocab_size); `mmap` maps the file instead of reading it (and leaves out that O(N T) scan).
+    Anything else is a LensError naming the file and ending in `fix`."""
+    path = Path(path)
+    tail = f"; {fix}" if fix else ""
+    if not path.is_file():
+        raise LensError(f"{path} does not exist{tail}")
+    try:
+        rows = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        detail = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        if "pickled" in detail:  # numpy's text would suggest unpickling it, which must never happen
+            detail = "not an .npy array; a pickle is never loaded"
+        elif "Object arrays" in detail or "Python objects" in detail:
+            detail = "an array of Python objects (dtype=object), which is never unpickled"
+        raise LensError(f"{path} is not a readable .npy of token rows ({detail[:200]}){tail}") from None
+    if not isinstance(rows, np.ndarray):  # an .npz archive
+        rows.close()
+        raise LensError(f"{path} is an .npz archive, not an .npy array of token rows{tail}")
+    if rows.ndim != 2 or not np.issubdtype(rows.dtype, np.integer) or rows.shape[1] == 0:
+        raise LensError(f"{path} must hold integer token rows [N, T] (-1 = masked); it holds {rows.dtype} "
+                        f"{list(rows.shape)}{tail}")
+    if vocab_size is not None:
+        lo, hi = int(rows.min()), int(rows.max())
+        if lo < -1 or hi >= vocab_size:
+            raise LensError(f"{path} holds token ids outside [-1, {vocab_size}) (min {lo}, max {hi}): they are "
+                            f"not ids of this model's vocabulary{tail}")
+    return rows

@@ -1,10 +1,11 @@
-"""Downstream zero-shot accuracy of trained runs through lm-evaluation-harness (paper.md §1.6, issue 5).
+"""Downstream zero-shot accuracy of trained runs through lm-evaluation-harness (docs/study.md §1.6, issue 5).
 
     rows = evaluate_downstream(["runs/micro-cola-seed0"], ["lens_mc"], seeds=(0, 1, 2))
     run_eval_downstream([...], ["study"], "final", [0, 1, 2, 3, 4], Path("reports"), None, None, "auto")
 
 One result per (checkpoint, task, evaluation seed) is cached with the analysis cache (`ResultStore(run_dir)`,
-metric "downstream"), keyed by the checkpoint's model_sha256, the task's content (lm-eval version and task
+metric "downstream"; under <cache_dir>/<run-id>/ instead when a cache folder is given, so a read-only run
+folder is only read), keyed by the checkpoint's model_sha256, the task's content (lm-eval version and task
 files), the tokenizer hash, the seed and the settings that change scores (limit, num_fewshot, dtype,
 max_length): a re-run loads everything and computes nothing. Batch size and device are not in the key.
 
@@ -28,8 +29,8 @@ from ..analysis.base import Result
 from ..analysis.cache import ResultStore, content_key
 from ..analysis.tables import write_csv, write_parquet
 from ..errors import LensError
-from ..train.checkpoint import read_meta
-from ..train.loading import expand_runs, load_checkpoint, resolve_checkpoint
+from ..train.checkpoint import checkpoint_sha256, read_meta
+from ..train.loading import expand_runs, load_checkpoint, parse_device, resolve_checkpoint
 from .stats import bootstrap_stderr, chance_level, closed_form_stderr, over_seeds, unit_value
 from .taskspec import TaskSpec, resolve_tasks, task_manager
 from .tokenizer import load_run_tokenizer, run_fingerprint
@@ -43,7 +44,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    return str(parse_device(device))
 
 
 class _Tasks:
@@ -71,7 +72,7 @@ class _Tasks:
 
 def _evaluate_run(run_dir: Path, specs: list[TaskSpec], tasks: _Tasks, step: str | int, seeds: Sequence[int],
                   settings: dict[str, Any], batch_size: int | str, device: str, rebuild_tokenizer: bool,
-                  force: bool) -> dict[tuple[str, int], Result]:
+                  force: bool, cache_dir: str | Path | None = None) -> dict[tuple[str, int], Result]:
     """{(task, seed): Result} of one run's checkpoint, computing only what the cache lacks."""
     import lm_eval
 
@@ -82,9 +83,9 @@ def _evaluate_run(run_dir: Path, specs: list[TaskSpec], tasks: _Tasks, step: str
     ckpt = resolve_checkpoint(run_dir, step)
     meta = read_meta(ckpt)
     fp = run_fingerprint(run_dir)
-    store = ResultStore(run_dir)
+    store = ResultStore(run_dir, cache_dir)
     subject = {"kind": "checkpoint", "run": ref.run_id, "method": ref.method, "scale": ref.scale,
-               "seed": ref.seed, "step": int(meta["step"]), "checkpoint": meta.get("model_sha256", "")}
+               "seed": ref.seed, "step": int(meta["step"]), "checkpoint": checkpoint_sha256(ckpt)}
     keys = {(s.name, seed): content_key({"metric": METRIC, "version": VERSION, "checkpoint": subject["checkpoint"],
                                          "task": s.key, "seed": seed, "tokenizer": fp.get("tokenizer_hash"),
                                          "settings": settings})
@@ -176,27 +177,45 @@ def evaluate_downstream(run_dirs: Sequence[str | Path], tasks: Sequence[str], st
                         include_path: str | Path | Sequence[str | Path] | None = None, device: str = "auto",
                         bootstrap_iters: int = 1000, *, num_fewshot: int | None = None, dtype: str = "float32",
                         max_length: int | None = None, rebuild_tokenizer: bool = False,
-                        force: bool = False) -> list[dict[str, Any]]:
+                        force: bool = False, cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Evaluate each run's checkpoint at `step` on `tasks` for every seed; one row per (run, task unit).
 
     `tasks`: lm-eval names, presets (study, commonsense), lens_mc, JSONL or YAML files (taskspec.py).
     `limit`: first N documents of each task (smoke tests only). `max_length`: context window given to lm-eval
     (default: the model's max_seq_len). `bootstrap_iters`: draws of the bootstrap standard error (0: none).
-    `force`: recompute even when cached. Raises LensError (one line) for unknown or unreachable tasks.
+    `force`: recompute even when cached. `cache_dir`: where results are cached (default: in each run folder).
+    Raises LensError (one line) for unknown or unreachable tasks and for settings out of range.
     """
     if dtype not in DTYPES:
         raise LensError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if not seeds:
         raise LensError("give at least one evaluation seed")
+    for name, value, low in (("limit", limit, 1), ("num_fewshot", num_fewshot, 0), ("max_length", max_length, 1),
+                             ("bootstrap_iters", bootstrap_iters, 0)):
+        if value is not None and value < low:
+            raise LensError(f"{name} {value} is out of range: it must be at least {low}")
+    if isinstance(batch_size, int) and batch_size < 1:
+        raise LensError(f"batch_size {batch_size} is out of range: it must be at least 1")
+    resolve_device(device)  # a bad device fails before any work, even when every result is cached
     specs = resolve_tasks(tasks, include_path)
     settings = {"limit": limit, "num_fewshot": num_fewshot, "dtype": dtype, "max_length": max_length}
     shared = _Tasks(specs, include_path)
     rows: list[dict[str, Any]] = []
     for run_dir in expand_runs(run_dirs):
         results = _evaluate_run(run_dir, specs, shared, step, seeds, settings, batch_size, device,
-                                rebuild_tokenizer, force)
+                                rebuild_tokenizer, force, cache_dir)
         rows += _rows(results, specs, seeds, bootstrap_iters, settings)
     return rows
+
+
+def parse_step(step: str | int) -> str | int:
+    """'final' or a checkpoint step (a non-negative integer); else a LensError naming --step."""
+    text = str(step).strip()
+    if text == "final":
+        return text
+    if not text.isdigit():
+        raise LensError(f"--step {step!r}: pass 'final' or a checkpoint step such as 500")
+    return int(text)
 
 
 def run_eval_downstream(run_dirs: list[Path], tasks: list[str], step: str, seeds: list[int], out: Path,
@@ -205,8 +224,7 @@ def run_eval_downstream(run_dirs: list[Path], tasks: list[str], step: str, seeds
     under `out` (a folder, or the CSV path itself), log a method x task accuracy summary, return the CSV path.
     `options` go to evaluate_downstream (batch_size, bootstrap_iters, num_fewshot, dtype, rebuild_tokenizer...).
     """
-    step_arg: str | int = step if step == "final" else int(step)
-    rows = evaluate_downstream(run_dirs, tasks, step_arg, seeds, limit=limit, include_path=include_path,
+    rows = evaluate_downstream(run_dirs, tasks, parse_step(step), seeds, limit=limit, include_path=include_path,
                                device=device, **options)
     out = Path(out)
     csv_path = out if out.suffix == ".csv" else out / "downstream.csv"

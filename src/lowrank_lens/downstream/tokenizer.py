@@ -1,4 +1,4 @@
-"""The tokenizer a run was trained with, for scoring text with its checkpoints (paper.md §1.6).
+"""The tokenizer a run was trained with, for scoring text with its checkpoints (docs/study.md §1.6).
 
 A run records its tokenizer in config.json under "data_fingerprint": "tokenizer" is 'bpe-<V>' (the byte-level
 BPE trained on the run's corpus, saved as JSON in the data cache, path in "tokenizer_file") or a Hugging Face
@@ -10,7 +10,6 @@ is checked by comparing the corpus and tokenizer hashes with the recorded ones.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,11 @@ log = logging.getLogger("lowrank_lens")
 
 def run_fingerprint(run_dir: str | Path) -> dict[str, Any]:
     """The run's data fingerprint (config.json "data_fingerprint"); LensError when there is none."""
+    from ..train.run import read_run_json
+
     path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise LensError(f"{run_dir} has no config.json; is it a lowrank-lens run directory?")
-    fp = json.loads(path.read_text()).get("data_fingerprint") or {}
-    if not fp.get("tokenizer"):
+    fp = read_run_json(run_dir).get("data_fingerprint")
+    if not isinstance(fp, dict) or not fp.get("tokenizer"):
         raise LensError(f"{path} records no tokenizer (data_fingerprint.tokenizer); was it written by training?")
     return fp
 

@@ -1,4 +1,4 @@
-"""Validation loss on the run's fixed token set, in two definitions (methods.md §1.4).
+"""Validation loss on the run's fixed token set, in two definitions (docs/methods.md §1.4).
 
 - `val_loss` / `val_ppl`: the token-weighted mean NLL over every unmasked target of the fixed set — the
   quantity perplexity is meant to be.

@@ -10,12 +10,14 @@ method opens the same way and none of them needs the data pipeline or an optimiz
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import LlamaForCausalLM
 
 from ..config import RunConfig
@@ -75,7 +77,7 @@ def resolve_checkpoint(path: str | Path, step: int | str | None = None) -> Path:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                    verify: bool = False) -> LoadedCheckpoint:
+                    verify: bool = True) -> LoadedCheckpoint:
     """The model of a checkpoint in its trained parameterization, in eval mode, on `device` / `dtype`.
 
     The model is rebuilt from the run's saved config (same init seed and the method's surgery, so buffers
@@ -92,12 +94,66 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype:
         torch.manual_seed(cfg.train.seed)
         model = method.prepare_model(model)
     state = load_model_state(ckpt, verify=verify)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise LensError(f"checkpoint {ckpt} does not fit its run's config (missing {missing[:3]}, unexpected "
-                        f"{unexpected[:3]}); was config.json edited after training?")
+    _check_fit(ckpt, {k: v.shape for k, v in model.state_dict().items()}, {k: v.shape for k, v in state.items()})
+    model.load_state_dict(state)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     return LoadedCheckpoint(model=model.eval(), method=method, cfg=cfg, meta=meta, path=ckpt)
+
+
+def _check_fit(ckpt: Path, expected: Mapping[str, Sequence[int]], saved: Mapping[str, Sequence[int]]) -> None:
+    """LensError unless the saved tensors are exactly those of the model the run's config builds (names and
+    shapes): load_state_dict would raise a RuntimeError for a shape and silently skip names under strict=False."""
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    wrong = [f"{k} saved {list(saved[k])}, config {list(expected[k])}" for k in expected
+             if k in saved and tuple(saved[k]) != tuple(expected[k])]
+    problems = [f"{what} {', '.join(items[:2])}{' ...' if len(items) > 2 else ''}" for what, items in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape:", wrong)) if items]
+    if problems:
+        raise LensError(f"checkpoint {ckpt}: model.safetensors does not fit the run's config.json "
+                        f"({'; '.join(problems)}); one of them was edited after training — restore it, or "
+                        f"delete this checkpoint")
+
+
+def check_checkpoint_fits(cfg: RunConfig, ckpt: Path) -> None:
+    """Before a resume loads `ckpt`: the same check as load_checkpoint, from the safetensors header alone
+    (no weight is read) against the model `cfg` builds on the meta device. A header that cannot be read is
+    left to load_model_state, whose message covers a damaged file."""
+    try:
+        with safe_open(str(Path(ckpt) / "model.safetensors"), framework="pt") as f:
+            saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (no __iter__)
+    except (SafetensorError, OSError, ValueError):
+        return
+    method = get_method(cfg.method)(cfg.method_cfg, cfg)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = method.prepare_model(build_model(cfg.model, device="meta"))
+    except (NotImplementedError, RuntimeError):  # a surgery that needs real data: build it on the CPU
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            model = method.prepare_model(build_model(cfg.model, seed=cfg.train.seed))
+    _check_fit(Path(ckpt), {k: v.shape for k, v in model.state_dict().items()}, saved)
+
+
+def parse_device(device: str, option: str = "--device") -> torch.device:
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N' as a torch.device; anything else,
+    CUDA where torch sees no GPU, or a GPU index this machine lacks is one LensError naming `option`. Every
+    command and reader checks its device here, before any work."""
+    text = str(device).strip()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if m is None:
+        raise LensError(f"{option} {device!r} is not one of auto, cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        raise LensError(f"{option} {device!r} asks for a GPU, but torch {torch.__version__} sees no CUDA device "
+                        f"here; use --device cpu (or auto)")
+    n = torch.cuda.device_count()
+    if m.group(1) is not None and int(m.group(1)) >= n:
+        raise LensError(f"{option} {device!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+    return torch.device(text)
 
 
 def dense_state(ck: LoadedCheckpoint) -> dict[str, torch.Tensor] | None:

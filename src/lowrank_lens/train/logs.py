@@ -3,13 +3,14 @@ tensorboard are optional sinks behind one interface. Only rank 0 writes."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..atomic import write_text_atomic
+from ..atomic import is_disk_full, write_text_atomic
 from ..errors import LensError
 
 log = logging.getLogger("lowrank_lens")
@@ -72,36 +73,68 @@ class RunLogger:
         """On resume: drop records of steps after the checkpoint we resume from, so the log has no repeats."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and _step_of(line) <= step]
+        keep = [line for line, record in parse_log(self.path) if record.get("step", 0) <= step]
         write_text_atomic(self.path, "".join(line + "\n" for line in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._append((json.dumps(record) + "\n").encode())
         for sink in self.sinks:
             sink.write(record)
+
+    def _append(self, line: bytes) -> None:
+        """One unbuffered write; if it fails or comes up short (a full disk), cut the file back to where it
+        was, so the log never holds a torn line."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                if os.write(fd, line) != len(line):
+                    raise OSError(errno.ENOSPC, "short write")
+            except OSError as e:
+                os.ftruncate(fd, end)
+                if is_disk_full(e):
+                    raise LensError(f"disk full while writing {self.path}; the run's checkpoints are intact — "
+                                    f"free space, then rerun the same command with --resume") from None
+                raise
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
 
 
-def _step_of(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, TypeError, ValueError):
-        return 1 << 62  # an unreadable (torn) last line is dropped
+def parse_log(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for each record of a log.jsonl, in order: the one reader of the file.
+
+    A last line that is not a record is dropped: a run killed mid-write leaves a torn line there. An
+    unreadable line before it (binary garbage, a hand edit) means the file was damaged: a LensError
+    naming the line, since guessing which records to keep could silently lose a training curve.
+    """
+    lines = [(no, raw) for no, raw in enumerate(Path(path).read_bytes().split(b"\n"), 1) if raw.strip()]
+    out = []
+    for i, (no, raw) in enumerate(lines):
+        try:
+            line = raw.decode()  # invalid UTF-8: UnicodeDecodeError, a ValueError
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+                raise ValueError("not a JSON object with an integer step")
+        except ValueError as e:
+            if i == len(lines) - 1:
+                break
+            raise LensError(f"{path} line {no} is not a log record ({str(e).splitlines()[0][:120]}); the log is "
+                            f"damaged — delete that line (e.g. sed -i '{no}d' {path}) and rerun") from None
+        out.append((line, record))
+    return out
 
 
 def read_log(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
     path = Path(run_dir) / "log.jsonl"
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if kind is None or r.get("kind") == kind]
+    return [r for _, r in parse_log(path) if kind is None or r.get("kind") == kind]
 
 
 def format_duration(seconds: float) -> str:

@@ -22,14 +22,19 @@ import torch
 
 from ..config import RunConfig
 from ..data import DataBundle, to_model_inputs
+from ..errors import LensError
 from ..methods.base import Method
-from .checkpoint import RESUME_DIR, save_checkpoint, step_dir_name
+from .checkpoint import RESUME_DIR, nonfinite_tensors, save_checkpoint, step_dir_name
 from .distributed import DistEnv
 from .evaluate import evaluate, token_nll
 from .logs import RunLogger, format_train_line, format_val_line
 from .memory import measure_memory
 
 log = logging.getLogger("lowrank_lens")
+
+# With train.on_nonfinite=skip, this many skipped updates in a row stop the run all the same: the weights
+# or the data are broken, and skipping for ever would only burn compute.
+MAX_CONSECUTIVE_SKIPS = 10
 
 
 def _micro_seed(seed: int, step: int, micro_index: int) -> int:
@@ -41,7 +46,9 @@ class TrainState:
     """What the loop carries between steps and what a checkpoint must restore."""
 
     step: int = 0
-    tokens: int = 0  # unmasked target tokens trained on, all ranks
+    tokens: int = 0  # unmasked target tokens trained on, all ranks (skipped updates not counted)
+    skipped: int = 0  # updates skipped for a non-finite loss or gradient (train.on_nonfinite=skip)
+    consecutive_skips: int = 0  # not saved: a resumed run starts a new count
     memory: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,6 +65,7 @@ class Trainer:
     ckpt_steps: list[int]
     state: TrainState = field(default_factory=TrainState)
     ddp_model: torch.nn.Module | None = None
+    last_saved: int = -1  # step of the newest checkpoint written (or resumed from); -1 before step 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.train.precision == "bf16-mixed":
@@ -99,19 +107,42 @@ class Trainer:
 
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.cfg.optim.grad_clip > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            gnorm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip))
         else:
-            gnorm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        self.optimizer.step()
-        if not self.state.memory:  # optimizer state exists only after the first step
-            self.state.memory = measure_memory(self.model, self.optimizer, env.device)
+            gnorm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        # Loss and gradient norm are global (summed / all-reduced), so every rank takes the same decision.
+        loss = float(env.sum([nll_total])[0]) / max(n_global, 1)
+        skip = self._check_finite(step + 1, loss, gnorm)
+        if not skip:
+            self.optimizer.step()
+            if not self.state.memory:  # optimizer state exists only after the first step
+                self.state.memory = measure_memory(self.model, self.optimizer, env.device)
+            self.state.tokens += n_global
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step = step + 1
         extras = self.method.after_step(self.state.step, self.model, self.optimizer)
-        self.state.tokens += n_global
-        loss = float(env.sum([nll_total])[0]) / max(n_global, 1)
-        return {"loss": loss, "lr": self.cfg.optim.lr * mult, "grad_norm": float(gnorm), "data_s": data_s,
-                "n_tokens": n_global, **extras}
+        return {"loss": loss, "lr": self.cfg.optim.lr * mult, "grad_norm": gnorm, "data_s": data_s,
+                "n_tokens": n_global, **({"skipped_steps": self.state.skipped} if self.state.skipped else {}),
+                **extras}
+
+    def _check_finite(self, step: int, loss: float, gnorm: float) -> bool:
+        """Whether to skip the update of `step`: never when loss and gradient norm are finite. Otherwise the
+        run stops with one line (train.on_nonfinite=stop, the default), or skips the update
+        (train.on_nonfinite=skip) unless MAX_CONSECUTIVE_SKIPS updates in a row were already skipped."""
+        if math.isfinite(loss) and math.isfinite(gnorm):
+            self.state.consecutive_skips = 0
+            return False
+        what = f"loss {loss}, gradient norm {gnorm}"
+        if self.cfg.train.on_nonfinite == "skip" and self.state.consecutive_skips < MAX_CONSECUTIVE_SKIPS:
+            self.state.skipped += 1
+            self.state.consecutive_skips += 1
+            if self.env.is_main:
+                log.warning(f"step {step}: non-finite {what}; update skipped ({self.state.skipped} so far)")
+            return True
+        in_a_row = f" after {MAX_CONSECUTIVE_SKIPS} skipped updates in a row" if self.state.consecutive_skips else ""
+        raise LensError(f"training diverged at step {step}{in_a_row} ({what}); no checkpoint is written after "
+                        f"step {self.last_saved}, which is intact — lower optim.lr (now {self.cfg.optim.lr:g}) "
+                        f"or set train.on_nonfinite=skip to skip such updates")
 
     # ---- validation and checkpoints ------------------------------------------------------------
     def validate(self) -> dict[str, float]:
@@ -124,14 +155,23 @@ class Trainer:
         return res
 
     def save(self, val: dict[str, float] | None, rolling: bool = False) -> None:
+        step = self.state.step
+        # Every rank checks (DDP replicas are identical), so all stop together instead of waiting on rank 0.
+        bad = nonfinite_tensors(dict(self.model.state_dict()))
+        losses = [v for k, v in (val or {}).items() if "loss" in k]  # a huge finite loss may give ppl = inf
+        if bad or not all(math.isfinite(v) for v in losses):
+            detail = f"non-finite weights ({', '.join(bad[:3])})" if bad else f"a non-finite validation ({val})"
+            raise LensError(f"training diverged by step {step}: {detail}; the checkpoint was not written and "
+                            f"step {self.last_saved} is intact — lower optim.lr (now {self.cfg.optim.lr:g})")
+        self.last_saved = step
         if not self.env.is_main:
             return
-        step = self.state.step
         meta = {"step": step, "tokens": self.state.tokens, "method": self.cfg.method,
                 "method_cfg": self.cfg.to_dict()["method_cfg"], "seed": self.cfg.train.seed,
                 "data_seed": self.cfg.data.shuffle_seed, "precision": self.cfg.train.precision,
                 "val": val or {}, "memory": self.state.memory}
-        resume = {"step": step, "tokens": self.state.tokens, "optimizer": self.optimizer.state_dict(),
+        resume = {"step": step, "tokens": self.state.tokens, "skipped": self.state.skipped,
+                  "optimizer": self.optimizer.state_dict(),
                   "rng_cpu": torch.get_rng_state(),
                   "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         name = RESUME_DIR if rolling else step_dir_name(step)
@@ -143,6 +183,8 @@ class Trainer:
         if resume["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(resume["rng_cuda"])
         self.state.step, self.state.tokens = int(resume["step"]), int(resume["tokens"])
+        self.state.skipped = int(resume.get("skipped", 0))  # absent in checkpoints of older versions
+        self.last_saved = self.state.step
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -155,8 +197,6 @@ class Trainer:
             step_times.append(time.perf_counter() - t0)
             interval_tok += rec["n_tokens"]
             step = self.state.step
-            if not all(math.isfinite(rec[k]) for k in ("loss", "grad_norm")):
-                log.warning(f"step {step}: non-finite loss or gradient norm ({rec['loss']}, {rec['grad_norm']})")
             if step % t.log_every == 0 or step == t.steps:
                 elapsed = time.perf_counter() - interval_t
                 rec = {"kind": "train", "step": step, "tokens": self.state.tokens,

@@ -8,9 +8,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +21,19 @@ from ..errors import LensError
 from ..methods import get_method
 from ..methods.base import Method, check_param_groups
 from ..model import build_model
-from .checkpoint import checkpoint_steps, complete_checkpoints, load_model_state, load_resume_state
+from .checkpoint import (
+    checkpoint_steps,
+    complete_checkpoints,
+    load_model_state,
+    load_resume_state,
+    read_json_object,
+    recover_interrupted_saves,
+)
 from .distributed import DistEnv, init_distributed, shutdown
 from .logs import RunLogger
 from .loop import Trainer
 from .provenance import provenance
+from .rundir import RunLock, check_restartable, check_run_name, claim_run_dir, forget_unused_run_dir
 
 log = logging.getLogger("lowrank_lens")
 
@@ -39,16 +45,29 @@ def default_run_name(cfg: RunConfig) -> str:
     return f"{cfg.scale}-{cfg.method}-seed{cfg.train.seed}"
 
 
-def load_run_config(run_dir: Path) -> RunConfig:
-    """Read config.json of a run (the one place where older run formats would be upgraded)."""
+def read_run_json(run_dir: Path) -> dict:
+    """config.json of a run as a JSON object (config, provenance, data fingerprint); one LensError naming
+    the file when it is missing, unreadable, not UTF-8 JSON, or not an object."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise LensError(f"{run_dir} has no config.json; is it a lowrank-lens run directory?")
-    d = json.loads(path.read_text())
+    return read_json_object(path, str(path), "restore it (training writes it once, at the start), or train "
+                            "the run again")
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    """Read config.json of a run (the one place where older run formats would be upgraded)."""
+    path = Path(run_dir) / "config.json"
+    d = read_run_json(run_dir)
     d.pop("provenance", None)
     d.pop("data_fingerprint", None)
     d.pop("format_version", None)
-    return RunConfig.from_dict(d)
+    try:
+        return RunConfig.from_dict(d)
+    except LensError as e:
+        raise LensError(f"{path} is not a valid run config: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # hand-edited values of the wrong kind
+        raise LensError(f"{path} is not a valid run config ({type(e).__name__}: {e}); restore it") from None
 
 
 def config_differences(saved: RunConfig, now: RunConfig) -> list[str]:
@@ -91,10 +110,22 @@ def build_components(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Mod
 
 def train(cfg: RunConfig, out: str | Path, run_name: str | None = None, resume: bool = False) -> Path:
     """Train (or resume) one run; returns its directory. Works under torchrun (DDP) and alone."""
+    run_dir = Path(out) / check_run_name(run_name or default_run_name(cfg))
     env = init_distributed(cfg.train.device)
+    lock, created = None, False
     try:
-        return _train(cfg, Path(out) / (run_name or default_run_name(cfg)), resume, env)
+        if env.is_main:  # only rank 0 writes in the run folder
+            created = claim_run_dir(run_dir)
+            lock = RunLock(run_dir)
+            for action in recover_interrupted_saves(run_dir):
+                log.info(f"{run_dir.name}: a save was interrupted earlier: {action}")
+        env.barrier()
+        return _train(cfg, run_dir, resume, env)
     finally:
+        if lock is not None:
+            lock.release()
+            if created:
+                forget_unused_run_dir(run_dir)
         shutdown()
 
 
@@ -106,6 +137,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
     existing = complete_checkpoints(run_dir)
     if existing and not resume:
         raise LensError(f"{run_dir} already holds a run; add --resume to continue it, or pass a new --run-name")
+    if not existing:
+        check_restartable(run_dir)
     if existing:
         diffs = config_differences(load_run_config(run_dir), cfg)
         if diffs:
@@ -119,13 +152,12 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
     model, method, optimizer = build_components(cfg, env.device)
 
     if env.is_main and not existing:
-        if run_dir.exists():  # a run that died before its step-0 checkpoint: start over cleanly
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+        # A fresh run, or one that died before its step-0 checkpoint: (over)write its files one by one.
+        (run_dir / "log.jsonl").unlink(missing_ok=True)
         write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), "format_version": 1,
                                                     "provenance": provenance(env.world, env.device),
                                                     "data_fingerprint": data.fingerprint})
-        write_atomic(run_dir / "val_tokens.npy", lambda p: np.save(open(p, "wb"), data.val_rows))
+        write_atomic(run_dir / "val_tokens.npy", lambda p: np.save(p, data.val_rows))
     env.barrier()
 
     logger = RunLogger(run_dir, env.is_main, t.sinks, cfg.to_dict())
@@ -133,7 +165,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
                       data=data, logger=logger, ckpt_steps=checkpoint_steps(t.steps, t.checkpoints))
     if existing:
         step, path = existing[-1]
-        model.load_state_dict(load_model_state(path, verify=True))
+        model.load_state_dict(load_model_state(path))
         trainer.restore(load_resume_state(path))
         if env.is_main:
             logger.truncate_after(step)
