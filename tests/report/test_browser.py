@@ -5,7 +5,9 @@ The check is a copy of the page with a probe script first in <head>: it records 
 uncaught errors and console.error calls, and on `load` writes them and the image counts into the DOM,
 which `--dump-dom` prints. Console lines Chromium logs to stderr count as errors too (the report has no
 script of its own, so any console output is unexpected). A page with one broken image must fail the
-check (test_check_catches_a_broken_image), so the check cannot pass vacuously.
+check (test_check_catches_a_broken_image), so the check cannot pass vacuously. A second probe writes where
+the summary block lies in a 1280x900 viewport, and that first screen is kept too
+(test-artifacts/report-first-screen.png).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from lowrank_lens.study.claims import claim_texts
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACT = REPO / "test-artifacts" / "report.png"
@@ -42,6 +46,21 @@ window.addEventListener('load', function () {
   document.body.appendChild(pre);
 });
 </script>"""
+GEOMETRY = """<script>
+window.addEventListener('load', function () {
+  var box = function (e) { if (!e) return null; var b = e.getBoundingClientRect();
+    return {top: b.top, bottom: b.bottom, left: b.left, right: b.right}; };
+  var s = document.getElementById('summary'), t = document.getElementById('verdicts');
+  var pre = document.createElement('pre');
+  pre.id = '__geometry';
+  pre.textContent = JSON.stringify({width: window.innerWidth, height: window.innerHeight, summary: box(s),
+    verdicts: box(t), contains: !!(s && t && s.contains(t)), rows: t ? t.tBodies[0].rows.length : 0});
+  document.body.appendChild(pre);
+});
+</script>"""
+FIRST_SCREEN = (1280, 900)
+"""The viewport a reader opens the report in (a laptop browser window), in px."""
+SCREEN_ARTIFACT = REPO / "test-artifacts" / "report-first-screen.png"
 FLAGS = ["--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", "--virtual-time-budget=15000",
          "--enable-logging=stderr", "--v=0"]
 
@@ -59,23 +78,37 @@ def chromium() -> str:
     pytest.fail("headless Chromium is needed to test the report: install it (Debian: apt-get install -y chromium)")
 
 
-def browser_check(page: Path) -> dict:
-    """Load a probe-injected copy of `page` (beside it, so relative links resolve) and return what it saw:
-    images, loaded, problems (image / script / console errors), injected, console (stderr console lines)."""
+def _probed(page: Path, script: str, pre_id: str, flags: list[str]) -> tuple[dict, str]:
+    """Load a copy of `page` with `script` first in <head> (beside it, so relative links resolve); the JSON
+    the script wrote into <pre id=pre_id>, and Chromium's stderr."""
     probe = page.with_name(f"_probe_{page.name}")
     text = page.read_text()
-    probe.write_text(text.replace("<head>", "<head>" + PROBE, 1))
+    probe.write_text(text.replace("<head>", "<head>" + script, 1))
     try:
-        proc = subprocess.run([chromium(), *FLAGS, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run([chromium(), *FLAGS, *flags, "--dump-dom", probe.as_uri()], capture_output=True,
+                              text=True, timeout=120)
     finally:
         probe.unlink()
-    found = re.search(r'<pre id="__probe">(.*?)</pre>', proc.stdout, re.S)
+    found = re.search(rf'<pre id="{pre_id}">(.*?)</pre>', proc.stdout, re.S)
     assert found, f"the page did not finish loading in Chromium (rc {proc.returncode}): {proc.stderr[-2000:]}"
     import html
 
-    out = json.loads(html.unescape(found.group(1)))
-    out["console"] = [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln or "Uncaught" in ln]
+    return json.loads(html.unescape(found.group(1))), proc.stderr
+
+
+def browser_check(page: Path) -> dict:
+    """Load a probe-injected copy of `page` and return what it saw: images, loaded, problems (image /
+    script / console errors), injected, console (stderr console lines)."""
+    out, stderr = _probed(page, PROBE, "__probe", [])
+    out["console"] = [ln for ln in stderr.splitlines() if ":CONSOLE" in ln or "Uncaught" in ln]
+    return out
+
+
+def first_screen(page: Path) -> dict:
+    """Where the summary block and its verdict table lie in a FIRST_SCREEN viewport, as a reader opening the
+    page sees it: viewport width/height, and the boxes (top, bottom) of #summary and #verdicts."""
+    width, height = FIRST_SCREEN
+    out, _ = _probed(page, GEOMETRY, "__geometry", [f"--window-size={width},{height}"])
     return out
 
 
@@ -94,6 +127,25 @@ def test_report_opens_in_chromium_without_errors(report_page: Path, tmp_path: Pa
     assert shot.is_file() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
     ARTIFACT.parent.mkdir(exist_ok=True)
     shutil.copyfile(shot, ARTIFACT)
+
+
+def test_first_screen_shows_the_findings(report_page: Path, tmp_path: Path):
+    """The page opens on its summary: in a 1280x900 viewport the summary block starts on screen and holds
+    the whole verdict table (one row per claim); the screenshot of that screen is kept."""
+    seen = first_screen(report_page)
+    width, height = FIRST_SCREEN
+    assert seen["width"] == width and abs(seen["height"] - height) < 100, seen  # the viewport is the asked one
+    summary, verdicts = seen["summary"], seen["verdicts"]
+    assert summary and verdicts and seen["contains"], seen
+    assert 0 <= summary["top"] < height / 4, f"the summary starts below the first quarter of the screen: {seen}"
+    assert verdicts["bottom"] <= seen["height"], f"the verdict table runs past the first screen: {seen}"
+    assert seen["rows"] == len(claim_texts()), seen
+    shot = tmp_path / "first-screen.png"
+    proc = subprocess.run([chromium(), *FLAGS, f"--screenshot={shot}", f"--window-size={width},{height}",
+                           report_page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
+    SCREEN_ARTIFACT.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, SCREEN_ARTIFACT)
 
 
 def test_check_catches_a_broken_image(report_page: Path):

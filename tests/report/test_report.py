@@ -253,3 +253,15 @@ def test_cached_results_prefer_the_study_config_then_the_newest(tmp_path: Path):
     pick = cached_results("spectra", [run], json.dumps({"points": 9}, sort_keys=True))
     assert [r.scalars["points"] for r in pick] == [9]
     assert [r.scalars["points"] for r in cached_results("spectra", [run], None)] == [7]
+
+
+def test_results_evaluated_in_bf16_carry_a_warning():
+    from types import SimpleNamespace
+
+    from lowrank_lens.report.build import low_precision_warnings
+
+    fp32 = SimpleNamespace(name="landscape_random", evals=[{"dtype": "torch.float32", "device": "cuda"}])
+    bf16 = SimpleNamespace(name="curvature", evals=[{"dtype": "torch.bfloat16", "device": "cuda"}])
+    assert low_precision_warnings(SimpleNamespace(metrics=[fp32])) == []
+    (warning,) = low_precision_warnings(SimpleNamespace(metrics=[fp32, bf16]))
+    assert "curvature was evaluated in bf16" in warning and "--dtype fp32" in warning

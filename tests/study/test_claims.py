@@ -1,4 +1,4 @@
-"""The claims check (study/claims.py; paper.md §5): each claim on synthetic runs built to satisfy it
+"""The claims check (study/claims.py; docs/study.md §5): each claim on synthetic runs built to satisfy it
 ('holds'), built to contradict it ('does not hold'), and with its data missing or inside the seed spread
 ('inconclusive').
 
@@ -144,7 +144,7 @@ def test_missing_metric_rows_are_named():
     c = verdicts([r for r in rows if r["metric"] not in ("landscape_random", "imib")], runs)
     assert c[1].verdict == UNSURE and "landscape_random" in c[1].evidence
     assert c[3].verdict == UNSURE and "no computed imib rows" in c[3].evidence
-    assert c[8].verdict == UNSURE and "no imib rows involving m3" in c[8].evidence
+    assert "not tested" in c[8].evidence and "imib skipped" not in c[8].evidence
 
 
 # --------------------------------------------------------------------------- the seed spread
@@ -207,6 +207,22 @@ def test_claim5_names_the_method_from_claims_json_or_override():
     assert check_claims(rows, runs, names={**NAMES, "method": "m2"})[4].verdict == FAILS
     missing = check_claims(rows, runs, names={**NAMES, "method": "nobody"})[4]
     assert missing.verdict == UNSURE and "needs nobody" in missing.evidence
+
+
+def test_claim8_is_decided_by_perplexity_not_by_the_imib_skip():
+    """The 'cannot be interpolated' half holds by construction (no dense weights), so it is not tested:
+    the verdict is the perplexity half's whether imib skipped the method's pairs, computed them or has no
+    rows at all (before, a skip read 'holds', a computed row 'does not hold', no row 'inconclusive')."""
+    rows, runs = world()
+    computed = [{**r, "skipped": None, "imib": 0.3} if r.get("skipped") else r for r in rows]
+    absent = [r for r in rows if r.get("metric") != "imib"]
+    for variant in (rows, computed, absent):
+        c = verdicts(variant, runs)[8]
+        assert c.verdict == HOLDS, c.evidence
+        assert "not tested" in c.evidence and "by construction" in c.evidence
+    assert "imib skipped 36 of 36 rows involving m3" in verdicts(rows, runs)[8].evidence
+    assert verdicts(*world(ppl={"m1": 45.0}))[8].verdict == FAILS  # the perplexity half still decides
+    assert "tested on the first half only" in claim_texts()[8]["text"]
 
 
 def test_claim6_and_claim7_partial_results():

@@ -6,11 +6,13 @@
 
 It reads only the study's files (study/runner.py layout) and never loads a checkpoint or computes a metric.
 Metrics come from the registry (name, dimension, definition, plot()), so a new metric plugin gets its own
-subsection with no report change. Sections: overview (spec, settings used, timings), runs (parameters,
+subsection with no report change. The page opens on a summary of the findings (summary.py: the claims'
+verdicts with their intervals, each method's headline metrics beside perplexity, the differences at matched
+perplexity), then the details. Sections: overview (spec, settings used, timings), runs (parameters,
 measured optimizer memory, tokens, both perplexity definitions), one per metric dimension (each metric's
-definition, options, figures of paper.md §4, table and table over seeds), statistics (pairwise differences
+definition, options, figures of docs/study.md §4, table and table over seeds), statistics (pairwise differences
 over seeds; within-spread differences flagged, not claimed), matched perplexity (how close each match is),
-claims (paper.md §5), downstream, prediction, and every run's config and provenance.
+claims (docs/study.md §5), downstream, prediction, and every run's config and provenance.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .collect import load_study, run_records
 from .figures import fresh_dir
 from .html import render
 from .sections import claims_section, matched_section, statistics_section
+from .summary import summary
 
 log = logging.getLogger("lowrank_lens")
 
@@ -64,7 +67,9 @@ def write_report(study_dir: Path) -> Path:
         "prediction": prediction_section(study, figs / "prediction", f"{fig_href}/prediction", tables, href),
         "provenance": provenance(study),
     }
+    context["summary"] = summary(study, context["claims"], context["matched"])
     context["toc"] = [
+        ("summary", "Findings", []),
         ("overview", "Overview", [("settings", "Settings used")] + ([("timings", "Timings")]
                                                                      if context["overview"]["timings"] else [])),
         ("runs", "Runs", []),

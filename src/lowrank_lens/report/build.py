@@ -21,7 +21,7 @@ from .sections import seed_summary_table
 DIMENSION_TITLES = {"landscape": "Loss landscape", "interpolation": "Interpolation",
                     "spectra": "Spectral structure", "activations": "Activation similarity to the baseline",
                     "curvature": "Curvature"}
-PPL_NOTE = ("Two perplexity definitions (methods.md §1.4): val_ppl = exp of the token-weighted mean NLL over the "
+PPL_NOTE = ("Two perplexity definitions (docs/methods.md §1.4): val_ppl = exp of the token-weighted mean NLL over the "
             "run's fixed validation rows; val_ppl_ref = the reference repositories' definition (mean of per-batch "
             "means divided by batches + 1, biased low), comparable with published numbers. Optimizer state is "
             "measured from the optimizer's tensors after the first step (not estimated).")
@@ -32,7 +32,7 @@ PREDICTION_TABLES = {
     "importance": "drop in CV R^2 (rise in MAE) when each metric is removed, ranked",
     "predictions": "actual and out-of-fold predicted target per unit, feature set and split",
 }
-"""What each table of study/predict_report.write_prediction_report holds (paper.md §3.3)."""
+"""What each table of study/predict_report.write_prediction_report holds (docs/study.md §3.3)."""
 SPEC_FIELDS = ("name", "methods", "scales", "seeds", "overrides", "scale_overrides", "method_overrides", "metrics",
                "metric_overrides", "analysis_steps", "sequences", "eval_batch_size", "downstream_tasks",
                "downstream_seeds", "downstream_limit", "predict_features")
@@ -50,6 +50,18 @@ def _changed(md: MetricData) -> str:
         return ""
     changed = [f"{k}={fmt(v)}" for cfg in md.configs for k, v in cfg.items() if default.get(k, v) != v]
     return ", ".join(dict.fromkeys(changed))
+
+
+def low_precision_warnings(study: Study) -> list[str]:
+    """A warning per metric whose results were evaluated in bf16 (an explicit --dtype bf16: the default is
+    fp32 on every device), since bf16 moves the landscape metrics by tens of percent."""
+    out = []
+    for md in study.metrics:
+        if any("bfloat16" in str((e or {}).get("dtype", "")) for e in md.evals):
+            out.append(f"Warning: {md.name} was evaluated in bf16. On one checkpoint with the same directions "
+                       f"bf16 moved ES_rand by +28% against fp32; compare its numbers only with other bf16 "
+                       f"results, or recompute with --dtype fp32 (the default).")
+    return out
 
 
 def overview(study: Study) -> dict[str, Any]:
@@ -76,10 +88,10 @@ def overview(study: Study) -> dict[str, Any]:
         timings.append({"stage": "total", "seconds": sum(float(t["seconds"]) for t in timings)})
     legend = sorted({r.method for r in ready})
     items.insert(2, ("method colours", ", ".join(f"{m} {method_colour(m)}" for m in legend)))
-    return {"spec": items, "notes": list(spec.get("notes") or []),
+    return {"spec": items, "notes": list(spec.get("notes") or []) + low_precision_warnings(study),
             "evaluation": next(iter(evals)) if len(evals) == 1 else "",
             "settings": make_table(settings, caption="'changed from the protocol' lists the options that differ "
-                                   "from the metric's defaults, which are the study's protocol (paper.md §2)."),
+                                   "from the metric's defaults, which are the study's protocol (docs/study.md §2)."),
             "timings": make_table(timings) if timings else None}
 
 
@@ -102,7 +114,7 @@ def runs_section(study: Study, fig_dir: Path, fig_href: str, tables_dir: Path, h
     curve = training_curves(study.runs, fig_dir / "training_curves.png")
     if curve is not None:
         figs.append({"src": f"{fig_href}/{curve.name}", "caption": "training loss and validation perplexity "
-                     "(both definitions) vs step"})
+                     "(both definitions) vs step; colour per method, thin lines: seeds, thick: their mean"})
     return {"note": PPL_NOTE, "table": make_table(rows, cols, csv=f"{href}/runs.csv"), "figures": figs}
 
 

@@ -91,7 +91,7 @@ def method_is_baseline(method: str) -> bool:
 
 
 def method_colour(method: str) -> str:
-    """The method's fixed colour (paper.md §1.1), grey for an unknown method."""
+    """The method's fixed colour (docs/study.md §1.1), grey for an unknown method."""
     from ..analysis.plotting import method_colour as colour
 
     return colour(method)

@@ -1,13 +1,12 @@
 """Report figures: each metric's own plot() on its cached Results, plus the few report-level figures
 (training curves, matched-perplexity targets, downstream accuracy). Method colours are the fixed ones of
-paper.md §1.1 (Method.colour). Every figure reads files already gathered (collect.py), never a checkpoint.
+docs/study.md §1.1 (Method.colour). Every figure reads files already gathered (collect.py), never a checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..analysis.plotting import save_figure  # noqa: E402
+from ..analysis.plotting import SCALE_STYLES, method_legend, save_figure  # noqa: E402
+from ..errors import LensError  # noqa: E402
 from .collect import MetricData, RunInfo, method_colour  # noqa: E402
 
 log = logging.getLogger("lowrank_lens")
@@ -24,10 +24,21 @@ log = logging.getLogger("lowrank_lens")
 IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif")
 
 
+REPORT_FILE_SUFFIXES = (*IMAGE_SUFFIXES, ".csv", ".parquet")
+
+
 def fresh_dir(path: Path) -> Path:
-    """An empty folder at `path` (the report's own output: stale figures of an earlier report go)."""
+    """The folder at `path` without the figures and tables of an earlier report. Only files the report
+    writes (REPORT_FILE_SUFFIXES) and the folders they leave empty are removed, never anything else, so a
+    user's file that ended up there survives."""
+    if path.is_symlink():
+        raise LensError(f"report folder {path} is a symbolic link; refusing to clean through it — remove the link")
     if path.is_dir():
-        shutil.rmtree(path)
+        for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+            if p.is_file() and not p.is_symlink() and p.suffix.lower() in REPORT_FILE_SUFFIXES:
+                p.unlink()
+            elif p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
+                p.rmdir()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -46,34 +57,59 @@ def plot_metric(md: MetricData, out_dir: Path) -> tuple[list[Path], str]:
     return [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES], ""
 
 
-def _legend(ax) -> None:
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(fontsize=7)
+def _groups(runs: list[RunInfo]) -> dict[tuple[str, str], list[RunInfo]]:
+    """(method, scale) -> its runs (the seeds), baseline method first, then in run order."""
+    out: dict[tuple[str, str], list[RunInfo]] = {}
+    for r in sorted(runs, key=lambda r: not r.is_baseline):
+        out.setdefault((r.method, r.scale), []).append(r)
+    return out
+
+
+def _mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """The mean over seeds at the steps every seed has (seeds of one group log the same steps)."""
+    common = set.intersection(*({s for s, _ in c} for c in curves))
+    at = [dict(c) for c in curves]
+    return [(s, sum(d[s] for d in at) / len(at)) for s in sorted(common)]
+
+
+def _val_series(r: RunInfo, key: str) -> list[tuple[int, float]]:
+    val = {c["step"]: c for c in r.checkpoints}
+    for e in r.log:
+        if e.get("kind") == "val" and "val_ppl" in e:
+            val.setdefault(int(e["step"]), e)
+    pts = [(s, float(val[s].get(key, math.nan))) for s in sorted(val)]
+    return [(s, v) for s, v in pts if math.isfinite(v)]
+
+
+def _seed_lines(ax, curves: list[list[tuple[int, float]]], colour: str, ls: str, marker: str | None) -> None:
+    """One run: its line. Several seeds: each seed thin and pale, their mean thick, in the method's colour."""
+    curves = [c for c in curves if c]
+    if len(curves) == 1:
+        ax.plot(*zip(*curves[0], strict=True), color=colour, ls=ls, lw=1.2, marker=marker, ms=3)
+        return
+    for c in curves:
+        ax.plot(*zip(*c, strict=True), color=colour, ls=ls, lw=0.7, alpha=0.45)
+    mean = _mean_curve(curves)
+    if mean:
+        ax.plot(*zip(*mean, strict=True), color=colour, ls=ls, lw=1.8, marker=marker, ms=3)
 
 
 def training_curves(runs: list[RunInfo], path: Path) -> Path | None:
-    """Training loss, validation perplexity (token-weighted) and the reference definition vs step, one
-    line per run coloured by method."""
+    """Training loss, validation perplexity (token-weighted) and the reference definition vs step: colour
+    per method, line style per scale; with several seeds each seed is a thin line and their mean a thick
+    one. The legend lists each method once (and each scale), not each run."""
     runs = [r for r in runs if r.checkpoints or r.log]
     if not runs:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained")
-    for r in runs:
-        colour = method_colour(r.method)
-        train = [(e["step"], e["loss"]) for e in r.log if e.get("kind") == "train" and "loss" in e]
-        if train:
-            axes[0].plot(*zip(*train, strict=True), color=colour, lw=1, label=r.name)
-        val = {c["step"]: c for c in r.checkpoints}
-        for e in r.log:
-            if e.get("kind") == "val" and "val_ppl" in e:
-                val.setdefault(int(e["step"]), e)
-        steps = sorted(val)
+    scales = sorted({r.scale for r in runs})
+    groups = _groups(runs)
+    for (method, scale), group in groups.items():
+        colour, ls = method_colour(method), SCALE_STYLES[scales.index(scale) % len(SCALE_STYLES)]
+        train = [[(e["step"], e["loss"]) for e in r.log if e.get("kind") == "train" and "loss" in e] for r in group]
+        _seed_lines(axes[0], train, colour, ls, None)
         for ax, key in ((axes[1], "val_ppl"), (axes[2], "val_ppl_reference")):
-            pts = [(s, float(val[s].get(key, math.nan))) for s in steps]
-            pts = [(s, v) for s, v in pts if math.isfinite(v)]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), color=colour, marker="o", ms=3, label=r.name)
+            _seed_lines(ax, [_val_series(r, key) for r in group], colour, ls, "o")
     titles = ("training loss", "validation perplexity (token-weighted)", "validation perplexity (reference def.)")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=10)
@@ -81,26 +117,29 @@ def training_curves(runs: list[RunInfo], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[1].set_yscale("log")
     axes[2].set_yscale("log")
-    _legend(axes[1])
+    method_legend(axes[2], [m for m, _ in groups], scales)
     return save_figure(fig, path)
 
 
 def matched_figure(runs: list[RunInfo], matches: list[dict[str, Any]], path: Path) -> Path | None:
-    """Validation perplexity vs step per run (one panel per scale), each group's target as a dashed line
-    and each run's matched checkpoint as a large marker: how close each match is, at a glance."""
+    """Validation perplexity vs step per run (one panel per scale; colour per method, every seed a thin
+    line), each group's target as a dashed line and each run's matched checkpoint as a large marker: how
+    close each match is, at a glance. One legend entry per method."""
     if not matches:
         return None
     by_name = {r.name: r for r in runs}
     scales = sorted({str(m.get("scale")) for m in matches})
     fig, axes = plt.subplots(1, len(scales), figsize=(5.5 * len(scales), 3.8), squeeze=False, layout="constrained")
+    methods: list[str] = []
     for ax, scale in zip(axes[0], scales, strict=True):
         for m in (m for m in matches if str(m.get("scale")) == scale):
             run = by_name.get(m["run"])
             colour = method_colour(str(m["method"]))
+            methods.append(str(m["method"]))
             if run is not None:
                 pts = [(c["step"], c["val_ppl"]) for c in run.checkpoints if math.isfinite(c["val_ppl"])]
                 if pts:
-                    ax.plot(*zip(*pts, strict=True), color=colour, lw=1, alpha=0.7, label=m["run"])
+                    ax.plot(*zip(*pts, strict=True), color=colour, lw=0.9, alpha=0.7)
             if m.get("step") is not None and m.get("val_ppl") is not None:
                 ax.plot([m["step"]], [m["val_ppl"]], "o", ms=9, mfc="none", mec=colour, mew=2)
         for target in sorted({float(m["target"]) for m in matches if str(m.get("scale")) == scale}):
@@ -110,7 +149,7 @@ def matched_figure(runs: list[RunInfo], matches: list[dict[str, Any]], path: Pat
         ax.set_ylabel("val_ppl")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        _legend(ax)
+    method_legend(axes[0][-1], sorted(set(methods), key=methods.index))
     return save_figure(fig, path)
 
 
@@ -136,7 +175,9 @@ def downstream_figure(rows: list[dict[str, Any]], path: Path, value: str = "acc"
             ys.append(float(r[value]))
             err = r.get(f"{value}_std_seeds")
             es.append(float(err) if isinstance(err, (int, float)) and math.isfinite(float(err)) else 0.0)
-        ax.bar(xs, ys, width, yerr=es, color=method_colour(method[run]), label=run, capsize=2)
+        first = method[run] not in [method[r] for r in runs[:j]]  # one legend entry per method, not per run
+        ax.bar(xs, ys, width, yerr=es, color=method_colour(method[run]), label=method[run] if first else "_nolegend_",
+               capsize=2)
     chance: dict[int, float] = {}
     for i, task in enumerate(tasks):
         c = [r.get("chance") for r in rows if str(r["task"]) == task and isinstance(r.get("chance"), float)]

@@ -19,7 +19,7 @@ from .collect import method_colour
 MAX_ROWS = 300
 """Rows shown per HTML table; the CSV beside the report always holds all of them."""
 COLOUR_COLUMNS = ("method", "other_method", "method_a", "method_b")
-"""Columns whose values are method names, shown with the method's fixed colour (paper.md §1.1)."""
+"""Columns whose values are method names, shown with the method's fixed colour (docs/study.md §1.1)."""
 
 
 def fmt(v: Any) -> str:
@@ -103,6 +103,21 @@ figcaption{font-size:.8em;color:#666}
 pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:12px}
 details{margin:.3em 0}summary{cursor:pointer}
 dl.kv{display:grid;grid-template-columns:max-content auto;gap:2px 1em}dl.kv dt{font-weight:600}dl.kv dd{margin:0}
+p.generated{margin:.1em 0 .6em;font-size:.85em}
+section.summary{background:#f7f9fc;border:1px solid #d5dce8;border-radius:6px;padding:.2em 1.1em .6em;
+margin:.4em 0 1.4em}
+section.summary h2{margin:.3em 0 0;border-bottom:none;font-size:1.35em}
+section.summary h3{margin:1em 0 .2em;font-size:1.05em}
+p.lede{margin:.1em 0 .5em}
+table.verdicts{font-size:13px;width:100%}table.verdicts td{vertical-align:middle;white-space:normal}
+table.verdicts td.claimtext{max-width:40em;font-size:12.5px}
+.badge{display:inline-block;padding:1px 8px;border-radius:9px;font-weight:600;white-space:nowrap}
+.b-holds{background:#dff3df;color:#0d5a0d}.b-does-not-hold{background:#f8dddd;color:#8f1111}
+.b-inconclusive{background:#f6ecd2;color:#7a5300}
+table.headline{font-size:12px}table.headline td:first-child{white-space:normal;min-width:10em}
+figure.iv{margin:0;display:flex;align-items:center;gap:.7em}figure.iv figcaption{font-size:11px;max-width:12em}
+svg.iv text{font:9.5px system-ui,sans-serif;fill:#333}svg.iv text.lab{text-anchor:end}
+svg.iv line.axis{stroke:#999;stroke-width:1}svg.iv line.zero{stroke:#888;stroke-width:1;stroke-dasharray:3 2}
 """
 
 TEMPLATE = r"""<!DOCTYPE html>
@@ -126,10 +141,63 @@ TEMPLATE = r"""<!DOCTYPE html>
 <figcaption>{{ f.caption }}</figcaption></figure>{% endfor %}
 {%- endmacro -%}
 {%- macro unavailable(s) -%}<p class="na">Not available: {{ s.message }}</p>{%- endmacro -%}
+{%- macro interval(p) -%}
+<figure class="iv"><svg class="iv" width="{{ p.width }}" height="{{ p.height }}"
+ viewBox="0 0 {{ p.width }} {{ p.height }}" role="img" aria-label="{{ p.caption }}">{% set base = p.height - 12 %}
+{%- if p.zero is not none %}<line class="zero" x1="{{ p.zero }}" x2="{{ p.zero }}" y1="0" y2="{{ base }}"/>{% endif %}
+{%- for r in p.rows %}<g><title>{{ r.title }}</title>
+<text class="lab" x="{{ p.x0 - 5 }}" y="{{ r.y + 3 }}">{{ r.label }}</text>
+<line x1="{{ r.x_low }}" x2="{{ r.x_high }}" y1="{{ r.y }}" y2="{{ r.y }}" stroke="{{ r.line }}" stroke-width="2.2"/>
+<circle cx="{{ r.x_mean }}" cy="{{ r.y }}" r="2.7" fill="{{ r.dot }}"/></g>{% endfor %}
+<line class="axis" x1="{{ p.x0 }}" x2="{{ p.x1 }}" y1="{{ base }}" y2="{{ base }}"/>
+{%- for x, label in p.ticks %}
+<text x="{{ x }}" y="{{ base + 10 }}" text-anchor="{{ 'start' if loop.first else 'end' }}">{{ label }}</text>
+{%- endfor %}</svg>
+<figcaption class="muted">{{ p.caption }}
+{%- if p.more %}; {{ p.more }} more in the evidence{% endif %}</figcaption></figure>
+{%- endmacro -%}
 
 <h1>{{ title }}</h1>
-<p class="muted">Generated {{ generated }} by lowrank-lens {{ version }} from <code>{{ study_dir }}</code>.
-Everything below is read from the study's files (no checkpoint is loaded, no metric computed).</p>
+<p class="muted generated">Generated {{ generated }} by lowrank-lens {{ version }} from <code>{{ study_dir }}</code>;
+read from the study's files only (no checkpoint is loaded, no metric computed).</p>
+
+<section id="summary" class="summary">
+<h2>Findings</h2>
+<p class="lede">{{ summary.lede }}</p>
+{% if summary.claims %}
+<table class="verdicts" id="verdicts"><thead><tr><th>#</th><th>claim (docs/study.md &sect;5)</th><th>verdict</th>
+<th>what the verdict compared</th></tr></thead><tbody>
+{% for c in summary.claims %}<tr><td><a href="#claim-{{ c.id }}">{{ c.id }}</a></td>
+<td class="claimtext">{{ c.text }}</td>
+<td><span class="badge b-{{ c.verdict|replace(' ', '-') }}">{{ c.verdict }}</span></td>
+<td>{% if c.plot %}{{ interval(c.plot) }}{% else %}<a class="muted" href="#claim-{{ c.id }}">no interval: see the
+evidence</a>{% endif %}</td></tr>
+{% endfor %}</tbody></table>
+{% else %}<p class="na">Claims not available: {{ summary.claims_message }}</p>{% endif %}
+{% if summary.headline %}<h3>Headline metric per method, beside perplexity</h3>
+<p class="muted">{{ summary.headline.caption }}</p>
+<div class="tablewrap"><table class="headline" id="headline"><thead><tr><th>quantity (metric)</th>
+{%- for m, colour, n in summary.headline.methods %}<th><span class="sw" style="background:{{ colour }}"></span>{{ m }}
+{%- if n %} <span class="muted">({{ n }})</span>{% endif %}</th>{% endfor %}</tr></thead><tbody>
+{% for r in summary.headline.rows %}<tr title="{{ r.title }}"><td><strong>{{ r.label }}</strong>
+{%- if r.metric %} <span class="muted">({{ r.metric }})</span>{% endif %}</td>
+{%- for c in r.cells %}<td>{{ c }}</td>{% endfor %}</tr>
+{% endfor %}</tbody></table></div>{% endif %}
+<h3>Differences at matched perplexity</h3>
+{% for l in summary.matched.lines %}<p>{{ l }}</p>{% endfor %}
+{% if summary.matched.rows %}<div class="tablewrap"><table class="matched" id="matched-summary"><thead><tr>
+<th>headline column</th><th>pairs that differ</th><th>methods by their mean there, highest first</th></tr></thead>
+<tbody>
+{% for r in summary.matched.rows %}<tr><td>{{ r.column }}</td><td>{{ r.different }} of {{ r.compared }}</td>
+<td class="wrap">
+{%- for m, colour, sym in r.chain %}{% if sym %} <strong>{{ sym }}</strong> {% endif %}<span class="sw"
+ style="background:{{ colour }}"></span>{{ m }}{% endfor %}</td></tr>
+{% endfor %}</tbody></table></div>
+<p class="muted">&gt;: that adjacent pair differs (Welch, Holm-corrected, beyond the seed spread); &asymp;: its
+difference is not claimed. Every pair is in the <a href="#matched">matched-perplexity section</a>.</p>{% endif %}
+<p class="muted">Details follow: every setting, table and figure, the statistics, and each claim's evidence.</p>
+</section>
+
 <nav class="toc"><strong>Contents</strong><ul>
 {% for id, name, children in toc %}<li><a href="#{{ id }}">{{ name }}</a>{% if children %}<ul>
 {% for cid, cname in children %}<li><a href="#{{ cid }}">{{ cname }}</a></li>{% endfor %}</ul>{% endif %}</li>
@@ -195,11 +263,11 @@ options: <code>{{ m.config }}</code>; evaluation: <code>{{ m.evals }}</code>; ta
 {% for n in matched.notes %}<p class="note">{{ n }}</p>{% endfor %}
 {% else %}{{ unavailable(matched) }}{% endif %}
 
-<h2 id="claims">Claims (paper.md &sect;5)</h2>
+<h2 id="claims">Claims (docs/study.md &sect;5)</h2>
 {% if claims.available %}
 {% for p in claims.intro %}<p>{{ p }}</p>{% endfor %}
 <div class="tablewrap"><table><thead><tr><th>#</th><th>claim</th><th>verdict</th><th>evidence</th></tr></thead><tbody>
-{% for c in claims.claims %}<tr><td>{{ c.id }}</td><td class="wrap">{{ c.text }}</td>
+{% for c in claims.claims %}<tr id="claim-{{ c.id }}"><td>{{ c.id }}</td><td class="wrap">{{ c.text }}</td>
 <td class="v-{{ c.verdict|replace(' ', '-') }}">{{ c.verdict }}</td><td class="wrap">{{ c.evidence }}</td></tr>
 {% endfor %}</tbody></table></div>
 <p class="muted"><a href="{{ claims.csv }}">CSV</a></p>

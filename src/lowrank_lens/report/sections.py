@@ -3,7 +3,7 @@
 Each builder returns the context of one section and never raises: when its module (study/statistics.py,
 study/matched.py, study/claims.py) is missing or fails on these inputs, the section is rendered 'not
 available' with the reason, so the rest of the report stands. Differences smaller than the seed-to-seed
-spread are flagged, never claimed (statistics.pairwise_differences' verdict; paper.md §1.5).
+spread are flagged, never claimed (statistics.pairwise_differences' verdict; docs/study.md §1.5).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def matched_section(study: Study, tables_dir: Path, href: str, figure_dir: Path,
         cols = ["run", "method", "scale", "seed", "target", "target_source", "step", "tokens", "val_ppl", "gap",
                 "rel_gap", "reached", "note"]
         intro = ["Low-rank methods are compared with full-rank and with one another at matched validation "
-                 "perplexity (paper.md §3.1 item 1): per scale and seed the target is the worst (highest) final "
+                 "perplexity (docs/study.md §3.1 item 1): per scale and seed the target is the worst (highest) final "
                  "val_ppl among the methods, and each run contributes its checkpoint closest to it. The gap "
                  "(val_ppl - target, and relative to the target) says how close each match is; the match can "
                  "only be as fine as the checkpoint spacing."]
@@ -165,7 +165,7 @@ def matched_section(study: Study, tables_dir: Path, href: str, figure_dir: Path,
                          "target; circles: matched checkpoints"})
         all_rows = [r for md in study.metrics if md.cls.headline for r in md.rows]
         selected = select_rows(all_rows, matches)
-        tables, notes = [], []
+        tables, notes, pairs = [], [], []
         if selected:
             heads = {md.name: md.cls.headline for md in study.metrics if md.cls.headline}
             by = ("metric", "method", "other_method", "scale", "kind", "match")
@@ -177,7 +177,6 @@ def matched_section(study: Study, tables_dir: Path, href: str, figure_dir: Path,
                                                "std", "n", "ci_low", "ci_high", "flag"],
                                      csv=f"{href}/matched_metrics.csv",
                                      caption="Headline metric columns at the matched checkpoints, over seeds."))
-            pairs = []
             present = {r.get("metric") for r in selected}
             for name, head in heads.items():
                 if name in present:
@@ -198,7 +197,7 @@ def matched_section(study: Study, tables_dir: Path, href: str, figure_dir: Path,
                          "'all') to compare the methods there.")
         return {"available": True, "intro": intro, "matches": make_table(matches, cols,
                 csv=f"{href}/matched_checkpoints.csv"), "lines": describe_matches(matches), "figures": figs,
-                "tables": tables, "notes": notes, "collapsed": len(study.seeds) < 2}
+                "tables": tables, "notes": notes, "collapsed": len(study.seeds) < 2, "rows": matches, "pairs": pairs}
     except Exception as e:  # the section reports its failure; the report stands
         return _failed("matched-perplexity comparison", e)
 
@@ -231,7 +230,7 @@ def prediction_result(study: Study) -> Any:
 
 
 def claims_section(study: Study, tables_dir: Path, href: str) -> dict[str, Any]:
-    """The claims of paper.md §5 checked on this study's runs (study/claims.py): verdict and evidence."""
+    """The claims of docs/study.md §5 checked on this study's runs (study/claims.py): verdict and evidence."""
     try:
         from ..study.claims import check_claims
     except ImportError as e:
@@ -246,6 +245,6 @@ def claims_section(study: Study, tables_dir: Path, href: str) -> dict[str, Any]:
         intro = ["Each checkable claim of the paper, evaluated on these runs at each run's final step. An ordering "
                  "whose seed ranges (95% CI) overlap is inconclusive, never claimed; with one seed the values "
                  "are compared as they are (the evidence says n=1)."]
-        return {"available": True, "intro": intro, "claims": flat, "csv": f"{href}/claims.csv"}
+        return {"available": True, "intro": intro, "claims": flat, "csv": f"{href}/claims.csv", "objects": claims}
     except Exception as e:  # the section reports its failure; the report stands
         return _failed("claims check", e)

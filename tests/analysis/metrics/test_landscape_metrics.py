@@ -1,4 +1,4 @@
-"""Known answers for the landscape metrics (paper.md §2 L1-L5): landscape_random, landscape_pca and
+"""Known answers for the landscape metrics (docs/study.md §2 L1-L5): landscape_random, landscape_pca and
 trajectory_pca on the tiny runs (nano shapes, 8 evaluation rows)."""
 
 from __future__ import annotations
@@ -161,3 +161,12 @@ def test_es_rand_is_half_the_hessian_trace_times_mean_alpha_squared(tiny_runs):
     # The mean curve's second difference at 0 estimates the same trace (stderr of mean d^T H d).
     d2_se = r.scalars["es_stderr"] / (0.5 * mean_a2)
     assert abs(r.scalars["d2_at_zero"] - tr.mean) < 4 * float(np.hypot(tr.stderr, d2_se)) + 0.05 * tr.mean
+
+
+def test_evaluation_defaults_to_fp32_on_a_gpu_too(monkeypatch):
+    """auto was bf16 on CUDA (the study's choice), which moved ES_rand by +28%; now fp32 on every device."""
+    from lowrank_lens.analysis import context
+
+    monkeypatch.setattr(context, "parse_device", lambda device: torch.device("cuda"))
+    assert Context(EvalSettings()).dtype == torch.float32
+    assert Context(EvalSettings(dtype="bf16")).dtype == torch.bfloat16  # still there when asked for

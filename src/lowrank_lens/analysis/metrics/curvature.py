@@ -1,8 +1,8 @@
 """Curvature of L(theta) at a checkpoint: the top Hessian eigenvalue and the Hessian trace.
 
-The study's Hessian scripts (`8_...`) are absent from its code snapshot (paper.md §2, dimension 3
+The study's Hessian scripts (`8_...`) are absent from its code snapshot (docs/study.md §2, dimension 3
 "also referenced but not in the snapshot"), so this is our own, documented construction, and the direct
-measurement behind the random-direction sharpness of paper.md L1 (E[ES] ~ tr(H)/2 * mean alpha^2, see
+measurement behind the random-direction sharpness of docs/study.md L1 (E[ES] ~ tr(H)/2 * mean alpha^2, see
 maths/landscape.expected_sharpness). L is the token-weighted mean NLL on the evaluation tokens
 (maths/loss.py), H its Hessian w.r.t. the native parameterization's parameters:
 
@@ -12,11 +12,11 @@ maths/landscape.expected_sharpness). L is the token-weighted mean NLL on the eva
   set by a regular expression on parameter names.
 - top eigenvalue: Lanczos (lambda_max, the largest algebraic Ritz value; the smallest one is reported as
   bottom_eigenvalue) or power iteration, which converges to the eigenvalue of LARGEST MAGNITUDE (signed):
-  lambda_min when a negative eigenvalue dominates (PyHessian's meaning, ecosystem.md §2.3).
-- trace: Hutchinson with a fixed number of Rademacher probes and a normal-quantile confidence interval.
+  lambda_min when a negative eigenvalue dominates (PyHessian's meaning, docs/ecosystem.md §2.3).
+- trace: Hutchinson with a fixed number of Rademacher probes and a Student-t confidence interval.
 
 HVPs are exact double-backward (or forward-over-reverse) products, run by maths.curvature under the MATH
-SDPA kernel (the fused SDPA kernels have no double backward, ecosystem.md §2.3). The model is loaded in
+SDPA kernel (the fused SDPA kernels have no double backward, docs/ecosystem.md §2.3). The model is loaded in
 fp32 (or fp64) whatever the evaluation dtype, because second-order products in bf16 are noise.
 """
 
