@@ -30,7 +30,7 @@ import torch
 
 from lowrank_lens.optim import FiraAdamW, GaLoreAdamW
 
-# hidden, intermediate (methods.md §1.1 / presets.py)
+# hidden, intermediate (docs/methods.md §1.1 / presets.py)
 SHAPES = {"micro": (128, 352), "60m": (512, 1376), "130m": (768, 2048), "350m": (1024, 2736)}
 
 

@@ -1,5 +1,5 @@
 """Cost of each metric per checkpoint (or per pair / run), measured at reduced settings and scaled to the
-study's protocol (paper.md §2: 1000 sequences of 256 tokens, D = 100 directions x 25 points, ...).
+study's protocol (docs/study.md §2: 1000 sequences of 256 tokens, D = 100 directions x 25 points, ...).
 
 For each model shape a throwaway full-rank run is trained for 2 steps on the embedded corpus (the shape is
 all that matters for cost), then every metric is computed through its plugin with small settings and timed.

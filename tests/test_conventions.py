@@ -1,4 +1,4 @@
-"""design.md convention 2: method names appear only in methods/, optim/ and presets.py.
+"""docs/design.md convention 2: method names appear only in methods/, optim/ and presets.py.
 
 Code (identifiers and non-docstring strings) is checked; prose in docstrings, field docstrings (bare string
 statements) and comments may cite methods.

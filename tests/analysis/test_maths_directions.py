@@ -1,4 +1,4 @@
-"""Random, weight-SVD and trajectory-PCA directions (paper.md §2 L1-L5; ecosystem.md §2.1)."""
+"""Random, weight-SVD and trajectory-PCA directions (docs/study.md §2 L1-L5; docs/ecosystem.md §2.1)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The landscape engine: fast (vmap / loop) == the study's in-place reference, nothing mutated;
-and the interpolation curve and barrier built on it (paper.md §2 L1, I1/I2)."""
+and the interpolation curve and barrier built on it (docs/study.md §2 L1, I1/I2)."""
 
 from __future__ import annotations
 

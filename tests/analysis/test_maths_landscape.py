@@ -1,4 +1,4 @@
-"""Known answers for ES and DV (paper.md §2 L1/L2) and the centred-grid rule."""
+"""Known answers for ES and DV (docs/study.md §2 L1/L2) and the centred-grid rule."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Activation similarity: L2, relative L2, cosine and linear CKA (paper.md §2, A1-A4)."""
+"""Activation similarity: L2, relative L2, cosine and linear CKA (docs/study.md §2, A1-A4)."""
 
 from __future__ import annotations
 

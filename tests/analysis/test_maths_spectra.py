@@ -1,4 +1,4 @@
-"""Spectral metrics of matrices with known singular values (paper.md §2, S1-S6)."""
+"""Spectral metrics of matrices with known singular values (docs/study.md §2, S1-S6)."""
 
 from __future__ import annotations
 

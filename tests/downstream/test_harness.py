@@ -1,5 +1,5 @@
 """Checkpoints of every method through lm-evaluation-harness, checked against a direct log-likelihood
-computation, and cached so a second call computes nothing (paper.md §1.6)."""
+computation, and cached so a second call computes nothing (docs/study.md §1.6)."""
 
 from __future__ import annotations
 

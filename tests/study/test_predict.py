@@ -1,4 +1,4 @@
-"""Downstream prediction from perplexity vs perplexity + metrics (study/predict.py; paper.md §3.3, §5 item 7).
+"""Downstream prediction from perplexity vs perplexity + metrics (study/predict.py; docs/study.md §3.3, §5 item 7).
 
 Synthetic units with a planted relation, target = 0.9 - 0.15 log(ppl) + 0.03 good + small noise, check
 that the metric that drives the target gains R^2 over perplexity alone with a small permutation p-value,

@@ -65,6 +65,6 @@ def test_both_perplexity_definitions_match_a_direct_computation(nano_run):
             batch_means.append(out.loss.item())
     val = read_log(run_dir, "val")[-1]
     assert val["val_loss"] == pytest.approx(nll_sum / n_sum, rel=1e-5)
-    # The reference repos divide by (number of batches + 1) (methods.md §1.4).
+    # The reference repos divide by (number of batches + 1) (docs/methods.md §1.4).
     assert val["val_loss_reference"] == pytest.approx(sum(batch_means) / (len(batch_means) + 1), rel=1e-5)
     assert val["val_ppl_reference"] < val["val_ppl"]

@@ -1,1 +1,1 @@
-"""Analysis of trained checkpoints: the metrics of paper.md section 2."""
+"""Analysis of trained checkpoints: the metrics of docs/study.md section 2."""

@@ -1,4 +1,4 @@
-"""The metric seam (design.md "Metric plugin"): a metric is one class in `analysis/metrics/<name>.py`.
+"""The metric seam (docs/design.md "Metric plugin"): a metric is one class in `analysis/metrics/<name>.py`.
 
     class MyMetric(Metric):
         name = "my_metric"; dimension = "spectra"; subject_kind = "checkpoint"

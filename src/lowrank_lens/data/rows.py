@@ -1,6 +1,6 @@
 """Documents -> fixed-length token rows (int32 [N, seq_len], -1 = masked), and rows -> model inputs.
 
-Two modes (methods.md §1.2):
+Two modes (docs/methods.md §1.2):
 - `pad`, the reference recipe: each document on its own, truncated so that it ends in EOS, then padded;
   the positions after the document are -1. A tokenizer that adds EOS itself (T5's `</s>`) is encoded
   with max_length=seq_len and not given a second EOS (ReLoRA's pretokenizer doubles it); any other gets

@@ -4,7 +4,7 @@ Contract shared by both implementations: `rows(step, batch_size, rank, world)` r
 contiguous slice [rank*b, (rank+1)*b) (b = batch_size // world) of the GLOBAL batch number `step`, which
 covers rows [step*batch_size, (step+1)*batch_size) of one fixed row sequence. The sequence does not depend
 on the number of processes, so 1 and 2 processes train on the same data, unlike the reference's
-`split_dataset_by_node` (methods.md §1.2), and a resumed run sees what an uninterrupted one would have.
+`split_dataset_by_node` (docs/methods.md §1.2), and a resumed run sees what an uninterrupted one would have.
 """
 
 from __future__ import annotations

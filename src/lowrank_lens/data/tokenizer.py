@@ -1,6 +1,6 @@
 """Tokenizers: a byte-level BPE trained on the corpus (offline, cached), or any HF tokenizer by name/path.
 
-The BPE (ecosystem.md §6.3) is `tokenizers`' byte-level BPE: ByteLevel pre-tokenizer and decoder, the
+The BPE (docs/ecosystem.md §6.3) is `tokenizers`' byte-level BPE: ByteLevel pre-tokenizer and decoder, the
 256-byte initial alphabet (so no text is ever <unk>), special tokens `<unk> <s> </s> <pad>` (ids 0-3) and
 vocab_size = the model's vocabulary. It has no post-processor: EOS is appended by the row builder, which
 handles tokenizers that add EOS themselves (T5) and those that do not alike.

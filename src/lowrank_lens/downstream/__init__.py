@@ -1,4 +1,4 @@
-"""Downstream zero-shot evaluation of trained runs with EleutherAI's lm-evaluation-harness (paper.md §1.6).
+"""Downstream zero-shot evaluation of trained runs with EleutherAI's lm-evaluation-harness (docs/study.md §1.6).
 
 Needs the optional `[eval]` extra (lm-eval with its `[hf]` extra). Public API:
 

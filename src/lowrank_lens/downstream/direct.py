@@ -1,6 +1,6 @@
 """Multiple-choice scoring computed directly from a causal LM's logits, without lm-eval.
 
-This restates what lm-evaluation-harness's `loglikelihood` computes for a decoder-only model (paper.md §1.6:
+This restates what lm-evaluation-harness's `loglikelihood` computes for a decoder-only model (docs/study.md §1.6:
 zero-shot `acc` = the choice whose continuation has the highest summed log-probability given the prompt;
 `acc_norm` divides by the continuation's length in characters), so the harness's answers can be checked
 against an independent computation (tests/downstream) and single questions can be inspected by hand.

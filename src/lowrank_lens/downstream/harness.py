@@ -1,4 +1,4 @@
-"""Running checkpoints through lm-evaluation-harness (paper.md §1.6: zero-shot, acc, several seeds).
+"""Running checkpoints through lm-evaluation-harness (docs/study.md §1.6: zero-shot, acc, several seeds).
 
 Every method's checkpoint is a LlamaForCausalLM (CoLA, SLTrain and ReLoRA replace target Linear modules
 inside it; GaLore and Fira train plain weights), so lm-eval's `HFLM(pretrained=model, tokenizer=tok)` scores

@@ -1,4 +1,4 @@
-"""Accuracy, its standard errors and the spread over evaluation seeds (paper.md §1.6: acc, mean ± std over seeds).
+"""Accuracy, its standard errors and the spread over evaluation seeds (docs/study.md §1.6: acc, mean ± std over seeds).
 
 A table unit is one task, or one group averaged over its leaf tasks the way lm-eval averages it ("size":
 weighted by the number of examples; "equal": mean of the leaf means, as for BLiMP). For a unit:

@@ -1,8 +1,8 @@
 """Which lm-evaluation-harness tasks to run, how to find them offline, and what identifies them in the cache.
 
 A task argument is one of:
-  - a preset: "study" (the paper's inferred set, paper.md §1.6) or "commonsense" (the LLaMA zero-shot suite,
-    ecosystem.md §5);
+  - a preset: "study" (the paper's inferred set, docs/study.md §1.6) or "commonsense" (the LLaMA zero-shot suite,
+    docs/ecosystem.md §5);
   - "lens_mc", the project's own Python smoke test (tasks/lens_mc/; not a benchmark);
   - a JSONL file of {"question", "choices", "label"} rows, turned into a multiple-choice task by a dict config
     (prompt "Question: {question}\\nAnswer:", choices scored after a space, acc and acc_norm);
@@ -34,10 +34,10 @@ from urllib.parse import urlparse
 from ..errors import LensError
 
 PRESETS: dict[str, list[str]] = {
-    # paper.md §1.6: PIQA, COPA, MRPC, RTE, MNLI, ARC-Easy, BLiMP, SST-2 (lm-eval 0.4.13 names; rte and mrpc,
+    # docs/study.md §1.6: PIQA, COPA, MRPC, RTE, MNLI, ARC-Easy, BLiMP, SST-2 (lm-eval 0.4.13 names; rte and mrpc,
     # mnli, sst2 are the GLUE versions, copa the SuperGLUE one, blimp the group averaging its 67 subtasks).
     "study": ["piqa", "copa", "mrpc", "rte", "mnli", "arc_easy", "blimp", "sst2"],
-    # ecosystem.md §5: the LLaMA commonsense zero-shot suite.
+    # docs/ecosystem.md §5: the LLaMA commonsense zero-shot suite.
     "commonsense": ["arc_easy", "arc_challenge", "boolq", "hellaswag", "openbookqa", "piqa", "social_iqa",
                     "winogrande"],
 }

@@ -1,6 +1,6 @@
 """Which checkpoint of each run to compare: matched validation perplexity, equal steps, or equal tokens.
 
-The paper's first claim (paper.md §3.1 item 1, §5 item 3) is that low-rank methods differ from full-rank
+The paper's first claim (docs/study.md §3.1 item 1, §5 item 3) is that low-rank methods differ from full-rank
 and from one another "even when validation perplexity is close". Comparing every method at its final step
 mixes that question with "which method trained further": a better-trained solution may be sharper or more
 separated just because it is further along. So, per group of runs that share a scale and seed:

@@ -1,6 +1,6 @@
 """Predict downstream accuracy from validation perplexity alone vs perplexity plus solution metrics.
 
-The paper (paper.md §3.1 item 6, §5 item 7) says that adding geometric and spectral metrics to perplexity
+The paper (docs/study.md §3.1 item 6, §5 item 7) says that adding geometric and spectral metrics to perplexity
 "improves prediction of downstream performance", but not with which model or score (§3.3: unknown). This
 module implements §3.3's INFERRED design, with every choice explicit and configurable:
 

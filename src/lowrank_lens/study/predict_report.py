@@ -1,4 +1,4 @@
-"""Tables and the figure of the downstream-prediction study (predict.py; paper.md §3.3, §5 item 7).
+"""Tables and the figure of the downstream-prediction study (predict.py; docs/study.md §3.3, §5 item 7).
 
 `write_prediction_report(result, out_dir)` writes, each file atomically (temporary sibling, then rename,
 so an interrupted write never leaves half a file):

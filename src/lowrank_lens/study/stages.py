@@ -1,6 +1,6 @@
 """The downstream and prediction stages of a study, and the `predict` command's input gathering.
 
-Prediction units are runs at their final checkpoint (paper.md §3.3, inferred design): the target is the
+Prediction units are runs at their final checkpoint (docs/study.md §3.3, inferred design): the target is the
 mean zero-shot accuracy over the evaluated tasks, the features are the final validation perplexity plus
 one headline column per metric (`Metric.headline`; e.g. landscape_random.es) or the columns asked for.
 Metric values come from the analysis tables (`<analysis>/<metric>.csv`), so they are exactly what the

@@ -1,6 +1,6 @@
 """Multi-seed statistics over metric tables: mean and 95% CI per group, and pairwise method differences.
 
-The paper criticises comparisons that rest on single-seed perplexities (paper.md §1.5) but its own code has
+The paper criticises comparisons that rest on single-seed perplexities (docs/study.md §1.5) but its own code has
 no multi-seed launcher, so whether its orderings (§3.1, §5) exceed seed-to-seed variation is unknown. This
 module makes that explicit for the user's runs:
 

@@ -1,4 +1,4 @@
-"""Known answers of the interpolation metrics (paper.md I1, I2) and the update spectra (S4-S6), on the
+"""Known answers of the interpolation metrics (docs/study.md I1, I2) and the update spectra (S4-S6), on the
 tiny trained runs of every method (conftest.tiny_runs)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pure tensor maths of the metrics (paper.md §2): no run directories, caching or plotting.
+"""Pure tensor maths of the metrics (docs/study.md §2): no run directories, caching or plotting.
 
 Metric plugins wrap these. Modules: loss (token batches, L(theta)), directions (random / weight-SVD /
 trajectory-PCA directions), landscape (ES, DV, evaluation engine), interpolation (curves, barriers),

@@ -1,11 +1,11 @@
 """Curvature of L at theta0: Hessian-vector products, top eigenvalue, trace, and the finite-difference
-second derivative of a 1-D curve (the curvature reading of paper.md §2 L1/L3; Hessian metrics are the
+second derivative of a 1-D curve (the curvature reading of docs/study.md §2 L1/L3; Hessian metrics are the
 study's `8_...` scripts, absent from its code snapshot, so this is our own, documented construction).
 
 Hessian operators act on flat fp vectors over the parameters of params0 (in dict order), so the
 eigen/trace routines below take any `matvec: Tensor[P] -> Tensor[P]`, and are tested on explicit
 matrices. HF's default sdpa attention has no double-backward (nor forward-mode) kernel on CPU, so the
-HVP runs under `sdpa_kernel(SDPBackend.MATH)` (ecosystem.md §2.3).
+HVP runs under `sdpa_kernel(SDPBackend.MATH)` (docs/ecosystem.md §2.3).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def power_iteration(matvec: Callable[[Tensor], Tensor], dim: int, n_iter: int = 
                     seed: int = 0, dtype: torch.dtype = torch.float64) -> PowerResult:
     """Power iteration. NOTE: it converges to the eigenvalue of largest magnitude, which is lambda_min
     when the Hessian has a negative eigenvalue larger in size than lambda_max (PyHessian's top
-    eigenvalue has this meaning; ecosystem.md §2.3). Use `lanczos` for lambda_max itself.
+    eigenvalue has this meaning; docs/ecosystem.md §2.3). Use `lanczos` for lambda_max itself.
     Converged when the Rayleigh quotient changes by less than tol (relative) between iterations.
     """
     v = _unit(dim, seed, dtype)
@@ -181,7 +181,7 @@ class TraceEstimate:
 def hutchinson_trace(matvec: Callable[[Tensor], Tensor], dim: int, n_probes: int = 30, *, seed: int = 0,
                      confidence: float = 0.95, dtype: torch.dtype = torch.float64) -> TraceEstimate:
     """tr(H) ~= mean_i z_i^T H z_i with Rademacher z_i, over a FIXED number of probes (no early stop:
-    PyHessian's rule stopped after 2 probes, ecosystem.md §2.3). The interval is mean +- q * stderr with
+    PyHessian's rule stopped after 2 probes, docs/ecosystem.md §2.3). The interval is mean +- q * stderr with
     q the Student t quantile with n_probes - 1 degrees of freedom: the normal quantile covered only ~91%
     at 10 probes on a dense Hessian (the t interval: ~94.5%, tested). For a Hessian dominated by a few large
     eigenvalues z^T H z is skewed and even the t interval covers somewhat less (~90% at 10 probes).

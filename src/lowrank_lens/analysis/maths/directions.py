@@ -1,4 +1,4 @@
-"""Directions in parameter space for 1-D loss landscapes (paper.md §2, L1-L5; ecosystem.md §2.1).
+"""Directions in parameter space for 1-D loss landscapes (docs/study.md §2, L1-L5; docs/ecosystem.md §2.1).
 
 A direction is a dict {parameter name: tensor shaped like the parameter}. Three families:
 
@@ -96,12 +96,12 @@ def random_direction(params: Mapping[str, Tensor], seed: int, index: int = 0, *,
 
 def random_directions(params: Mapping[str, Tensor], n: int, seed: int, *, norm: str = "none",
                       one_d: str | None = None) -> list[Direction]:
-    """Directions 0..n-1 of the family `seed` (paper.md L1: the study uses n = 100, unnormalised)."""
+    """Directions 0..n-1 of the family `seed` (docs/study.md L1: the study uses n = 100, unnormalised)."""
     return [random_direction(params, seed, i, norm=norm, one_d=one_d) for i in range(n)]
 
 
 def weight_svd_directions(params: Mapping[str, Tensor], k: int, variant: str = "svd_sigma") -> list[Direction]:
-    """Components 1..k of the study's per-matrix singular directions ("top-K PCA", paper.md L3-L5).
+    """Components 1..k of the study's per-matrix singular directions ("top-K PCA", docs/study.md L3-L5).
 
     For each matrix W = U diag(s) V^T (tensors with ndim >= 2 are read as [shape[0], -1]) component j is
     u_j v_j^T ('unit', unit Frobenius norm) or s_j u_j v_j^T ('sigma'); 1-D tensors get d = w ('radial')
@@ -146,7 +146,7 @@ def trajectory_pca(checkpoints: Sequence[Mapping[str, Tensor]], n_components: in
     """PCA of the rows theta_i - theta_final (Li et al. 2018, `setup_PCA_directions`), without stacking them.
 
     Equal to sklearn's PCA(n_components).fit(X) on X[n, P] = stacked rows (sklearn centres X), computed
-    as in ecosystem.md §2.1: the Gram matrix G = X X^T is accumulated one parameter block at a time
+    as in docs/ecosystem.md §2.1: the Gram matrix G = X X^T is accumulated one parameter block at a time
     (fp64), centred as C G C with C = I - 11^T/n, eigendecomposed, and each axis is formed block by block
     as v_j = X^T u_j / sigma_j. X may stay uncentred there because u_j (an eigenvector with sigma_j > 0
     of C G C) is orthogonal to the ones vector, so X_c^T u_j = X^T C u_j = X^T u_j.

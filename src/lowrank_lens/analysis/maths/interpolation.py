@@ -1,4 +1,4 @@
-"""1-D linear interpolation between two parameter sets and its barrier (paper.md §2, I1 and I2).
+"""1-D linear interpolation between two parameter sets and its barrier (docs/study.md §2, I1 and I2).
 
 The curve L(alpha) = L((1 - alpha) theta_a + alpha theta_b) is the landscape engine run along the single
 direction theta_b - theta_a from theta_a, so it shares the engine's batching and never mutates either
@@ -24,7 +24,7 @@ BASELINES = ("midpoint", "linear")
 def interpolation_curve(model: torch.nn.Module, params_a: Mapping[str, Tensor], params_b: Mapping[str, Tensor],
                         alphas: Sequence[float] | Tensor, batches: Iterable[Batch], *, method: str = "auto",
                         chunk_size: int | None = 4) -> Tensor:
-    """L((1 - alpha) theta_a + alpha theta_b) for each alpha, fp64 [G] (paper.md I1/I2).
+    """L((1 - alpha) theta_a + alpha theta_b) for each alpha, fp64 [G] (docs/study.md I1/I2).
 
     Both dicts must name the same tensors with the same shapes (dense weights of one architecture; the
     study materialises ReLoRA/SLTrain before I2). The study's grid is linspace(0, 1, 21).
@@ -57,7 +57,7 @@ class Barrier:
 def interpolation_barrier(curve: Tensor, alphas: Sequence[float] | Tensor, baseline: str = "midpoint") -> Barrier:
     """Barrier of a curve over a grid that contains alpha = 0 and alpha = 1 and interior points.
 
-    baseline 'midpoint' (the study's IMIB, paper.md I2):  max_{0<a<1} L(a) - (L(0) + L(1)) / 2.
+    baseline 'midpoint' (the study's IMIB, docs/study.md I2):  max_{0<a<1} L(a) - (L(0) + L(1)) / 2.
     baseline 'linear'   (Frankle et al. 2020):            max_{0<a<1} L(a) - ((1 - a) L(0) + a L(1)).
     The max runs over interior grid points only, so a monotone curve can give a negative barrier (the
     number is reported as is, not clipped at 0). Grid points outside [0, 1] are ignored.

@@ -1,4 +1,4 @@
-"""1-D loss landscapes: the scalars ES and DV (paper.md §2, L1-L5) and the engine that evaluates
+"""1-D loss landscapes: the scalars ES and DV (docs/study.md §2, L1-L5) and the engine that evaluates
 L(theta0 + alpha d) for many directions d and step sizes alpha on one fixed token set.
 
 Engine. `losses_along_directions` never writes to a parameter: every point is a functional call with a
@@ -27,7 +27,7 @@ ENGINE_METHODS = ("auto", "vmap", "loop", "compiled")
 def centre_index(alphas: Sequence[float] | Tensor, rtol: float = 1e-9) -> int:
     """Index c of alpha = 0 on a grid symmetric about it (alpha[c+k] = -alpha[c-k], k = 1..K).
 
-    Raises LensError otherwise. The study's 26-point PCA grid (paper.md L3, variant B) fails here on
+    Raises LensError otherwise. The study's 26-point PCA grid (docs/study.md L3, variant B) fails here on
     purpose: its "centre" index 13 is alpha = +0.002, a bug we do not reproduce. Tolerance is relative to
     max |alpha| so that np.arange grids (centre ~1e-19, not exactly 0) pass.
     """
@@ -45,7 +45,7 @@ def centre_index(alphas: Sequence[float] | Tensor, rtol: float = 1e-9) -> int:
 
 
 def expected_sharpness(curves: Tensor, alphas: Sequence[float] | Tensor) -> float:
-    """ES of paper.md L1 (and L3/L4 on PCA curves): the mean symmetric rise of the mean curve.
+    """ES of docs/study.md L1 (and L3/L4 on PCA curves): the mean symmetric rise of the mean curve.
 
     curves [D, G] (or [G]); Lbar = mean over directions; c = centre_index(alphas), K = (G - 1) / 2:
         ES = (1/K) sum_{k=1..K} [ (Lbar(alpha_{c+k}) + Lbar(alpha_{c-k})) / 2 - Lbar(alpha_c) ].
@@ -66,7 +66,7 @@ def expected_sharpness(curves: Tensor, alphas: Sequence[float] | Tensor) -> floa
 
 
 def direction_variance(curves: Tensor) -> float:
-    """DV of paper.md L2/L5: mean over grid points of the population variance across directions.
+    """DV of docs/study.md L2/L5: mean over grid points of the population variance across directions.
 
     curves [D, G]. DV = (1/G) sum_j Var_d[L_d(alpha_j)] (ddof = 0, like numpy's var; the centre point,
     where the variance is 0, is included as in the study). For a quadratic loss on a symmetric grid,

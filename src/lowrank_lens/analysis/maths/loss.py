@@ -1,7 +1,7 @@
 """Token batches and the loss L(theta) every landscape, interpolation and curvature metric evaluates.
 
 L(theta) is the token-weighted mean next-token NLL over a fixed token set, with positions whose label is
--100 excluded (paper.md §2 "Shared evaluation protocol"). Deviation: the study averages per-batch means,
+-100 excluded (docs/study.md §2 "Shared evaluation protocol"). Deviation: the study averages per-batch means,
 which weights a short final batch like a full one; a token-weighted mean does not depend on how the
 token set is cut into batches. Labels follow the HF causal-LM convention: `labels[b, t]` is the target of
 position t and the shift (logits at t predict labels at t+1) happens here.

@@ -1,4 +1,4 @@
-"""Activation similarity between a baseline X and a target Y, token by token (paper.md §2, A1-A4).
+"""Activation similarity between a baseline X and a target Y, token by token (docs/study.md §2, A1-A4).
 
 Rows are token vectors: hidden states [B, T, H] are read as [B*T, H] (tokens are the examples, as in
 the study). Per layer:

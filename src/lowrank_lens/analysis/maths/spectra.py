@@ -1,7 +1,7 @@
-"""Spectral structure of weights W and of learned updates dW (paper.md §2, dimension 3: S1-S6).
+"""Spectral structure of weights W and of learned updates dW (docs/study.md §2, dimension 3: S1-S6).
 
 `singular_values` batches same-shaped matrices into one svdvals call and turns wide matrices tall first
-(ecosystem.md §3.2: LAPACK is ~3.6x faster on the tall orientation; the singular values are the same).
+(docs/ecosystem.md §3.2: LAPACK is ~3.6x faster on the tall orientation; the singular values are the same).
 `spectral_metrics` turns one spectrum into the study's per-matrix scalars; `mean_metrics` is the
 unweighted mean across matrices the study reports per checkpoint. `update_norms` gives the update
 magnitudes of S4 for dW = W_after - W_before.
@@ -130,7 +130,7 @@ def weight_updates(before: Mapping[str, Tensor], after: Mapping[str, Tensor]) ->
 
 @dataclass
 class UpdateNorms:
-    """Update magnitudes (paper.md S4) of dW = W_after - W_before."""
+    """Update magnitudes (docs/study.md S4) of dW = W_after - W_before."""
 
     fro: dict[str, float]  # ||dW||_F per matrix
     relative: dict[str, float]  # ||dW||_F / ||W_before||_F per matrix (inf if W_before = 0)

@@ -1,4 +1,4 @@
-"""Activation similarity of a run to the full-rank reference at the same step (paper.md §2, dimension 4).
+"""Activation similarity of a run to the full-rank reference at the same step (docs/study.md §2, dimension 4).
 
 Both checkpoints run in their native parameterization on the same evaluation batches with
 `output_hidden_states=True`. Per hidden-state index l = 0 (embedding output) .. n_layers (last block,
@@ -13,7 +13,7 @@ rows mark padding with -1, which the context turns into pad_id inputs and -100 l
 position (labels are unshifted, HF convention), so `labels != -100` (or `attention_mask`, when a batch
 has one) selects exactly the real inputs. The hidden state at t depends on inputs <= t only, so every
 counted state is a function of real tokens; a row's last real token (EOS) counts although it has no
-next-token target. unmasked=True is the study's variant (paper.md §2 A1-A4): every position, padding
+next-token target. unmasked=True is the study's variant (docs/study.md §2 A1-A4): every position, padding
 included (N = 1000 x 256), with the attention mask passed as the study does (the padding positions'
 states then attend to the real tokens only). On packed rows (no padding) both agree exactly.
 """
@@ -50,7 +50,7 @@ SCALAR_NAMES = {"cka": "cka", "cosine": "cosine", "mean_l2": "l2", "relative_l2"
 class ActivationSimilarityConfig:
     unmasked: bool = False
     """False (default): count only positions whose input token is real (padding excluded). True: the
-    study's variant, every position including padding (paper.md §2 A1-A4)."""
+    study's variant, every position including padding (docs/study.md §2 A1-A4)."""
     max_tokens: int = 0
     """Count at most this many token positions (the first ones in batch order, after masking) and stop
     running batches once reached; 0 = all positions of the evaluation set."""
@@ -100,7 +100,7 @@ class ActivationSimilarity(Metric):
     Config = ActivationSimilarityConfig
     definition = ("Per hidden state (embedding output .. final norm), mean L2 distance, relative L2, mean cosine "
                   "and linear CKA between a run's and the full-rank reference's token activations at the same "
-                  "step (paper.md A1-A4); padding excluded unless unmasked=True.")
+                  "step (docs/study.md A1-A4); padding excluded unless unmasked=True.")
 
     def compute(self, subject: Subject, ctx: Context) -> Result:
         target_ref, base_ref = subject.checkpoints  # [0] the run's checkpoint, [1] the reference's
@@ -141,7 +141,7 @@ class ActivationSimilarity(Metric):
 
     def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
         """Per-layer, mean-over-layers and last-layer metrics vs step, and a runs x layers heatmap at each
-        run's last step (paper.md §4 figure 6 a-d), one set per model scale."""
+        run's last step (docs/study.md §4 figure 6 a-d), one set per model scale."""
         files: list[Path] = []
         by_scale: dict[str, list[Result]] = defaultdict(list)
         for r in results:

@@ -1,4 +1,4 @@
-"""Inter-Method Interpolation Barrier, IMIB (paper.md §2, dimension 2: I2).
+"""Inter-Method Interpolation Barrier, IMIB (docs/study.md §2, dimension 2: I2).
 
 At one training step, two runs of different methods (same scale and seed, hence the same tokens) are
 loaded as plain LLaMA models with their effective dense weights (ReLoRA W0 + s B A, SLTrain s B A + S;
@@ -68,7 +68,7 @@ class IMIB(Metric):
     Config = IMIBConfig
     definition = ("Inter-method interpolation barrier: at the same step, max_{0<a<1} L((1-a) W_A + a W_B) minus "
                   "the endpoint mean, between two methods' dense weights (pairs with a method that has none "
-                  "are skipped with the reason; paper.md I2).")
+                  "are skipped with the reason; docs/study.md I2).")
 
     def compute(self, subject: Subject, ctx: Context) -> Result:
         for run in subject.runs:

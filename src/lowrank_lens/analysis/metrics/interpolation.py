@@ -1,4 +1,4 @@
-"""1-D linear interpolation between consecutive checkpoints of one run (paper.md §2, dimension 2: I1).
+"""1-D linear interpolation between consecutive checkpoints of one run (docs/study.md §2, dimension 2: I1).
 
 For each pair (theta_t, theta_{t+1}) of successive saved checkpoints, and for (first, last) = init->final
 (the subject label says which): L(alpha) = L((1 - alpha) theta_t + alpha theta_{t+1}) on
@@ -7,7 +7,7 @@ alpha = linspace(0, 1, 21), in the method's own parameterization: every paramete
 interpolated, so they must agree at both ends (SLTrain's sparse support is fixed within a run); a
 mismatch is an error, not a silent choice of one end.
 
-The study stores only the curves; the scalar is INFERRED (paper.md I1): the barrier of the same form as
+The study stores only the curves; the scalar is INFERRED (docs/study.md I1): the barrier of the same form as
 IMIB, max_{0<a<1} L(a) - (L(0) + L(1)) / 2, and always also the Frankle et al. (2020) form
 max_{0<a<1} L(a) - ((1 - a) L(0) + a L(1)). A barrier near 0 (or negative) means a monotone, linearly
 connected path between the checkpoints. Caveat: where the loss falls a lot between the two checkpoints
@@ -129,7 +129,7 @@ class Interpolation(Metric):
     Config = InterpolationConfig
     definition = ("Loss along the straight line (1-a) theta_t + a theta_t+1 between consecutive checkpoints "
                   "(and init->final) in the method's own parameterization; barrier = max_{0<a<1} L(a) minus "
-                  "the endpoint mean, plus the Frankle et al. linear-baseline form (paper.md I1).")
+                  "the endpoint mean, plus the Frankle et al. linear-baseline form (docs/study.md I1).")
 
     def compute(self, subject: Subject, ctx: Context) -> Result:
         ca, cb = subject.checkpoints

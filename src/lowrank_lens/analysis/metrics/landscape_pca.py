@@ -1,4 +1,4 @@
-"""1-D loss landscape along the study's "top-K PCA" directions: ES_pca1, ES_pcaK, DV_pcaK (paper.md §2,
+"""1-D loss landscape along the study's "top-K PCA" directions: ES_pca1, ES_pcaK, DV_pcaK (docs/study.md §2,
 L3-L5).
 
 What the study's code calls PCA is NOT a PCA of the optimisation trajectory (that is `trajectory_pca`):
@@ -44,7 +44,7 @@ from .landscape_random import (
 )
 
 STUDY_ALPHA_MAX = {"svd_sigma": 0.05, "svd_unit": 0.25, "svd_unit_zero": 0.05}
-"""The study's grid half-width per variant (paper.md L3; 'svd_unit_zero' shares variant B's script)."""
+"""The study's grid half-width per variant (docs/study.md L3; 'svd_unit_zero' shares variant B's script)."""
 
 
 @dataclass
@@ -92,7 +92,7 @@ class LandscapePCA(Metric):
     Config = LandscapePCAConfig
     definition = ("ES and DV of L(theta + alpha d_j) along the study's 'top-K PCA' directions: per weight matrix "
                   "of the same checkpoint, the j-th singular slice s_j u_j v_j^T (not a trajectory PCA); ES_pca1, "
-                  "ES_pcaK and DV_pcaK over the mean/variance of the first K curves (paper.md L3-L5).")
+                  "ES_pcaK and DV_pcaK over the mean/variance of the first K curves (docs/study.md L3-L5).")
 
     def compute(self, subject: Subject, ctx: Context) -> Result:
         cfg = self.cfg

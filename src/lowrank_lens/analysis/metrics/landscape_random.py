@@ -1,4 +1,4 @@
-"""1-D loss landscape along random Gaussian directions: ES_rand and DV_rand (paper.md §2, L1 and L2).
+"""1-D loss landscape along random Gaussian directions: ES_rand and DV_rand (docs/study.md §2, L1 and L2).
 
 For D directions d_i (every parameter tensor of the checkpoint in its trained parameterization, i.i.d.
 N(0, 1): embeddings, RMSNorm gains, LM head, CoLA/SLTrain factors, ReLoRA's frozen W0 and adapters alike;
@@ -99,7 +99,7 @@ def curves_along(ctx: Context, model: torch.nn.Module, params0: Mapping[str, Ten
 
 
 def curve_scalars(curves: Tensor, alphas: np.ndarray, suffix: str = "") -> dict[str, float]:
-    """ES, DV (paper.md L1/L2 formulas, maths/landscape.py) of curves [D, G] with `suffix` on the names."""
+    """ES, DV (docs/study.md L1/L2 formulas, maths/landscape.py) of curves [D, G] with `suffix` on the names."""
     return {f"es{suffix}": finite_or_nan(expected_sharpness(curves, alphas)),
             f"dv{suffix}": finite_or_nan(direction_variance(curves))}
 
@@ -114,7 +114,7 @@ def _by_step(results: list[Result]) -> dict[int, list[Result]]:
 def landscape_grid(results: list[Result], path: Path, curves: Callable[[Result], np.ndarray], band: bool,
                    title: str, ylabel: str = "val loss") -> Path | None:
     """One panel per checkpoint step (4 columns), one mean curve per run coloured by method and, with
-    `band`, a +-3 sigma band across directions (paper.md §4 figures 1-2). curves(r) -> [D, G]."""
+    `band`, a +-3 sigma band across directions (docs/study.md §4 figures 1-2). curves(r) -> [D, G]."""
     groups = _by_step(results)
     if not groups:
         return None
@@ -201,7 +201,7 @@ class LandscapeRandom(Metric):
     Config = LandscapeRandomConfig
     definition = ("Expected sharpness ES (mean symmetric rise of the mean curve above alpha=0) and direction "
                   "variance DV (mean over alpha of the variance across directions) of L(theta + alpha d) along "
-                  "100 Gaussian directions d over all parameters, alpha in [-0.003, 0.003] (paper.md L1-L2).")
+                  "100 Gaussian directions d over all parameters, alpha in [-0.003, 0.003] (docs/study.md L1-L2).")
 
     def compute(self, subject: Subject, ctx: Context) -> Result:
         cfg = self.cfg

@@ -1,4 +1,4 @@
-"""Spectra of the weights W at each checkpoint (paper.md §2, dimension 3: S1-S3).
+"""Spectra of the weights W at each checkpoint (docs/study.md §2, dimension 3: S1-S3).
 
 Per target matrix: rank, effective rank (Roy & Vetterli), stable rank, spectral gap, #SV > 0.1 and their
 ratios; the checkpoint value is the unweighted mean across matrices, as in the study.
@@ -110,7 +110,7 @@ class WeightSpectra(Metric):
     Config = SpectraConfig
     needs_tokens = False
     definition = ("Rank, effective rank, stable rank, spectral gap and #SV>0.1 of each target W (a method "
-                  "without dense W: its factors), mean over matrices (paper.md S1-S3).")
+                  "without dense W: its factors), mean over matrices (docs/study.md S1-S3).")
 
     def compute(self, subject: Subject, ctx: Context) -> Result:
         (ckpt,) = subject.checkpoints

@@ -1,6 +1,6 @@
 """1-D loss landscape along the principal axes of the optimisation trajectory (Li et al. 2018, §6).
 
-This is what the study's README calls "top-K PCA directions of the trajectory" (paper.md §2 L3, the
+This is what the study's README calls "top-K PCA directions of the trajectory" (docs/study.md §2 L3, the
 "PCA wording" note), as opposed to the per-matrix singular directions its code actually uses
 (`landscape_pca`). Here: the rows theta_i - theta_final over the run's selected checkpoints (native
 parameterization, every parameter, the same names at every checkpoint of the run) are PCA'd as in
@@ -70,7 +70,7 @@ class TrajectoryPCAMetric(Metric):
     Config = TrajectoryPCAConfig
     definition = ("ES and DV of L(theta_final + alpha v_j) along the top principal axes v_j of the trajectory "
                   "theta_i - theta_final over a run's checkpoints (Li et al. 2018 PCA, not the study's per-matrix "
-                  "'PCA'), with the variance each axis explains (paper.md §2 L3 note).")
+                  "'PCA'), with the variance each axis explains (docs/study.md §2 L3 note).")
 
     def compute(self, subject: Subject, ctx: Context) -> Result:
         cfg = self.cfg

@@ -1,4 +1,4 @@
-"""Spectra and magnitudes of the learned updates dW (paper.md §2, dimension 3: S4-S6).
+"""Spectra and magnitudes of the learned updates dW (docs/study.md §2, dimension 3: S4-S6).
 
 dW = W_later - W_earlier for every matrix the `spectra` metric analyses (same `view`: the dense effective W,
 CoLA's factors A and B with basis 'factors', or the study's stored tensors), between consecutive saved
@@ -56,7 +56,7 @@ class UpdateSpectra(Metric):
     needs_tokens = False
     definition = ("Spectra and size of the learned update dW = W_t+1 - W_t of each target matrix between "
                   "consecutive checkpoints (and init->final): effective/stable rank etc. of dW averaged over "
-                  "matrices, mean ||dW||_F, mean ||dW||/||W|| and the global ratio (paper.md S4-S6).")
+                  "matrices, mean ||dW||_F, mean ||dW||/||W|| and the global ratio (docs/study.md S4-S6).")
 
     def compute(self, subject: Subject, ctx: Context) -> Result:
         ca, cb = subject.checkpoints
