@@ -2,7 +2,9 @@ import pytest
 
 from lowrank_lens.config import RunConfig, TrainConfig, apply_overrides
 from lowrank_lens.errors import LensError
+from lowrank_lens.methods import get_method
 from lowrank_lens.presets import build_config
+from lowrank_lens.run_files import run_config_from_dict
 
 
 def test_overrides_are_typed_and_validated():
@@ -25,11 +27,14 @@ def test_bad_overrides_name_the_problem(item, fragment):
 
 def test_round_trip_and_hash():
     cfg = build_config("micro", "full-rank")
-    again = RunConfig.from_dict(cfg.to_dict())
+    again = run_config_from_dict(cfg.to_dict())
     assert again == cfg and again.hash() == cfg.hash()
-    assert apply_overrides(cfg, ["optim.lr=1e-2"]).hash() != cfg.hash()
-    assert cfg.hash(exclude=("train.device",)) == apply_overrides(cfg, ["train.device=cpu"]).hash(
+    full_rank = get_method("full-rank")
+    assert apply_overrides(cfg, ["optim.lr=1e-2"], full_rank).hash() != cfg.hash()
+    assert cfg.hash(exclude=("train.device",)) == apply_overrides(cfg, ["train.device=cpu"], full_rank).hash(
         exclude=("train.device",))
+    with pytest.raises(LensError, match="was given the plugin of 'galore'"):
+        RunConfig.from_dict(cfg.to_dict(), get_method("galore"))
 
 
 def test_batch_must_divide():

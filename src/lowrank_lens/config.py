@@ -1,7 +1,8 @@
 """Typed run configuration: dataclasses, validation, overrides, (de)serialisation and hashing.
 
 A run is fully described by one `RunConfig`; the resolved config is saved as `config.json` in the run
-directory, and everything downstream (resume, analysis, caches) reads it back with `from_dict`.
+directory, and everything downstream (resume, analysis, caches) reads it back with `from_dict` (through
+run_files.py, which supplies the method plugin: this module imports no other part of the package).
 Unknown keys raise, so a typo never silently falls back to a default.
 """
 
@@ -263,20 +264,15 @@ class RunConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> RunConfig:
-        from .methods import get_method  # late import: methods import config
-
-        _check(isinstance(d, dict), f"a run config is a JSON object of sections, got {_show(d)}")
+    def from_dict(cls, d: dict, method: MethodSpec) -> RunConfig:
+        """From the JSON dict of `to_dict`; `method` is the plugin class of d["method"] (config is the
+        lowest layer and knows no method: run_files.run_config_from_dict looks it up)."""
+        check_run_dict(d)
+        _check(getattr(method, "name", d["method"]) == d["method"],
+               f"config method {d['method']!r} was given the plugin of {getattr(method, 'name', '?')!r}")
         d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        _check(not unknown, f"unknown config section(s) {sorted(unknown)}; valid: {sorted(known)}")
-        for key in ("scale", "method"):
-            _check(isinstance(d.get(key), str), f"a run config needs {key} as a string, got {_show(d.get(key))}")
         notes = d.get("notes", [])
-        _check(isinstance(notes, list) and all(isinstance(n, str) for n in notes),
-               f"config notes must be a list of strings, got {_show(notes)}")
-        method_cls = get_method(d["method"])
+        method_cls = method
         cfg = cls(
             scale=d["scale"],
             method=d["method"],
@@ -297,6 +293,30 @@ class RunConfig:
 
 
 SECTIONS = ("model", "data", "optim", "train", "method")
+
+
+class MethodSpec(typing.Protocol):
+    """What a run config needs of a method plugin (methods/base.py Method): its config class and the
+    checks that need several sections at once."""
+
+    Config: type
+
+    @classmethod
+    def check_config(cls, run: RunConfig) -> None: ...
+
+
+def check_run_dict(d: Any) -> None:
+    """The shape of a run config's JSON dict: an object of known sections, scale and method strings, notes
+    a list of strings; one LensError otherwise."""
+    _check(isinstance(d, dict), f"a run config is a JSON object of sections, got {_show(d)}")
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = set(d) - known
+    _check(not unknown, f"unknown config section(s) {sorted(unknown)}; valid: {sorted(known)}")
+    for key in ("scale", "method"):
+        _check(isinstance(d.get(key), str), f"a run config needs {key} as a string, got {_show(d.get(key))}")
+    notes = d.get("notes", [])
+    _check(isinstance(notes, list) and all(isinstance(n, str) for n in notes),
+           f"config notes must be a list of strings, got {_show(notes)}")
 
 
 def build_section(cls: type, values: dict, section: str) -> Any:
@@ -360,8 +380,9 @@ def _number(value: Any, tp: type, where: str) -> int | float:
     return number
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply `section.field=value` strings (e.g. `optim.lr=3e-3`, `method.rank=64`) and re-validate."""
+def apply_overrides(cfg: RunConfig, overrides: list[str], method: MethodSpec) -> RunConfig:
+    """Apply `section.field=value` strings (e.g. `optim.lr=3e-3`, `method.rank=64`) and re-validate;
+    `method` is the run's method plugin class."""
     d = cfg.to_dict()
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -371,7 +392,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         _check(section in SECTIONS, f"unknown config section {section!r} in {item!r}; "
                                     f"valid: {', '.join(SECTIONS)}")
         d["method_cfg" if section == "method" else section][name] = value
-    return RunConfig.from_dict(d)
+    return RunConfig.from_dict(d, method)
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:

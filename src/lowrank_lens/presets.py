@@ -91,14 +91,14 @@ def build_config(scale: str, method: str, overrides: list[str] | tuple[str, ...]
     d["optim"].update(mp.optim)
     d["train"].update(mp.train)
     d["notes"] = list(mp.notes)
-    cfg = RunConfig.from_dict(d)
+    cfg = RunConfig.from_dict(d, method_cls)
     if not overrides:
         return _resolve_derived(cfg, scale, method_cls, fixed=set())
     named = {item.partition("=")[0].strip() for item in overrides}
     for key in sorted(named & set(method_cls.unused_fields)):  # a silent no-op otherwise
         other = method_cls.unused_fields[key]
         raise LensError(f"--set {key}: {method} does not read {key}, it uses {other}; set that instead")
-    cfg = apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides, method_cls)
     cfg.notes.append(f"--set after the preset (the notes above describe the preset): {', '.join(overrides)}")
     fixed = named | {f"optim.{k}" for k in mp.optim} | {f"train.{k}" for k in mp.train}
     return _resolve_derived(cfg, scale, method_cls, fixed)
@@ -116,11 +116,11 @@ def _resolve_derived(cfg: RunConfig, scale: str, method_cls: type, fixed: set[st
             d[section][name] = changed[key] = value
     if changed:
         d["notes"].append("10% of train.steps: " + ", ".join(f"{k} {v}" for k, v in changed.items()))
-        cfg = RunConfig.from_dict(d)
+        cfg = RunConfig.from_dict(d, method_cls)
     auto = method_cls.resolve(cfg)
     if not auto:
         return cfg
     d["method_cfg"].update(auto)
     d["notes"].append("automatic values from the final config: " + ", ".join(f"method.{k} {v:g}"
                                                                              for k, v in auto.items()))
-    return RunConfig.from_dict(d)
+    return RunConfig.from_dict(d, method_cls)

@@ -11,10 +11,11 @@ import tomllib
 import pytest
 from lens_testutil import REPO, run_cli
 
-from lowrank_lens.config import TRAIN_SEED_LIMIT, DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from lowrank_lens.config import TRAIN_SEED_LIMIT, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from lowrank_lens.errors import LensError
 from lowrank_lens.methods import get_method, method_names
 from lowrank_lens.presets import MODEL_SHAPES, build_config
+from lowrank_lens.run_files import run_config_from_dict
 from lowrank_lens.study.spec import StudySpec, load_spec, plan_runs
 
 LOW_RANK = ["cola", "galore", "fira", "sltrain", "relora"]
@@ -154,7 +155,7 @@ def test_bad_json_config_value_is_one_line(section, key, value, fragment):
     d = build_config("nano", "full-rank").to_dict()
     d[section][key] = value
     with pytest.raises(LensError) as exc:
-        RunConfig.from_dict(d)
+        run_config_from_dict(d)
     _one_line(str(exc.value), fragment)
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lowrank_lens.config import RunConfig
 from lowrank_lens.errors import LensError
 from lowrank_lens.methods import get_method
 from lowrank_lens.methods.base import check_param_groups, target_modules, warmup_cosine
@@ -17,6 +16,7 @@ from lowrank_lens.methods.relora import ReLoRALinear, jagged_cosine
 from lowrank_lens.methods.sltrain import SLTrainLinear, SparseLowRankLinear, build_weight, sample_support
 from lowrank_lens.model import build_model, count_parameters
 from lowrank_lens.presets import build_config
+from lowrank_lens.run_files import run_config_from_dict
 
 LAYER = {"cola": CoLALinear, "sltrain": SLTrainLinear, "relora": ReLoRALinear}
 
@@ -59,7 +59,7 @@ def test_every_target_is_wrapped_and_optimizer_groups_are_complete(method):
     assert all(m.layer_name == n for n, m in model.named_modules() if isinstance(m, LAYER[method]))
     assert type(model.lm_head) is torch.nn.Linear and type(model.model.embed_tokens) is torch.nn.Embedding
     check_param_groups(model, meth.build_optimizer(model, cfg.optim))
-    assert RunConfig.from_dict(cfg.to_dict()) == cfg  # the method config survives config.json
+    assert run_config_from_dict(cfg.to_dict()) == cfg  # the method config survives config.json
 
 
 @pytest.mark.parametrize("method", list(LAYER))

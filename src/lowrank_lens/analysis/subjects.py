@@ -49,7 +49,7 @@ class RunRef:
 
     @classmethod
     def open(cls, run_dir: str | Path) -> RunRef:
-        from ..train.run import load_run_config, read_run_json
+        from ..run_files import load_run_config, read_run_json
 
         run_dir = Path(run_dir)
         cfg = load_run_config(run_dir)

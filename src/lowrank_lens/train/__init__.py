@@ -6,7 +6,11 @@
 
 
 def __getattr__(name: str):
-    if name in ("train", "load_run_config", "default_run_name"):
+    if name == "load_run_config":  # reading a run's config needs no training code (run_files.py)
+        from ..run_files import load_run_config
+
+        return load_run_config
+    if name in ("train", "default_run_name"):
         from . import run
 
         return getattr(run, name)

@@ -24,7 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..atomic import FILE_MODE, is_disk_full
-from ..errors import LensError
+from ..errors import LensError, first_line
+from ..run_files import read_json_object
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -88,17 +89,12 @@ def save_checkpoint(path: Path, model_state: dict[str, torch.Tensor], meta: dict
         if full:
             raise LensError(f"disk full while saving checkpoint {path}; earlier checkpoints are intact — free "
                             f"space, then rerun the same command with --resume") from None
-        raise LensError(f"could not write checkpoint {path} ({type(e).__name__}: {_first_line(e)}); earlier "
+        raise LensError(f"could not write checkpoint {path} ({type(e).__name__}: {first_line(e)}); earlier "
                         f"checkpoints are intact — fix the cause, then rerun the same command with --resume") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else "no detail"
 
 
 def recover_interrupted_saves(run_dir: Path) -> list[str]:
@@ -139,18 +135,6 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
             step = int(m.group(1)) if m else read_meta(p)["step"]
             found.append((step, p))
     return sorted(found, key=lambda sp: (sp[0], sp[1].name != RESUME_DIR))
-
-
-def read_json_object(file: Path, what: str, fix: str) -> dict[str, Any]:
-    """The JSON object in `file`; one LensError ("<what> is unreadable ..." / "... holds a JSON list") when
-    it is unreadable, not strict UTF-8 JSON (RFC 8259), or not an object. `fix` ends the message."""
-    try:
-        d = json.loads(Path(file).read_bytes().decode())
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise LensError(f"{what} is unreadable JSON ({_first_line(e)}); {fix}") from None
-    if not isinstance(d, dict):
-        raise LensError(f"{what} holds a JSON {type(d).__name__}, not an object; {fix}")
-    return d
 
 
 def read_meta(path: Path) -> dict[str, Any]:

@@ -21,12 +21,12 @@ from ..errors import LensError
 from ..methods import get_method
 from ..methods.base import Method, check_param_groups
 from ..model import build_model
+from ..run_files import load_run_config, read_run_json  # noqa: F401  (re-exported: train.load_run_config)
 from .checkpoint import (
     checkpoint_steps,
     complete_checkpoints,
     load_model_state,
     load_resume_state,
-    read_json_object,
     recover_interrupted_saves,
 )
 from .distributed import DistEnv, init_distributed, shutdown
@@ -43,31 +43,6 @@ RESUME_MAY_DIFFER = ("train.device", "train.sinks", "train.log_every", "data.cac
 
 def default_run_name(cfg: RunConfig) -> str:
     return f"{cfg.scale}-{cfg.method}-seed{cfg.train.seed}"
-
-
-def read_run_json(run_dir: Path) -> dict:
-    """config.json of a run as a JSON object (config, provenance, data fingerprint); one LensError naming
-    the file when it is missing, unreadable, not UTF-8 JSON, or not an object."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise LensError(f"{run_dir} has no config.json; is it a lowrank-lens run directory?")
-    return read_json_object(path, str(path), "restore it (training writes it once, at the start), or train "
-                            "the run again")
-
-
-def load_run_config(run_dir: Path) -> RunConfig:
-    """Read config.json of a run (the one place where older run formats would be upgraded)."""
-    path = Path(run_dir) / "config.json"
-    d = read_run_json(run_dir)
-    d.pop("provenance", None)
-    d.pop("data_fingerprint", None)
-    d.pop("format_version", None)
-    try:
-        return RunConfig.from_dict(d)
-    except LensError as e:
-        raise LensError(f"{path} is not a valid run config: {e}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as e:  # hand-edited values of the wrong kind
-        raise LensError(f"{path} is not a valid run config ({type(e).__name__}: {e}); restore it") from None
 
 
 def config_differences(saved: RunConfig, now: RunConfig) -> list[str]:
