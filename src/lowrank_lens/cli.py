@@ -154,7 +154,7 @@ def analyze(
                                                  "run's val_tokens.npy.")] = "",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (= fp32 on every device), fp32, bf16 (faster on GPU, "
-                                               "but it moves ES_rand by ~28%), fp64.")] = "auto",
+                                               "but an audit saw it move ES_rand by ~28%), fp64.")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Where tables and figures go (default: <runs>/analysis, or "
                                                   "DIR/analysis with --cache-dir DIR).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Cache results under DIR/<run-id>/ (same content keys) "

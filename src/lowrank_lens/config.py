@@ -272,7 +272,6 @@ class RunConfig:
                f"config method {d['method']!r} was given the plugin of {getattr(method, 'name', '?')!r}")
         d = dict(d)
         notes = d.get("notes", [])
-        method_cls = method
         cfg = cls(
             scale=d["scale"],
             method=d["method"],
@@ -280,12 +279,12 @@ class RunConfig:
             data=build_section(DataConfig, d.get("data", {}), "data"),
             optim=build_section(OptimConfig, d.get("optim", {}), "optim"),
             train=build_section(TrainConfig, d.get("train", {}), "train"),
-            method_cfg=build_section(method_cls.Config, d.get("method_cfg", {}), "method"),
+            method_cfg=build_section(method.Config, d.get("method_cfg", {}), "method"),
             notes=list(notes),
         )
         # Checks that need several sections at once (a rank against the model's matrices, a restart cycle
         # against train.steps) belong to the method, which knows its own maths.
-        method_cls.check_config(cfg)
+        method.check_config(cfg)
         return cfg
 
     def hash(self, exclude: tuple[str, ...] = ()) -> str:

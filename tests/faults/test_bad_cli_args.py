@@ -129,12 +129,8 @@ def test_analyze_cache_dir_leaves_the_run_folder_untouched(nano_run, tmp_path, c
     args = ["analyze", str(run), "--metrics", "spectra", "--no-plots", "--cache-dir", str(cache)]
     caplog.set_level(logging.INFO, logger="lowrank_lens")
     for _ in range(2):
-        monkeypatch.setattr("sys.argv", ["lowrank-lens", *args])
-        from lowrank_lens import cli
-
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-        assert exc.value.code in (0, None), capsys.readouterr().err
+        code, err = run_cli(args, capsys, monkeypatch)
+        assert code in (0, None), err
     totals = [m.strip().split(" in ")[0] for m in _counts(caplog, " computed, ")]
     assert totals == ["spectra: 3 computed, 0 cached", "spectra: 0 computed, 3 cached"]
     assert _listing(run) == before
@@ -160,13 +156,9 @@ def test_eval_downstream_cache_dir_leaves_the_run_folder_untouched(nano_run, tmp
     args = ["eval-downstream", str(run), "--tasks", "lens_mc", "--limit", "2", "--bootstrap-iters", "0",
             "--device", "cpu", "--cache-dir", str(cache)]
     caplog.set_level(logging.INFO, logger="lowrank_lens")
-    from lowrank_lens import cli
-
     for _ in range(2):
-        monkeypatch.setattr("sys.argv", ["lowrank-lens", *args])
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-        assert exc.value.code in (0, None), capsys.readouterr().err
+        code, err = run_cli(args, capsys, monkeypatch)
+        assert code in (0, None), err
     assert _listing(run) == before
     assert len(list((cache / "run" / "downstream").glob("*.json"))) == 1
     assert (cache / "downstream" / "downstream.csv").is_file()

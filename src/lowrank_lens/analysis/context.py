@@ -47,7 +47,8 @@ class EvalSettings:
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
     dtype: str = "auto"
     """auto = fp32 on every device; fp32, bf16, fp64. The study evaluated in bf16 on GPU, which moved ES_rand
-    by +28% against fp32 on the same checkpoint and directions: bf16 stays an explicit choice."""
+    by +28% against fp32 on the same checkpoint and directions (the team's audit, issue 12): bf16 stays an
+    explicit choice."""
 
     def __post_init__(self) -> None:
         if self.sequences < 1 or self.batch_size < 1:

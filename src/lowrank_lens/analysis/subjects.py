@@ -25,8 +25,14 @@ class CheckpointRef:
     run_dir: Path
     step: int
     path: Path
-    sha256: str
     method: str
+
+    @property
+    def sha256(self) -> str:
+        """The verified content hash of the weights, computed when a cache key first needs it (once per file
+        per process): garbled weights are an error, never a cache hit, and checkpoints a command does not
+        touch (analyze --steps final) are never read."""
+        return checkpoint_sha256(self.path)
 
 
 @dataclass
@@ -59,8 +65,7 @@ class RunRef:
         for step, path in complete_checkpoints(run_dir):
             if path.name == "resume":
                 continue
-            # The verified hash (once per file per process): garbled weights are an error, never a cache hit.
-            ckpts.append(CheckpointRef(run_dir.name, run_dir, step, path, checkpoint_sha256(path), cfg.method))
+            ckpts.append(CheckpointRef(run_dir.name, run_dir, step, path, cfg.method))
         if not ckpts:
             raise LensError(f"run {run_dir} has no complete checkpoint to analyse; train it first")
         method_cls = get_method(cfg.method)

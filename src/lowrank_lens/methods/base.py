@@ -229,10 +229,12 @@ def lowrank_factors(shapes: list[tuple[int, int]], rank: int) -> tuple[int, ...]
     return tuple(x for out, inn in shapes for x in (rank * inn, out * rank))
 
 
-def check_rank(run: RunConfig, rank: int, auto: bool = False) -> None:
-    """A rank r factorising (or projecting) an out x in matrix is meaningful only up to min(out, in); above
-    it the factors hold more parameters than the matrix (CoLA at r = 8 x hidden has 15x the weights). The
-    bound is that of the smallest selected matrix."""
+def check_rank(run: RunConfig) -> None:
+    """method.rank (0: automatic, see auto_rank) factorising or projecting an out x in matrix is meaningful
+    only up to min(out, in); above it the factors hold more parameters than the matrix (CoLA at r = 8 x
+    hidden has 15x the weights). The bound is that of the smallest selected matrix."""
+    auto = not run.method_cfg.rank
+    rank = auto_rank(run.method_cfg.rank, run.model)
     matrices = target_matrices(run.model, run.method_cfg.targets, linear_only=False)
     name, (out, inn) = min(matrices.items(), key=lambda kv: min(kv[1]))
     bound = min(out, inn)

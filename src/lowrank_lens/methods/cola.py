@@ -141,7 +141,7 @@ class CoLA(Method):
     @classmethod
     def check_config(cls, run: RunConfig) -> None:
         super().check_config(run)
-        check_rank(run, auto_rank(run.method_cfg.rank, run.model), auto=not run.method_cfg.rank)
+        check_rank(run)
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:

@@ -95,7 +95,7 @@ class GaLore(Method):
     def check_config(cls, run: RunConfig) -> None:
         # The projector keeps min(r, out, in) singular vectors: a larger r is silently the full matrix.
         super().check_config(run)
-        check_rank(run, auto_rank(run.method_cfg.rank, run.model), auto=not run.method_cfg.rank)
+        check_rank(run)
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:

@@ -231,7 +231,7 @@ class ReLoRA(Method):
     @classmethod
     def check_config(cls, run: RunConfig) -> None:
         super().check_config(run)
-        check_rank(run, auto_rank(run.method_cfg.rank, run.model), auto=not run.method_cfg.rank)
+        check_rank(run)
         restart_cycle(run.method_cfg, run.train.steps)
 
     @classmethod

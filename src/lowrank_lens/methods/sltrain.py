@@ -234,7 +234,7 @@ class SLTrain(Method):
     def check_config(cls, run: RunConfig) -> None:
         super().check_config(run)
         cfg: SLTrainConfig = run.method_cfg
-        check_rank(run, auto_rank(cfg.rank, run.model), auto=not cfg.rank)
+        check_rank(run)
         # S keeps int(density * out * in) entries (the reference's count): below one entry S is empty.
         matrices = target_matrices(run.model, cfg.targets, linear_only=True)
         name, (out, inn) = min(matrices.items(), key=lambda kv: kv[1][0] * kv[1][1])

@@ -58,8 +58,8 @@ def low_precision_warnings(study: Study) -> list[str]:
     out = []
     for md in study.metrics:
         if any("bfloat16" in str((e or {}).get("dtype", "")) for e in md.evals):
-            out.append(f"Warning: {md.name} was evaluated in bf16. On one checkpoint with the same directions "
-                       f"bf16 moved ES_rand by +28% against fp32; compare its numbers only with other bf16 "
+            out.append(f"Warning: {md.name} was evaluated in bf16. In an audit on one checkpoint with the same "
+                       f"directions bf16 moved ES_rand by +28% against fp32; compare its numbers only with other bf16 "
                        f"results, or recompute with --dtype fp32 (the default).")
     return out
 
