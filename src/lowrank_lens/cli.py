@@ -277,9 +277,11 @@ def study(
     out: Annotated[Path | None, typer.Option(help="Study folder (default: studies/<name>).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs and training commands only.")] = False,
     stages: Annotated[str, typer.Option(help="Comma-separated stages to run: train, analyze, downstream, "
-                                             "predict, report.")] = "train,analyze,downstream,predict,report",
+                                             "predict, findings, report (report recomputes the findings first)."
+                                        )] = "train,analyze,downstream,predict,findings,report",
 ) -> None:
-    """Train the grid methods x scales x seeds, analyse, evaluate downstream, predict and report (resumable)."""
+    """Train the grid methods x scales x seeds, analyse, evaluate downstream, predict, compute the findings and
+    report (resumable)."""
     from .study.runner import STAGES, describe_plan, run_study
     from .study.spec import existing_study_folder, load_spec
 

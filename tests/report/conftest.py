@@ -19,6 +19,7 @@ from lowrank_lens.analysis.tables import write_csv
 from lowrank_lens.methods import method_names
 from lowrank_lens.presets import build_config
 from lowrank_lens.report import run_records, write_report
+from lowrank_lens.study.findings import write_findings
 from lowrank_lens.study.spec import StudySpec
 from lowrank_lens.train import train
 
@@ -70,7 +71,7 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory, single_thread_session) 
 
 @pytest.fixture(scope="session")
 def report_page(tiny_study: Path) -> Path:
-    """The report of the tiny study, written while loading checkpoints and computing metrics raise."""
+    """The findings and report of the tiny study, written while loading checkpoints and computing metrics raise."""
     import lowrank_lens.train.checkpoint as checkpoint
     import lowrank_lens.train.loading as loading
 
@@ -78,5 +79,6 @@ def report_page(tiny_study: Path) -> Path:
         mp.setattr(Metric, "compute", _no_compute)
         mp.setattr(checkpoint, "load_model_state", _no_compute)
         mp.setattr(loading, "load_checkpoint", _no_compute)
+        write_findings(tiny_study)
         return write_report(tiny_study)
 

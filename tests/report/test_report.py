@@ -11,15 +11,18 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pytest
 
 from lowrank_lens.analysis.base import Metric, Result
 from lowrank_lens.analysis.cache import ResultStore
 from lowrank_lens.analysis.metrics import METRICS, metric_names
 from lowrank_lens.analysis.plotting import save_figure
 from lowrank_lens.analysis.tables import read_csv
+from lowrank_lens.errors import LensError
 from lowrank_lens.methods import get_method, method_names
 from lowrank_lens.report import write_report
 from lowrank_lens.report.collect import load_study
+from lowrank_lens.report.findings_files import load_findings
 from lowrank_lens.report.html import fmt, make_table
 from lowrank_lens.report.sections import (
     claims_section,
@@ -28,6 +31,7 @@ from lowrank_lens.report.sections import (
     statistics_section,
     verdict_class,
 )
+from lowrank_lens.study.findings import write_findings
 
 SECTIONS = ("overview", "settings", "runs", "statistics", "matched", "claims", "downstream", "prediction",
             "provenance")
@@ -131,17 +135,42 @@ def test_analysis_sections_are_filled(report_page: Path):
     assert "Not available" not in text.split('id="provenance"')[0].split('id="statistics"')[1]
 
 
-def test_missing_modules_render_not_available(tiny_study: Path, tmp_path: Path, monkeypatch):
+def test_findings_parts_that_fail_render_not_available(tiny_study: Path, tmp_path: Path, monkeypatch):
+    """A findings part whose module is missing is recorded with the reason, and the report renders it
+    'not available' while the other parts stand; without findings every part says how to compute them."""
     import sys
 
-    study = load_study(tiny_study)
-    for module in ("claims", "statistics", "matched"):
-        monkeypatch.setitem(sys.modules, f"lowrank_lens.study.{module}", None)  # its import raises ImportError
-    sections = {"claims.py": claims_section(study, tmp_path, "tables"),
-                "statistics.py": statistics_section(study, tmp_path, "tables"),
-                "matched.py": matched_section(study, tmp_path, "tables", tmp_path, "figures")}
-    for name, section in sections.items():
-        assert section["available"] is False and name in section["message"]
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study, study, ignore=shutil.ignore_patterns("report", "findings"))
+    loaded = load_study(study)
+    for section in (claims_section(loaded, None, tmp_path, "tables"),
+                    statistics_section(loaded, None, tmp_path, "tables"),
+                    matched_section(loaded, None, tmp_path, "tables", tmp_path, "figures")):
+        assert section["available"] is False and "--stages report" in section["message"]
+    monkeypatch.setitem(sys.modules, "lowrank_lens.study.claims", None)  # its import raises ImportError
+    write_findings(study)
+    findings = load_findings(study)
+    assert findings.status("claims")["available"] is False and "not installed" in findings.status("claims")["message"]
+    assert findings.status("statistics")["available"] and findings.status("matched")["available"]
+    text = write_report(study).read_text()
+    claims = text.split('id="claims"')[1].split('id="downstream"')[0]
+    assert "Not available" in claims and "not installed" in claims
+    assert "Not available" not in text.split('id="statistics"')[1].split('id="claims"')[0]
+
+
+def test_findings_are_replaced_whole_and_the_report_refuses_unreadable_ones(tiny_study: Path, tmp_path: Path):
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study, study, ignore=shutil.ignore_patterns("report", "findings"))
+    folder = write_findings(study)
+    (folder / "stale.csv").write_text("x\n1\n")
+    write_findings(study)
+    assert not (folder / "stale.csv").exists() and not list(study.glob(".findings*"))
+    index = json.loads((folder / "findings.json").read_text())
+    assert index["format"] == 1 and all(p["available"] for p in index["parts"].values()), index["parts"]
+    assert "NaN" not in (folder / "claims.json").read_text()  # standard JSON: NaN written as null
+    (folder / "findings.json").write_text("{ not json")
+    with pytest.raises(LensError, match="unreadable.*--stages report"):
+        write_report(study)
 
 
 def test_table_helpers():
@@ -216,6 +245,7 @@ def test_a_new_metric_appears_without_report_changes_and_seeds_are_summarised(ti
     (study / "study.json").write_text(json.dumps({"spec": {"name": "meta-only"}, "runs": names}))
     METRICS.register("report_probe")(_Probe)
     try:
+        write_findings(study)
         page_path = write_report(study)
     finally:
         METRICS._items.pop("report_probe", None)

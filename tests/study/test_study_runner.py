@@ -1,8 +1,9 @@
 """The study runner: the resolved grid and its commands, resumability (finished runs are not retrained, a
-killed run resumes), and the whole pipeline train -> analyze -> downstream -> predict -> report on CPU."""
+killed run resumes), and the whole pipeline train -> analyze -> downstream -> predict -> findings -> report on CPU."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -70,6 +71,12 @@ def test_finished_runs_are_not_retrained_and_killed_runs_resume(tmp_path, monkey
     assert all((d / "ckpt" / "step_000008" / "model.safetensors").stat().st_mtime_ns == t for d, t in finals.items())
     # The study folder (or its study.json record) is itself a study argument: re-run in place.
     assert load_spec(tmp_path).to_dict() == load_spec(tmp_path / "study.json").to_dict() == spec.to_dict()
+    # The findings stage alone: statistics and claims computed and written, no report rendered.
+    found = run_study(spec, tmp_path, stages=("findings",))
+    assert found == tmp_path / "findings" and not (tmp_path / "report").exists()
+    pairs = read_csv(found / "pairwise_differences.csv")
+    assert {p["column"] for p in pairs} >= {"val_ppl.val_ppl", "val_ppl.val_ppl_reference"}
+    assert all(p["n_a"] == p["n_b"] == 2 for p in pairs)  # two seeds per method
 
 
 def test_parallel_training_and_analysis_match_sequential(tmp_path):
@@ -98,3 +105,8 @@ def test_whole_study_on_cpu_ends_in_a_report(tmp_path):
         assert section in html
     assert (tmp_path / "downstream" / "downstream.csv").is_file()
     assert (tmp_path / "prediction").is_dir()
+    # the report renders the findings stage's claims as they were computed
+    computed = json.loads((tmp_path / "findings" / "claims.json").read_text())["claims"]
+    rendered = read_csv(tmp_path / "report" / "tables" / "claims.csv")
+    assert [(c["id"], c["verdict"]) for c in computed] == [(r["id"], r["verdict"]) for r in rendered]
+    assert "findings" in json.loads((tmp_path / "timings.json").read_text())

@@ -15,6 +15,7 @@ from ..analysis.tables import columns, write_csv
 from ..atomic import atomic_path
 from .collect import MetricData, Study, method_colour
 from .figures import downstream_figure, plot_metric, training_curves
+from .findings_files import Findings
 from .html import Table, fmt, make_table, mib
 from .sections import seed_summary_table
 
@@ -118,7 +119,8 @@ def runs_section(study: Study, fig_dir: Path, fig_href: str, tables_dir: Path, h
     return {"note": PPL_NOTE, "table": make_table(rows, cols, csv=f"{href}/runs.csv"), "figures": figs}
 
 
-def metric_context(md: MetricData, fig_root: Path, fig_href: str, tables_dir: Path, href: str) -> dict[str, Any]:
+def metric_context(md: MetricData, findings: Findings | None, fig_root: Path, fig_href: str, tables_dir: Path,
+                   href: str) -> dict[str, Any]:
     """One metric's subsection: definition, settings, its own figures (plot() on the cached results), its
     table and, with several seeds, the table over seeds."""
     out_dir = fig_root / md.name
@@ -133,13 +135,9 @@ def metric_context(md: MetricData, fig_root: Path, fig_href: str, tables_dir: Pa
         write_csv(md.rows, tables_dir / f"{md.name}.csv")
         cols = [c for c in columns(md.rows) if c != "metric"]
         table = make_table(md.rows, cols, csv=f"{href}/{md.name}.csv")
-        try:
-            summary = seed_summary_table(md, tables_dir / f"{md.name}_seed_summary.csv",
-                                         f"{href}/{md.name}_seed_summary.csv")
-        except ImportError as e:
-            summary_error = f"Seed summary not available: study/statistics.py is not installed ({e})."
-        except Exception as e:  # the table over seeds is optional; say why it is missing
-            summary_error = f"Seed summary not available: {type(e).__name__}: {e}"
+        summary = seed_summary_table(md, findings, tables_dir, href)
+        if findings is not None and not findings.status("seed_summary").get("available"):
+            summary_error = f"Seed summary not available: {findings.status('seed_summary').get('message', '')}"
     configs = " | ".join(_options(c) for c in md.configs) or "(not computed)"
     return {"id": f"metric-{md.name}", "name": md.name, "definition": md.cls.definition,
             "subject_kind": md.cls.subject_kind, "headline": md.cls.headline, "config": configs,
@@ -161,7 +159,8 @@ def _copy(src: Path, dest_dir: Path, href: str, sub: str) -> str:
     return f"{href}/{sub}/{src.name}"
 
 
-def dimensions(study: Study, fig_root: Path, fig_href: str, tables_dir: Path, href: str) -> list[dict[str, Any]]:
+def dimensions(study: Study, findings: Findings | None, fig_root: Path, fig_href: str, tables_dir: Path, href: str
+               ) -> list[dict[str, Any]]:
     """One section per metric dimension (base.DIMENSIONS order, then any other), its metrics in registry order."""
     dims = list(DIMENSIONS) + sorted({md.cls.dimension for md in study.metrics} - set(DIMENSIONS))
     out = []
@@ -169,7 +168,7 @@ def dimensions(study: Study, fig_root: Path, fig_href: str, tables_dir: Path, hr
         mds = [md for md in study.metrics if md.cls.dimension == dim]
         if mds:
             out.append({"id": f"dim-{dim}", "title": DIMENSION_TITLES.get(dim, dim.replace("_", " ").capitalize()),
-                        "metrics": [metric_context(md, fig_root, fig_href, tables_dir, href) for md in mds]})
+                        "metrics": [metric_context(md, findings, fig_root, fig_href, tables_dir, href) for md in mds]})
     return out
 
 

@@ -1,6 +1,6 @@
 """The report's summary block, the first thing on the page: the findings before the details.
 
-Three parts, each read from what the detail sections already computed (nothing new is decided here):
+Three parts, each read from what the study's findings stage computed (nothing is computed or decided here):
   - the claims as a verdict table, with a small interval plot per claim (the seed means and the ranges its
     verdict compared; study/claims.py's Claim.values), and a link to the claim's evidence below;
   - each method's headline metric columns (Metric.headline) beside its final validation perplexity,
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .collect import Study, method_colour
+from .findings_files import HEADLINE, Findings
 from .html import fmt
 
 STATS_KEYS = frozenset(("mean", "n", "ci_low", "ci_high"))
@@ -142,10 +143,10 @@ def interval_plot(claim_id: int, values: Any) -> IntervalPlot | None:
                         more, all(int(s.get("n", 0)) < 2 for _, s in leaves))
 
 
-def verdict_rows(claims: Sequence[Any]) -> list[dict[str, Any]]:
-    """The summary's verdict table: id, text, verdict, plot (or None) per claim."""
-    return [{"id": c.id, "text": c.text, "verdict": c.verdict, "plot": interval_plot(c.id, c.values)}
-            for c in claims]
+def verdict_rows(claims: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The summary's verdict table: id, text, verdict, plot (or None) per claim (the findings' claims)."""
+    return [{"id": c["id"], "text": c["text"], "verdict": c["verdict"],
+             "plot": interval_plot(int(c["id"]), c.get("values") or {})} for c in claims]
 
 
 # --------------------------------------------------------------------------- headline metrics per method
@@ -163,60 +164,37 @@ def mean_pm(mean: float, half: float) -> str:
     return f"{round(mean, place):.{decimals}f} ± {round(half, place):.{decimals}f}"
 
 
-def _cell(values: Sequence[float]) -> str:
-    from ..study.statistics import describe
-
-    s = describe(values)
-    if s.n == 0:
+def _cell(stats: dict[str, Any] | None) -> str:
+    """'mean ± CI half-width' of one headline entry; the mean alone with one seed; '' for none."""
+    if not stats or not stats.get("n"):
         return ""
-    if s.n < 2 or not math.isfinite(s.ci_high):
-        return fmt(s.mean)
-    return mean_pm(s.mean, (s.ci_high - s.ci_low) / 2)
+    mean, lo, hi = (float(stats[k]) if _finite(stats.get(k)) else math.nan for k in ("mean", "ci_low", "ci_high"))
+    if int(stats["n"]) < 2 or not math.isfinite(hi):
+        return fmt(mean)
+    return mean_pm(mean, (hi - lo) / 2)
 
 
-def _final(rows: Sequence[dict[str, Any]], kind: str | None) -> list[dict[str, Any]]:
-    """Each run's computed row of `kind` at its largest step."""
-    best: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        if r.get("skipped") or (kind is not None and r.get("kind") != kind):
-            continue
-        key = (r.get("run"), r.get("other_run"))
-        if key not in best or (r.get("step") or 0) > (best[key].get("step") or 0):
-            best[key] = r
-    return list(best.values())
-
-
-def _summary_kind(rows: Sequence[dict[str, Any]], subject_kind: str) -> str | None:
-    """The row kind a headline is read at: the metric's own subject kind when its rows have it (so a
-    consecutive metric shows its last consecutive pair, not init-final), else the most frequent kind."""
-    kinds = [r.get("kind") for r in rows if not r.get("skipped")]
-    if subject_kind in kinds:
-        return subject_kind
-    return max(set(kinds), key=kinds.count) if kinds else None
-
-
-def headline_table(study: Study) -> dict[str, Any]:
+def headline_table(study: Study, findings: Findings) -> dict[str, Any]:
     """Methods as columns (baseline first), and as rows the final val_ppl then each metric's headline column
     at the final step (per scale, with several), each cell mean ± 95% CI half-width over seeds (the mean
-    alone with one seed). Metrics over pairs of methods (subject kind 'cross') have no per-method value
-    and are left to their sections. Methods run across, so the table stays narrow however many metrics."""
+    alone with one seed), from the findings' headline table. Metrics over pairs of methods have no
+    per-method value and are left to their sections. Methods run across, so the table stays narrow however
+    many metrics."""
     records = study.records
+    entries = findings.rows(HEADLINE)
+    cell = {(str(e.get("scale")), str(e.get("metric") or ""), str(e.get("method"))): e for e in entries}
     scales = sorted({str(r["scale"]) for r in records})
     methods = list(dict.fromkeys(r["method"] for r in sorted(records, key=lambda r: not r["is_baseline"])))
-    heads = [md for md in study.metrics if md.cls.headline and md.rows and md.cls.subject_kind != "cross"]
-    finals = {md.name: _final(md.rows, _summary_kind(md.rows, md.cls.subject_kind)) for md in heads}
+    defs = {md.name: md.cls.definition for md in study.metrics}
+    metrics = list(dict.fromkeys((str(e["metric"]), str(e["column"])) for e in entries if e.get("metric")))
     rows = []
     for scale in scales:
         at = f" ({scale})" if len(scales) > 1 else ""
-        mine = {m: [r for r in records if r["method"] == m and str(r["scale"]) == scale] for m in methods}
         rows.append({"label": f"final val_ppl{at}", "metric": "", "title": "validation perplexity at the final "
-                     "checkpoint (token-weighted)", "cells": [_cell([r["final_val_ppl"] for r in mine[m]])
-                                                              for m in methods]})
-        for md in heads:
-            vals = {m: [r.get(md.cls.headline) for r in finals[md.name]
-                        if r.get("method") == m and str(r.get("scale")) == scale] for m in methods}
-            rows.append({"label": f"{md.cls.headline}{at}", "metric": md.name, "title": md.cls.definition,
-                         "cells": [_cell([v for v in vals[m] if _finite(v)]) for m in methods]})
+                     "checkpoint (token-weighted)", "cells": [_cell(cell.get((scale, "", m))) for m in methods]})
+        for name, column in metrics:
+            rows.append({"label": f"{column}{at}", "metric": name, "title": defs.get(name, ""),
+                         "cells": [_cell(cell.get((scale, name, m))) for m in methods]})
     runs = {m: len([r for r in records if r["method"] == m]) for m in methods}
     same = len(set(runs.values())) == 1
     each = f" ({next(iter(runs.values()))} run{'s' * (next(iter(runs.values())) != 1)} per method)" if same else ""
@@ -272,8 +250,9 @@ def matched_summary(matched: dict[str, Any], seeds: int) -> dict[str, Any]:
     return {"rows": rows, "lines": lines}
 
 
-def summary(study: Study, claims: dict[str, Any], matched: dict[str, Any]) -> dict[str, Any]:
-    """The summary block's context from the study and the claims / matched sections' contexts."""
+def summary(study: Study, findings: Findings | None, claims: dict[str, Any], matched: dict[str, Any]
+            ) -> dict[str, Any]:
+    """The summary block's context from the study, its findings and the claims / matched sections' contexts."""
     records = study.records
     methods = sorted({r["method"] for r in records})
     scales = sorted({str(r["scale"]) for r in records})
@@ -283,8 +262,9 @@ def summary(study: Study, claims: dict[str, Any], matched: dict[str, Any]) -> di
             f"A verdict compares seed means and 95% CIs (plots: dot = mean, bar = CI; hover for the numbers); "
             f"ranges that overlap read 'inconclusive'."
             + (" One seed: points only, compared as they are." if len(seeds) < 2 else ""))
+    head_ok = findings is not None and findings.status("headline").get("available")
     return {"lede": lede,
             "claims": verdict_rows(claims.get("objects", [])) if claims.get("available") else [],
             "claims_message": "" if claims.get("available") else claims.get("message", ""),
-            "headline": headline_table(study) if records else None,
+            "headline": headline_table(study, findings) if records and head_ok else None,
             "matched": matched_summary(matched, len(seeds))}

@@ -1,4 +1,5 @@
-"""`lowrank-lens study`: train the grid, analyse every run, evaluate downstream, predict, and report.
+"""`lowrank-lens study`: train the grid, analyse every run, evaluate downstream, predict, compute the findings
+(statistics, matched perplexity, claims) and report them.
 
 Resumable at every level: a finished run is skipped, a killed run resumes from its newest checkpoint, and
 metric / downstream results come from the content-hash cache. Layout:
@@ -8,6 +9,7 @@ metric / downstream results come from the content-hash cache. Layout:
          /analysis/          metric tables (CSV, Parquet) and figures
          /downstream/        zero-shot accuracy tables
          /prediction/        downstream-from-metrics regression tables and figure
+         /findings/          seed statistics, matched perplexity, claims (study/findings.py)
          /report/index.html  the report (reads only the files above)
 """
 
@@ -30,7 +32,8 @@ from .spec import PlannedRun, StudySpec, plan_runs
 log = logging.getLogger("lowrank_lens")
 
 CPU_SCALES = ("nano", "micro")
-STAGES = ("train", "analyze", "downstream", "predict", "report")
+STAGES = ("train", "analyze", "downstream", "predict", "findings", "report")
+"""The report stage always recomputes the findings first, so a page never shows statistics of older tables."""
 
 
 def is_finished(run_dir: Path, steps: int) -> bool:
@@ -143,6 +146,12 @@ def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES
         predict_stage(spec, run_dirs, out)
         timings["predict"] = time.perf_counter() - t
     result = out
+    if "findings" in stages or "report" in stages:
+        from .findings import write_findings
+
+        t = time.perf_counter()
+        result = write_findings(out)
+        timings["findings"] = time.perf_counter() - t
     if "report" in stages:
         from ..report import write_report
 
