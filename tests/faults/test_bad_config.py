@@ -18,7 +18,7 @@ from lowrank_lens.presets import MODEL_SHAPES, build_config
 from lowrank_lens.run_files import run_config_from_dict
 from lowrank_lens.study.spec import StudySpec, load_spec, plan_runs
 
-LOW_RANK = ["cola", "galore", "fira", "sltrain", "relora"]
+LOW_RANK = ["cola", "galore", "fira", "sltrain", "relora", "low-rank", "lora"]
 
 # (method, override or tuple of overrides, fragment of the one-line error). The nano preset: hidden 64,
 # intermediate 176, so the smallest target matrix (q_proj) is 64 x 64 and the low-rank presets use rank 16.
@@ -94,7 +94,8 @@ BAD_OVERRIDES = [
     ("galore", ("model.intermediate_size=8", "method.rank=16"), "method.rank 16 exceeds 8"),
     *[(m, "optim.eps=1e-8", "galore does not read optim.eps, it uses method.eps; set that instead".replace(
         "galore", m)) for m in ("galore", "fira")],
-    *[(m, "method.targets=model.embed_tokens", "method.targets") for m in ("cola", "sltrain", "relora")],
+    *[(m, "method.targets=model.embed_tokens", "method.targets") for m in ("cola", "sltrain", "relora", "low-rank",
+                                                                           "lora")],
     ("galore", "method.update_proj_gap=0", "method.update_proj_gap"),
     ("galore", "method.scale=0", "method.scale"),
     ("galore", "method.scale=inf", "method.scale"),
@@ -116,6 +117,11 @@ BAD_OVERRIDES = [
     ("sltrain", "method.density=0", "method.density"),
     ("sltrain", "method.density=1e-9", "method.density"),  # int(1e-9 * 64 * 64) = 0 non-zeros
     ("sltrain", "method.support_seed=-1", "method.support_seed"),
+    ("low-rank", "method.rank=2.5", "method.rank"),
+    ("lora", "method.alpha=-1", "method.alpha"),  # 0 = rank / 4
+    ("lora", "method.alpha=inf", "method.alpha"),
+    ("lora", "method.dropout=1", "method.dropout"),
+    ("lora", "method.dropout=-0.1", "method.dropout"),
 ]
 
 # Values a JSON config.json (or code) can hold but the command line cannot: wrong JSON types.
@@ -188,6 +194,9 @@ def test_every_config_field_has_a_bad_value_row():
     ("galore", ["method.rank=64"], lambda c: c.method_cfg.rank == 64),
     ("galore", ["method.rank=0"], lambda c: c.method_cfg.rank == 16),  # automatic, recorded resolved
     ("relora", ["method.alpha=0", "method.rank=8"], lambda c: c.method_cfg.alpha == 2.0),
+    ("lora", ["method.alpha=0", "method.rank=8"], lambda c: c.method_cfg.alpha == 2.0),
+    ("lora", ["method.dropout=0"], lambda c: c.method_cfg.dropout == 0.0),
+    ("low-rank", ["method.rank=64"], lambda c: c.method_cfg.rank == 64),  # the bound itself is allowed
     ("galore", ["method.eps=1e-8"], lambda c: c.method_cfg.eps == 1e-8),
     ("full-rank", ["train.steps=1e3"], lambda c: c.train.steps == 1000),  # integral floats are ints
     ("full-rank", [f"train.seed={TRAIN_SEED_LIMIT - 1}"], lambda c: c.train.seed == TRAIN_SEED_LIMIT - 1),
@@ -341,6 +350,7 @@ def test_named_presets_pin_their_methods(monkeypatch):
     assert load_spec("demo").methods == six
 
 
+# The shipped studies pin the study's six methods, so a new method plugin changes none of them.
 @pytest.mark.parametrize("source, runs", [("demo", 6 * 3), ("paper", 6 * 3 * 3), (REPO / "examples" / "micro.toml", 6)])
 def test_shipped_studies_still_validate(source, runs):
     spec = load_spec(source)
