@@ -22,6 +22,7 @@ from typing import Any
 from .errors import LensError
 
 PRECISIONS = ("fp32", "bf16-mixed", "bf16-pure")
+PARALLEL_MODES = ("ddp", "fsdp")
 DATA_MODES = ("pad", "packed")
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 """What train/distributed.py resolve_device understands."""
@@ -222,6 +223,10 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     """A non-finite loss or gradient norm: 'stop' the run with one line (nothing is saved after the last good
     checkpoint), or 'skip' that update (the step counter and data order go on; 10 in a row still stop)."""
+    parallel: str = "ddp"
+    """Under torchrun: 'ddp' (every rank holds the whole model; the default up to 350m) or 'fsdp' (FSDP2:
+    parameters, gradients and optimizer state sharded over the ranks; recommended at 1b). One process
+    ignores it; checkpoints are the same either way, so a run may resume under the other or another world."""
 
     def __post_init__(self) -> None:
         check_fields(self, "train")
@@ -242,6 +247,8 @@ class TrainConfig:
         _check(not bad, f"unknown log sink(s) {sorted(bad)}; choose from wandb, tensorboard")
         _check(self.on_nonfinite in ("stop", "skip"),
                f"train.on_nonfinite {self.on_nonfinite!r} is not one of stop, skip")
+        _check(self.parallel in PARALLEL_MODES,
+               f"train.parallel {self.parallel!r} is not one of {', '.join(PARALLEL_MODES)}")
 
 
 @dataclass

@@ -81,6 +81,7 @@ BAD_OVERRIDES = [
     ("full-rank", "train.device=gpu", "train.device"),
     ("full-rank", "train.sinks=wandb,csv", "log sink"),
     ("full-rank", "train.on_nonfinite=ignore", "train.on_nonfinite"),
+    ("full-rank", "train.parallel=zero3", "train.parallel"),
     ("full-rank", "method.targets=", "method.targets"),
     ("full-rank", "method.targets=*.nope", "method.targets"),
     ("full-rank", "method.targets=model.norm", "method.targets"),

@@ -32,6 +32,7 @@ from lowrank_lens.report.sections import (
     verdict_class,
 )
 from lowrank_lens.study.findings import write_findings
+from lowrank_lens.study.presets import PAPER_METHODS
 
 SECTIONS = ("overview", "settings", "runs", "statistics", "matched", "claims", "downstream", "prediction",
             "provenance")
@@ -101,11 +102,11 @@ def test_every_image_and_link_exists_beside_the_page(report_page: Path):
 def test_run_table_lists_every_method_with_its_colour(report_page: Path, tiny_study: Path):
     text = report_page.read_text()
     cells = Page(text).run_cells
-    for m in method_names():
+    for m in PAPER_METHODS:
         assert m in cells, f"method {m} missing from the run table"
         assert get_method(m).colour in text
     runs = read_csv(report_page.parent / "tables" / "runs.csv")
-    assert {r["method"] for r in runs} == set(method_names())
+    assert {r["method"] for r in runs} == set(PAPER_METHODS)
     for r in runs:
         assert r["parameters"] > 0 and r["optimizer state MiB"] > 0 and r["tokens"] > 0
         assert r["val_ppl"] > 1 and r["val_ppl_ref"] > 1
@@ -126,7 +127,7 @@ def test_analysis_sections_are_filled(report_page: Path):
     assert [c["id"] for c in claims] == list(range(1, 9))
     assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in claims)
     matches = read_csv(tables / "matched_checkpoints.csv")
-    assert len(matches) == len(method_names()) and all("gap" in m for m in matches)
+    assert len(matches) == len(PAPER_METHODS) and all("gap" in m for m in matches)
     pairs = read_csv(tables / "pairwise_differences.csv")
     assert pairs and {p["verdict"] for p in pairs} == {"insufficient seeds"}  # one seed: nothing claimed
     assert "single seed" in text

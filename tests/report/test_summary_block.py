@@ -15,6 +15,7 @@ from lowrank_lens.methods import get_method, method_names
 from lowrank_lens.report import figures
 from lowrank_lens.report.collect import RunInfo
 from lowrank_lens.report.summary import interval_plot, matched_rows, mean_pm, stats_leaves
+from lowrank_lens.study.presets import PAPER_METHODS
 
 NAN = math.nan
 
@@ -92,7 +93,7 @@ def test_the_page_opens_on_the_findings(report_page: Path):
         assert f'href="#claim-{c["id"]}"' in verdicts and f'id="claim-{c["id"]}"' in text
     assert verdicts.count("<svg") >= 6  # every claim with Stats values plots them (not 7: p-values)
     headline = block[block.index("Headline metric per method"):]
-    for m in method_names():
+    for m in PAPER_METHODS:
         assert f'<th><span class="sw" style="background:{get_method(m).colour}"></span>{m}' in headline, m
     assert "final val_ppl" in headline and '<strong>es</strong> <span class="muted">(landscape_random)' in headline
     assert "Differences at matched perplexity" in block and "Single seed" in block

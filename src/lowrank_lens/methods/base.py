@@ -65,6 +65,10 @@ class Footprint:
     """Optimizer-state elements per key (tensors only), one dict per parameter group, in group order."""
     state_bytes: int = 0
     """Bytes of the whole optimizer state."""
+    replicated_state: tuple[int, ...] = ()
+    """Indices of the state groups an optimizer keeps whole on every rank under FSDP2 (GaLore's projected
+    moments and basis); every other state tensor of a parameter's shape is sharded with it. Torch AdamW's
+    per-tensor `step` counter is never sharded."""
 
 
 @dataclass
@@ -141,8 +145,17 @@ class Method:
         return warmup_cosine(step, t.steps, o.warmup_steps, o.min_lr_ratio)
 
     def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """Runs after each update (step = updates done). Returns extra scalars for the log."""
+        """Runs after each update (step = updates done), on every rank. Returns extra scalars for the log.
+        Under train.parallel=fsdp parameters and moments are shards (DTensors): code that needs a whole
+        matrix reads it with sharding.full and writes with sharding.set_full_ / add_full_ (identities on
+        plain tensors), so one body serves 1 process, DDP and FSDP2."""
         return {}
+
+    def fsdp_units(self, model: nn.Module) -> list[nn.Module]:
+        """The modules FSDP2 shards one by one (each all-gathered just for its forward/backward), before the
+        root; by default the decoder blocks, so at most one block is ever whole on a rank."""
+        layers = getattr(getattr(model, "model", None), "layers", None)
+        return list(layers) if layers is not None else []
 
     def dense_weights(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
         """Effective weight (out x in) of every target layer, keyed by module name; None if none exists."""

@@ -111,7 +111,8 @@ class GaLore(Method):
         projected.update(cls._extra_state(len(targets)))
         state = ({"exp_avg": plain, "exp_avg_sq": plain}, projected)
         return Footprint(trainable=tuple(model_parameters(run.model).values()), state=state,
-                         state_bytes=param_bytes(run) * sum(v for g in state for v in g.values()))
+                         state_bytes=param_bytes(run) * sum(v for g in state for v in g.values()),
+                         replicated_state=(1,))  # GaLoreAdamW.replicated_state: the projected group
 
     @classmethod
     def _extra_state(cls, n_targets: int) -> dict[str, int]:

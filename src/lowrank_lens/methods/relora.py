@@ -38,6 +38,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..errors import LensError
+from ..sharding import add_full_, full, is_sharded, local, set_full_
 from . import register
 from .base import (
     BaseMethodConfig,
@@ -85,18 +86,18 @@ class ReLoRALinear(nn.Module):
         a = torch.zeros(self.lora_A.shape)
         if not zero_a:
             nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))
-        self.lora_A.copy_(a)
-        self.lora_B.zero_()
+        set_full_(self.lora_A, a)  # the whole draw on every rank; a shard keeps its rows (FSDP2)
+        local(self.lora_B).zero_()
 
     @torch.no_grad()
     def _delta(self) -> torch.Tensor:
         """(alpha/r) B A (out x in) in W's dtype (bf16 under pure bf16, as the reference merges)."""
-        return (self.lora_B.to(self.weight.dtype) @ self.lora_A.to(self.weight.dtype)) * self.scale
+        return (full(self.lora_B).to(self.weight.dtype) @ full(self.lora_A).to(self.weight.dtype)) * self.scale
 
     @torch.no_grad()
     def merge(self) -> None:
         """W += (alpha/r) B A, computed and added in W's dtype (bf16 under pure bf16, as the reference)."""
-        self.weight.add_(self._delta())
+        add_full_(self.weight, self._delta())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in] -> [..., out]
         lora = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)  # [..., r] -> [..., out]
@@ -327,9 +328,12 @@ class ReLoRA(Method):
                     if state.device not in gens:
                         gens[state.device] = torch.Generator(state.device).manual_seed(
                             stable_seed(self.run.train.seed, "relora-prune", step))
-                    prune_(state, cfg.prune, cfg.prune_ratio, gens[state.device])
-                    zeros += int((state == 0).sum())
-                    total += state.numel()
+                    whole = full(state)  # a mask or quantile of the whole moment, the same as one process
+                    prune_(whole, cfg.prune, cfg.prune_ratio, gens[state.device])
+                    if is_sharded(state):
+                        set_full_(state, whole)
+                    zeros += int((whole == 0).sum())
+                    total += whole.numel()
         return {"relora_merge": 1.0, "relora_pruned_frac": zeros / total if total else 0.0}
 
     def dense_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -21,6 +21,13 @@ basis (Q: r x n or P: m x r) and proj_right (0-dim, 1.0 for the right projector)
 python numbers, so `state_dict()` survives `torch.load(weights_only=True)` and resumes bitwise.
 
 Subclasses change the full-size update by overriding `_direction` (Fira, fira_adamw.py).
+
+Sharded parameters (FSDP2, train.parallel=fsdp): the projection needs the whole gradient (the refresh's SVD
+reads all of it, and a left projection Pᵀ·G sums over its rows), so each rank gathers the full gradient of
+one matrix, computes the projected Adam step exactly as one process does, and applies the rows of the
+update it holds. The projected moments and the basis are small (r x n or m x r) and stay replicated, the
+same on every rank (`replicated_state`); the gradient is whole only for the matrix being stepped.
+Unprojected groups step on their shards directly (elementwise AdamW).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any
 
 import torch
 
+from ..sharding import full, local, local_part
 from .projector import is_right, needs_refresh, orthogonal_basis, project, project_back
 
 # Keys of a projected param group and their defaults (those of the reference projector class;
@@ -100,18 +108,25 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 state = self.state[p]
                 if "step" not in state:
                     state["step"] = 0
+                target = p
                 if projected:
-                    grad = p.grad  # G: m x n
+                    grad = full(p.grad)  # G: m x n (gathered when sharded)
                     low = self._project(state, grad, group)  # R: m x r (right) or r x n (left)
                     norm_low, step_size = self._adam(state, low, group)  # N: R's shape
-                    update = self._direction(state, grad, low, norm_low, group)  # m x n
+                    update = local_part(self._direction(state, grad, low, norm_low, group), p)  # m x n, my rows
+                    target = local(p)
                 else:
                     update, step_size = self._adam(state, p.grad, group)
-                p.add_(update, alpha=-step_size)
+                target.add_(update, alpha=-step_size)
                 # Decoupled weight decay after the update, with the undecorated lr (§2.2 step 5).
                 if group["weight_decay"] > 0.0:
-                    p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+                    target.add_(target, alpha=-group["lr"] * group["weight_decay"])
         return loss
+
+    @staticmethod
+    def replicated_state(group: dict[str, Any]) -> bool:
+        """Whether a group's state is whole on every rank under FSDP2 (projected groups), not sharded."""
+        return "rank" in group
 
     # ---- pieces shared with Fira ------------------------------------------------------------------
     def _project(self, state: dict[str, Any], grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:

@@ -17,6 +17,7 @@ class DistEnv:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this process group was started by init_distributed (and is ended by shutdown)
 
     @property
     def is_main(self) -> bool:
@@ -58,14 +59,17 @@ def init_distributed(device_pref: str) -> DistEnv:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_pref, local_rank)
-    if world > 1 and not dist.is_initialized():
+    owns = False
+    if world > 1 and not dist.is_initialized():  # a caller's own group (e.g. several runs in one job) is used
+        owns = True
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
-    return DistEnv(rank=rank, world=world, local_rank=local_rank, device=device)
+    return DistEnv(rank=rank, world=world, local_rank=local_rank, device=device, owns_group=owns)
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
+def shutdown(env: DistEnv) -> None:
+    """End the process group if init_distributed started it; a caller's own group stays for its next use."""
+    if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()

@@ -32,21 +32,24 @@ def token_nll(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Ten
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, val_rows: np.ndarray, pad_id: int, batch_size: int, env: DistEnv,
-             autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
-    """Both validation metrics over `val_rows` (int32 [N, T], -1 = masked). Batches are split over ranks."""
+             autocast: contextlib.AbstractContextManager | None = None, lockstep: bool = False) -> dict[str, float]:
+    """Both validation metrics over `val_rows` (int32 [N, T], -1 = masked). Batches are split over ranks.
+    `lockstep` (FSDP2, which all-gathers in every forward): a rank with one batch fewer than the others runs
+    one more forward whose result it drops, so every rank runs the same number."""
     from ..data import to_model_inputs
 
     was_training = model.training
     model.eval()
     nll_sum, n_tok, batch_mean_sum, n_batches = 0.0, 0, 0.0, 0
-    starts = range(0, len(val_rows), batch_size)
-    for i, start in enumerate(starts):
-        if i % env.world != env.rank:
-            continue
+    starts = list(range(0, len(val_rows), batch_size))
+    mine = starts[env.rank::env.world]
+    rounds = -(-len(starts) // env.world) if lockstep else len(mine)
+    for j in range(rounds):
+        start = mine[j] if j < len(mine) else starts[0]
         input_ids, labels = to_model_inputs(val_rows[start:start + batch_size], pad_id)
         with autocast or contextlib.nullcontext():
             nll, n = token_nll(model, input_ids.to(env.device), labels.to(env.device))
-        if n == 0:
+        if n == 0 or j >= len(mine):  # nothing to count, or the lockstep forward
             continue
         nll_sum += float(nll)
         n_tok += n

@@ -29,6 +29,7 @@ from .distributed import DistEnv
 from .evaluate import evaluate, token_nll
 from .logs import RunLogger, format_train_line, format_val_line
 from .memory import measure_memory
+from .parallel import Replicated
 
 log = logging.getLogger("lowrank_lens")
 
@@ -64,8 +65,14 @@ class Trainer:
     logger: RunLogger
     ckpt_steps: list[int]
     state: TrainState = field(default_factory=TrainState)
-    ddp_model: torch.nn.Module | None = None
+    parallel: Replicated | None = None  # how the model is spread over ranks (None: one process)
     last_saved: int = -1  # step of the newest checkpoint written (or resumed from); -1 before step 0
+
+    def __post_init__(self) -> None:
+        if self.parallel is None:
+            self.parallel = Replicated(self.env)
+        if self.parallel.net is None:
+            self.parallel.wrap(self.model)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.train.precision == "bf16-mixed":
@@ -75,7 +82,7 @@ class Trainer:
     # ---- one update ----------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         t, env = self.cfg.train, self.env
-        net = self.ddp_model or self.model
+        net = self.parallel.net
         step = self.state.step
         t0 = time.perf_counter()
         rows = self.data.train.rows(step, t.total_batch_size, env.rank, env.world)  # [B/W, T]
@@ -97,11 +104,11 @@ class Trainer:
             torch.manual_seed(_micro_seed(t.seed, step, env.rank * n_micro + k))
             sl = slice(k * micro, (k + 1) * micro)
             last = k == n_micro - 1
-            sync = contextlib.nullcontext() if (last or self.ddp_model is None) else self.ddp_model.no_sync()
+            sync = contextlib.nullcontext() if last else self.parallel.no_sync()
             with sync:
                 with self.autocast():
                     nll, _ = token_nll(net, input_ids[sl], labels[sl])
-                # DDP averages gradients over ranks; scaling by world makes the result sum(NLL) / n_global.
+                # DDP and FSDP2 average gradients over ranks; scaling by world makes it sum(NLL) / n_global.
                 (nll * (env.world / max(n_global, 1))).backward()
             nll_total += float(nll.detach())
 
@@ -116,7 +123,8 @@ class Trainer:
         if not skip:
             self.optimizer.step()
             if not self.state.memory:  # optimizer state exists only after the first step
-                self.state.memory = measure_memory(self.model, self.optimizer, env.device)
+                self.state.memory = {**measure_memory(self.model, self.optimizer, env.device),
+                                     "world_size": env.world, "sharded": self.parallel.lockstep}
             self.state.tokens += n_global
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step = step + 1
@@ -147,7 +155,8 @@ class Trainer:
     # ---- validation and checkpoints ------------------------------------------------------------
     def validate(self) -> dict[str, float]:
         bs = self.cfg.train.eval_batch_size or self.cfg.train.micro_batch_size
-        res = evaluate(self.model, self.data.val_rows, self.data.pad_id, bs, self.env, self.autocast())
+        res = evaluate(self.model, self.data.val_rows, self.data.pad_id, bs, self.env, self.autocast(),
+                       lockstep=self.parallel.lockstep)
         rec = {"kind": "val", "step": self.state.step, "tokens": self.state.tokens, **res}
         self.logger.write(rec)
         if self.env.is_main:
@@ -156,8 +165,11 @@ class Trainer:
 
     def save(self, val: dict[str, float] | None, rolling: bool = False) -> None:
         step = self.state.step
-        # Every rank checks (DDP replicas are identical), so all stop together instead of waiting on rank 0.
-        bad = nonfinite_tensors(dict(self.model.state_dict()))
+        # Whole tensors (gathered under FSDP2: every rank takes part), so the checkpoint is in the one format.
+        model_state = self.parallel.model_state(self.model)
+        optimizer_state = self.parallel.optimizer_state(self.optimizer)
+        # Every rank checks (the same whole weights), so all stop together instead of waiting on rank 0.
+        bad = nonfinite_tensors(model_state)
         losses = [v for k, v in (val or {}).items() if "loss" in k]  # a huge finite loss may give ppl = inf
         if bad or not all(math.isfinite(v) for v in losses):
             detail = f"non-finite weights ({', '.join(bad[:3])})" if bad else f"a non-finite validation ({val})"
@@ -171,14 +183,14 @@ class Trainer:
                 "data_seed": self.cfg.data.shuffle_seed, "precision": self.cfg.train.precision,
                 "val": val or {}, "memory": self.state.memory}
         resume = {"step": step, "tokens": self.state.tokens, "skipped": self.state.skipped,
-                  "optimizer": self.optimizer.state_dict(),
+                  "optimizer": optimizer_state,
                   "rng_cpu": torch.get_rng_state(),
                   "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         name = RESUME_DIR if rolling else step_dir_name(step)
-        save_checkpoint(self.run_dir / "ckpt" / name, self.model.state_dict(), meta, resume)
+        save_checkpoint(self.run_dir / "ckpt" / name, model_state, meta, resume)
 
     def restore(self, resume: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(resume["optimizer"])
+        self.parallel.load_optimizer_state(self.optimizer, resume["optimizer"])
         torch.set_rng_state(resume["rng_cpu"])
         if resume["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(resume["rng_cuda"])

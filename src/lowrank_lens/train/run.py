@@ -32,13 +32,15 @@ from .checkpoint import (
 from .distributed import DistEnv, init_distributed, shutdown
 from .logs import RunLogger
 from .loop import Trainer
+from .parallel import Replicated, make_parallel
 from .provenance import provenance
 from .rundir import RunLock, check_restartable, check_run_name, claim_run_dir, forget_unused_run_dir
 
 log = logging.getLogger("lowrank_lens")
 
 # Keys that may differ between a run and its resumption: they change where and how we log, not the maths.
-RESUME_MAY_DIFFER = ("train.device", "train.sinks", "train.log_every", "data.cache_dir")
+# train.parallel too: checkpoints are whole tensors in one format, so a run resumes under DDP or FSDP2.
+RESUME_MAY_DIFFER = ("train.device", "train.sinks", "train.log_every", "data.cache_dir", "train.parallel")
 
 
 def default_run_name(cfg: RunConfig) -> str:
@@ -64,8 +66,10 @@ def _load_init_from(model: torch.nn.Module, path: str) -> None:
                         f"{unexpected[:2]}); warm starts need a full-rank checkpoint of the same preset")
 
 
-def build_components(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module, Method, torch.optim.Optimizer]:
-    """Model (seeded init, optional warm start, the method's surgery, precision, device), method, optimizer."""
+def build_components(cfg: RunConfig, device: torch.device, parallel: Replicated | None = None
+                     ) -> tuple[torch.nn.Module, Method, torch.optim.Optimizer]:
+    """Model (seeded init, optional warm start, the method's surgery, precision, device, and the shards of
+    train.parallel=fsdp), method, optimizer (built on the parameters as they are sharded)."""
     t = cfg.train
     model = build_model(cfg.model, seed=t.seed)
     if t.init_from:
@@ -76,6 +80,8 @@ def build_components(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Mod
     if t.precision == "bf16-pure":
         model = model.to(torch.bfloat16)
     model = model.to(device)
+    if parallel is not None:
+        model = parallel.shard(model, method)
     optimizer = method.build_optimizer(model, cfg.optim)
     check_param_groups(model, optimizer)
     for group in optimizer.param_groups:
@@ -84,7 +90,7 @@ def build_components(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Mod
 
 
 def train(cfg: RunConfig, out: str | Path, run_name: str | None = None, resume: bool = False) -> Path:
-    """Train (or resume) one run; returns its directory. Works under torchrun (DDP) and alone."""
+    """Train (or resume) one run; returns its directory. Works alone and under torchrun (DDP or FSDP2)."""
     run_dir = Path(out) / check_run_name(run_name or default_run_name(cfg))
     env = init_distributed(cfg.train.device)
     lock, created = None, False
@@ -101,7 +107,7 @@ def train(cfg: RunConfig, out: str | Path, run_name: str | None = None, resume: 
             lock.release()
             if created:
                 forget_unused_run_dir(run_dir)
-        shutdown()
+        shutdown(env)
 
 
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
@@ -124,7 +130,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
             return run_dir
 
     data = build_data(cfg.data, cfg.model.vocab_size, is_main=env.is_main, barrier=env.barrier, log=log.info)
-    model, method, optimizer = build_components(cfg, env.device)
+    parallel = make_parallel(t.parallel, env)
+    model, method, optimizer = build_components(cfg, env.device, parallel)
 
     if env.is_main and not existing:
         # A fresh run, or one that died before its step-0 checkpoint: (over)write its files one by one.
@@ -137,10 +144,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
 
     logger = RunLogger(run_dir, env.is_main, t.sinks, cfg.to_dict())
     trainer = Trainer(cfg=cfg, run_dir=run_dir, env=env, method=method, model=model, optimizer=optimizer,
-                      data=data, logger=logger, ckpt_steps=checkpoint_steps(t.steps, t.checkpoints))
+                      data=data, logger=logger, ckpt_steps=checkpoint_steps(t.steps, t.checkpoints),
+                      parallel=parallel)
     if existing:
         step, path = existing[-1]
-        model.load_state_dict(load_model_state(path))
+        parallel.load_model_state(model, load_model_state(path))
         trainer.restore(load_resume_state(path))
         if env.is_main:
             logger.truncate_after(step)
@@ -148,15 +156,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
     else:
         trainer.save(trainer.validate())
 
-    if env.enabled:
-        # No buffer needs syncing (all are deterministic from the config); broadcasting them every forward
-        # would move e.g. SLTrain's sparse supports (~450 MB at 1b) for nothing.
-        trainer.ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None, broadcast_buffers=False)
     n_params = sum(p.numel() for p in model.parameters())
     if env.is_main:
         log.info(f"{run_dir.name}: {cfg.method} at {cfg.scale}, {n_params / 1e6:.2f}M parameters, {t.steps} steps "
-                 f"of {t.total_batch_size} x {cfg.data.seq_len} tokens, {env.world} process(es) on {env.device}")
+                 f"of {t.total_batch_size} x {cfg.data.seq_len} tokens, {env.world} process(es) on {env.device}"
+                 f"{' (FSDP2 shards)' if parallel.lockstep else ''}")
     try:
         trainer.fit()
     finally:

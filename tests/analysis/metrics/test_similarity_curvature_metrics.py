@@ -100,7 +100,7 @@ def test_curvature_matches_the_exact_hessian_of_one_tensor(tiny_runs, tmp_path):
     ctx = Context(EvalSettings(**SMALL))
     one = {"include": r"^model\.layers\.1\.post_attention_layernorm\.weight$", "dtype": "fp64"}
     lz = Curvature(CurvatureConfig(lanczos_iters=24, hutchinson_probes=60, **one)).compute(subject, ctx)
-    pw = Curvature(CurvatureConfig(eigen_method="power", power_iters=200, power_tol=1e-9, hutchinson_probes=2,
+    pw = Curvature(CurvatureConfig(eigen_method="power", power_iters=200, power_tol=1e-7, hutchinson_probes=2,
                                    **one)).compute(subject, ctx)
     model = ctx.load(c, dtype=torch.float64).model
     params0 = hessian_params(model, include=one["include"])
