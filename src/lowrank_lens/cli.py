@@ -279,18 +279,48 @@ def study(
     stages: Annotated[str, typer.Option(help="Comma-separated stages to run: train, analyze, downstream, "
                                              "predict, findings, report (report recomputes the findings first)."
                                         )] = "train,analyze,downstream,predict,findings,report",
+    status: Annotated[bool, typer.Option("--status", help="Print each run's and stage's state from the study "
+                                                          "folder (done, running, to do, failed + log).")] = False,
+    executor: Annotated[str, typer.Option(help="inline (this process), local (submitit processes on this "
+                                               "machine) or slurm (job arrays with afterok dependencies).")
+                        ] = "inline",
+    partition: Annotated[str, typer.Option(help="Slurm partition.")] = "",
+    account: Annotated[str, typer.Option(help="Slurm account.")] = "",
+    time_min: Annotated[int, typer.Option(help="Time limit per task in minutes (training requeues and "
+                                               "resumes at it).")] = 24 * 60,
+    gpus_per_run: Annotated[int | None, typer.Option(help="GPUs per training run (default: the study's).")] = None,
+    processes_per_run: Annotated[int | None, typer.Option(help="Processes per CPU run (gloo).")] = None,
+    cpus_per_task: Annotated[int, typer.Option(help="CPUs per task.")] = 1,
+    mem_gb: Annotated[int, typer.Option(help="Memory per task in GB (0: the cluster's default).")] = 0,
+    analysis_tasks: Annotated[int, typer.Option(help="Tasks of the analysis and downstream arrays.")] = 8,
+    sbatch: Annotated[list[str] | None, typer.Option(help="Extra sbatch option --name=value (repeatable).")
+                      ] = None,
 ) -> None:
     """Train the grid methods x scales x seeds, analyse, evaluate downstream, predict, compute the findings and
-    report (resumable)."""
+    report (resumable); in this process, or as submitit jobs (--executor local|slurm)."""
     from .study.runner import STAGES, describe_plan, run_study
     from .study.spec import existing_study_folder, load_spec
 
+    if status:
+        from .study.status import study_status
+
+        typer.echo(study_status(existing_study_folder(study_file) or out or study_file))
+        return
     spec = load_spec(study_file)
     folder = out or existing_study_folder(study_file) or Path("studies") / spec.name
     if dry_run:
         typer.echo(describe_plan(spec, folder))
         return
     _writable_folder(folder, "--out" if out is not None else "study folder")
+    if executor != "inline":
+        from .study.submit import SubmitOptions, submit_study
+
+        opts = SubmitOptions(executor, partition, account, time_min, gpus_per_run, processes_per_run,
+                             cpus_per_task, mem_gb, analysis_tasks, list(sbatch or []))
+        jobs = submit_study(spec, folder, opts)
+        typer.echo(f"study {spec.name}: " + "; ".join(f"{k} {' '.join(v) or '-'}" for k, v in jobs.items()))
+        typer.echo(f"follow it with: lowrank-lens study {folder} --status")
+        return
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
     bad = [s for s in chosen if s not in STAGES]
     if bad:

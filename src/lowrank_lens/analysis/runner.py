@@ -156,20 +156,26 @@ def analyze(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None
     return outcomes
 
 
-def _compute_share(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None, steps: list[int] | None,
-                   reference: str | Path | None, overrides: Sequence[str], settings: EvalSettings | None,
-                   force: bool, share: tuple[int, int], threads: int, cache_dir: str | Path | None = None) -> int:
-    """One worker of a parallel analysis: compute (and cache) its share of the subjects; no tables."""
-    import torch
-
-    torch.set_num_threads(threads)
-    # Progress lines of the share ("[metric i/n] subject: ..."), tagged so interleaved workers stay readable.
-    logging.basicConfig(level=logging.INFO, format=f"[analysis worker {share[0] + 1}/{share[1]}] %(message)s")
+def compute_share(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None, steps: list[int] | None,
+                  reference: str | Path | None, overrides: Sequence[str], settings: EvalSettings | None,
+                  force: bool, share: tuple[int, int], cache_dir: str | Path | None = None) -> int:
+    """One share (k, n) of an analysis (a worker process, a Slurm array task): compute and cache the subjects
+    whose home run is the k-th of every n runs; no tables. Returns how many results it computed."""
     runs = [RunRef.open(p) for p in run_dirs]
     ref = RunRef.open(reference) if reference else None
     ctx = Context(settings)
     return sum(run_metric(m, runs, steps, ref, ctx, force, share, cache_dir).computed
                for m in build_metrics(metrics, overrides))
+
+
+def _compute_share_in_worker(*args: Any, threads: int) -> int:
+    import torch
+
+    torch.set_num_threads(threads)
+    share = args[7]
+    # Progress lines of the share ("[metric i/n] subject: ..."), tagged so interleaved workers stay readable.
+    logging.basicConfig(level=logging.INFO, format=f"[analysis worker {share[0] + 1}/{share[1]}] %(message)s")
+    return compute_share(*args)
 
 
 def _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings, force, jobs: int,
@@ -183,7 +189,7 @@ def _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings
     t0 = time.perf_counter()
     log.info(f"analysis: computing in {jobs} worker processes ({threads} thread(s) each)")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_compute_share, list(run_dirs), metrics, steps, reference, list(overrides), settings,
-                               force, (k, jobs), threads, cache_dir) for k in range(jobs)]
+        futures = [pool.submit(_compute_share_in_worker, list(run_dirs), metrics, steps, reference, list(overrides),
+                               settings, force, (k, jobs), cache_dir, threads=threads) for k in range(jobs)]
         computed = sum(f.result() for f in futures)
     log.info(f"analysis: {computed} results computed by the workers in {time.perf_counter() - t0:.0f}s")

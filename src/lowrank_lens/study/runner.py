@@ -114,6 +114,12 @@ def _prepare_data(runs: list[PlannedRun]) -> None:
             build_data(r.cfg.data, r.cfg.model.vocab_size, log=log.info)
 
 
+def write_study_record(spec: StudySpec, out: Path) -> None:
+    """<out>/study.json: the resolved spec and its run list (what --status and submitted tasks read)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "study.json", {"spec": spec.to_dict(), "runs": [r.run_name for r in plan_runs(spec)]})
+
+
 def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES) -> Path:
     """Run the stages of a study into `out`; returns the report path (or `out` without a report stage)."""
     from ..analysis.context import EvalSettings
@@ -121,9 +127,7 @@ def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES
     from ..analysis.subjects import parse_steps
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "study.json", {"spec": spec.to_dict(),
-                                           "runs": [r.run_name for r in plan_runs(spec)]})
+    write_study_record(spec, out)
     t0 = time.perf_counter()
     run_dirs = train_all(spec, out) if "train" in stages else [out / "runs" / r.run_name for r in plan_runs(spec)]
     timings = {"train": time.perf_counter() - t0}

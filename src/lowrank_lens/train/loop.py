@@ -24,6 +24,7 @@ from ..config import RunConfig
 from ..data import DataBundle, to_model_inputs
 from ..errors import LensError
 from ..methods.base import Method
+from . import stop
 from .checkpoint import RESUME_DIR, nonfinite_tensors, save_checkpoint, step_dir_name
 from .distributed import DistEnv
 from .evaluate import evaluate, token_nll
@@ -228,4 +229,8 @@ class Trainer:
                 self.save(last_val, rolling=True)
             if due_ckpt or t.resume_every:
                 interval_t = time.perf_counter()  # keep checkpoint time out of tok/s
+            if self.state.step < t.steps and stop.should_stop(self.env):
+                if self.last_saved != step:
+                    self.save(last_val, rolling=True)
+                raise stop.StopRequested(step)
         return last_val

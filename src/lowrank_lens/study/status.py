@@ -1,0 +1,83 @@
+"""`lowrank-lens study FOLDER --status`: each run's and stage's state, read from the study folder alone.
+
+Sources: study.json (the runs), each run's checkpoints (done or how far), the task records that submitted
+jobs write in jobs/status/ (running, requeued, failed with the error and the log path), jobs/submitted.json
+(what was submitted), and the stages' outputs (analysis tables, downstream.csv, report/index.html).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import LensError
+from ..train.checkpoint import complete_checkpoints
+from .spec import load_spec, plan_runs
+from .submit import JOBS_DIR, read_status
+
+
+def _ago(t: float) -> str:
+    s = max(0, int(time.time() - t))
+    return f"{s}s ago" if s < 120 else f"{s // 60} min ago"
+
+
+def _run_state(run_dir: Path, steps: int, rec: dict[str, Any] | None, submitted: bool) -> tuple[str, str]:
+    ckpts = complete_checkpoints(run_dir) if run_dir.is_dir() else []
+    at = max((s for s, _ in ckpts), default=None)
+    progress = f"step {at}/{steps}" if at is not None else f"0/{steps}"
+    if any(s >= steps for s, p in ckpts if p.name != "resume"):
+        return "done", progress
+    if rec and rec["state"] == "failed":
+        return "failed", f"{progress}; {rec.get('error', '')}; log {rec.get('log', '')}"
+    if rec and rec["state"] == "requeued":
+        return "requeued", f"stopped at step {rec.get('step')}, waiting to resume (job {rec.get('job_id')})"
+    if rec and rec["state"] in ("running", "done"):
+        log = run_dir / "log.jsonl"
+        beat = f", last log line {_ago(log.stat().st_mtime)}" if log.is_file() else ""
+        return "running", f"{progress}{beat} (job {rec.get('job_id')}, log {rec.get('log', '')})"
+    return ("queued" if submitted else "to do"), progress
+
+
+def _stage_state(folder: Path, stage: str, status: dict[str, dict[str, Any]], output: Path) -> str:
+    recs = [r for u, r in status.items() if u == stage or u.startswith(stage + "/")]
+    failed = [r for r in recs if r["state"] == "failed"]
+    if failed:
+        return "failed: " + "; ".join(f"{r['unit']}: {r.get('error', '')} (log {r.get('log', '')})" for r in failed)
+    if recs and any(r["state"] == "running" for r in recs):
+        done = sum(r["state"] == "done" for r in recs)
+        return f"running ({done} of {len(recs)} tasks done)"
+    if output.exists() or (recs and all(r["state"] == "done" for r in recs)):
+        return "done"
+    return "to do"
+
+
+def study_status(folder: str | Path) -> str:
+    folder = Path(folder)
+    if not (folder / "study.json").is_file():
+        raise LensError(f"{folder} is not a study folder (no study.json); pass the folder a study wrote")
+    spec = load_spec(folder)
+    status = read_status(folder)
+    sub_path = folder / JOBS_DIR / "submitted.json"
+    submitted = json.loads(sub_path.read_text()) if sub_path.is_file() else None
+    runs = plan_runs(spec)
+    head = f"study {spec.name} in {folder}: {len(runs)} runs"
+    if submitted:
+        ids = ", ".join(f"{k} {' '.join(v)}" for k, v in submitted["jobs"].items() if v)
+        head += f"; submitted to {submitted['executor']} {_ago(submitted['time'])} (jobs: {ids or 'none'})"
+    lines = [head, "", f"{'run':34s} {'state':9s} detail"]
+    counts: dict[str, int] = {}
+    for r in runs:
+        state, detail = _run_state(folder / "runs" / r.run_name, r.cfg.train.steps,
+                                   status.get(f"train/{r.run_name}"), submitted is not None)
+        counts[state] = counts.get(state, 0) + 1
+        lines.append(f"{r.run_name:34s} {state:9s} {detail}")
+    lines += ["", "runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), "stages:"]
+    outputs = {"analyze": folder / "analysis", "downstream": folder / "downstream" / "downstream.csv",
+               "report": folder / "report" / "index.html"}
+    for stage, output in outputs.items():
+        if stage == "downstream" and not spec.downstream_tasks:
+            continue
+        lines.append(f"  {stage:10s} {_stage_state(folder, stage, status, output)}")
+    return "\n".join(lines)
