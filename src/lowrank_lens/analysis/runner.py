@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -121,13 +122,22 @@ def _where(subject: Subject) -> str:
 def analyze(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None, steps: list[int] | None = None,
             reference: str | Path | None = None, overrides: Sequence[str] = (),
             settings: EvalSettings | None = None, out: str | Path | None = None, force: bool = False,
-            plots: bool = True, jobs: int = 1, cache_dir: str | Path | None = None) -> dict[str, MetricOutcome]:
+            plots: bool = True, jobs: int = 1, cache_dir: str | Path | None = None,
+            distributed: bool | None = None) -> dict[str, MetricOutcome]:
     """Compute (or load) every selected metric on the runs; write `<out>/<metric>.csv|.parquet` and figures.
 
     jobs > 1 first computes the missing results in that many worker processes (each with cpu_count / jobs
     threads, the runs split between them), then tabulates and plots from the cache in this process.
     `cache_dir` keeps the cached results under <cache_dir>/<run-id>/ instead of in the run folders.
+    `distributed` (default: when started by torchrun with WORLD_SIZE > 1): each rank computes its share of
+    the subjects, on its own GPU where there are GPUs, then rank 0 tabulates and plots from the cache; the
+    other ranks return {}.
     """
+    if distributed is None:
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        return _analyze_over_ranks(run_dirs, metrics, steps, reference, overrides, settings, out, force, plots,
+                                   cache_dir)
     if not run_dirs:
         raise LensError("no run directory given; pass one or more runs/<run-id> folders")
     if jobs < 1:
@@ -181,7 +191,6 @@ def _compute_share_in_worker(*args: Any, threads: int) -> int:
 def _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings, force, jobs: int,
                         cache_dir: str | Path | None = None) -> None:
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
     build_metrics(metrics, overrides)  # bad names or options fail here, once, before any worker starts
@@ -193,3 +202,35 @@ def _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings
                                settings, force, (k, jobs), cache_dir, threads=threads) for k in range(jobs)]
         computed = sum(f.result() for f in futures)
     log.info(f"analysis: {computed} results computed by the workers in {time.perf_counter() - t0:.0f}s")
+
+
+def _analyze_over_ranks(run_dirs, metrics, steps, reference, overrides, settings, out, force, plots,
+                        cache_dir) -> dict[str, MetricOutcome]:
+    """torchrun ... -m lowrank_lens analyze: rank k computes the subjects of every world-th run (from the k-th);
+    the results meet in the content-hash cache, which rank 0 then reads to write the tables. A result does
+    not depend on the process that computed it (each subject's probes are seeded by the subject), so the
+    tables equal one process's."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    owns = not dist.is_initialized()
+    if owns:  # gloo only carries the barriers; the metrics compute on each rank's own device
+        dist.init_process_group("gloo")
+    try:
+        build_metrics(metrics, overrides)  # bad names or options fail on every rank before any work
+        computed = compute_share(run_dirs, metrics, steps, reference, list(overrides), settings, force,
+                                 (rank, world), cache_dir)
+        log.info(f"analysis rank {rank}/{world}: {computed} results computed")
+        dist.barrier()
+        outcomes = {}
+        if rank == 0:
+            outcomes = analyze(run_dirs, metrics, steps, reference, overrides, settings, out, False, plots,
+                               cache_dir=cache_dir, distributed=False)
+        dist.barrier()
+        return outcomes
+    finally:
+        if owns:
+            dist.destroy_process_group()
