@@ -32,6 +32,11 @@ def arm() -> None:
     _state["requested"] = False
 
 
+def disarm() -> None:
+    _state["armed"] = False
+    _state["requested"] = False
+
+
 def request() -> None:
     """Ask the training loop to stop at the next step boundary (safe inside a signal handler)."""
     _state["requested"] = True
