@@ -363,8 +363,9 @@ def list_things() -> None:
         typer.echo(f"  {name:6s} hidden {shape.hidden_size:5d}  layers {shape.num_layers:3d}  "
                    f"vocab {shape.vocab_size:6d}  {n / 1e6:8.2f}M params")
     typer.echo("methods:")
+    width = max(map(len, method_names()))
     for name in method_names():
-        typer.echo(f"  {name:10s} {get_method(name).description}")
+        typer.echo(f"  {name:{width}s} {get_method(name).description}")
     from .analysis.metrics import get_metric, metric_names
 
     typer.echo("metrics:")

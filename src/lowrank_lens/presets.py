@@ -92,16 +92,16 @@ def build_config(scale: str, method: str, overrides: list[str] | tuple[str, ...]
     d["train"].update(mp.train)
     d["notes"] = list(mp.notes)
     cfg = RunConfig.from_dict(d, method_cls)
-    if not overrides:
-        return _resolve_derived(cfg, scale, method_cls, fixed=set())
+    preset_fixed = {f"optim.{k}" for k in mp.optim} | {f"train.{k}" for k in mp.train}
+    if not overrides:  # a method preset's own optim/train values win over the recipe's derived ones
+        return _resolve_derived(cfg, scale, method_cls, fixed=preset_fixed)
     named = {item.partition("=")[0].strip() for item in overrides}
     for key in sorted(named & set(method_cls.unused_fields)):  # a silent no-op otherwise
         other = method_cls.unused_fields[key]
         raise LensError(f"--set {key}: {method} does not read {key}, it uses {other}; set that instead")
     cfg = apply_overrides(cfg, overrides, method_cls)
     cfg.notes.append(f"--set after the preset (the notes above describe the preset): {', '.join(overrides)}")
-    fixed = named | {f"optim.{k}" for k in mp.optim} | {f"train.{k}" for k in mp.train}
-    return _resolve_derived(cfg, scale, method_cls, fixed)
+    return _resolve_derived(cfg, scale, method_cls, named | preset_fixed)
 
 
 def _resolve_derived(cfg: RunConfig, scale: str, method_cls: type, fixed: set[str]) -> RunConfig:
