@@ -58,10 +58,13 @@ def per_rank(cfg, world: int) -> dict[str, float]:
 
 def measure(method: str, world: int, out: Path) -> dict:
     """Rank 0's recorded memory after 2 FSDP2 steps of `micro` in fp32 on `world` gloo processes."""
+    # Each rank takes an equal part of the batch in one micro-batch (micro's batch is one micro-batch).
+    micro = build_config("micro", method).train.total_batch_size // world
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world),
            "-m", "lowrank_lens", "train", "--preset", "micro", "--method", method, "--device", "cpu",
            "--steps", "2", "--out", str(out), "--set", "train.checkpoints=1", "--set", "train.eval_every=0",
-           "--set", "train.precision=fp32", "--set", "train.parallel=fsdp"]
+           "--set", "train.precision=fp32", "--set", "train.parallel=fsdp",
+           "--set", f"train.micro_batch_size={micro}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode:
