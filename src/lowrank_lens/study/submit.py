@@ -18,6 +18,7 @@ bitwise the uninterrupted one (exact resume). Every task records its state in <s
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -82,8 +83,6 @@ def mark(study_dir: Path, unit: str, state: str, **extra: Any) -> None:
     array = os.environ.get("SLURM_ARRAY_JOB_ID")
     if array:
         job = f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
-    import json
-
     path = status_path(study_dir, unit)
     history = json.loads(path.read_text()).get("history", []) if path.is_file() else []
     record = {"unit": unit, "state": state, "job_id": job or os.environ.get("SUBMITIT_LOCAL_JOB_ID", ""),
@@ -98,8 +97,6 @@ def _log_file(study_dir: Path, job: str) -> str:
 
 
 def read_status(study_dir: Path) -> dict[str, dict[str, Any]]:
-    import json
-
     out = {}
     for p in sorted((study_dir / JOBS_DIR / "status").glob("*.json")):
         rec = json.loads(p.read_text())
