@@ -68,6 +68,8 @@ ROWS = [
     (["eval-downstream", "RUN", "--out", "FILE"], "--out FILE is an existing file", False),
     (["study", "demo", "--out", "FILE"], "--out FILE is an existing file", False),
     (["demo", "--out", "FILE"], "--out FILE is an existing file", False),
+    (["demo", "--methods", "full-rank,nope", "--out", "TMP/d"], "study method 'nope' is unknown; choose from", False),
+    (["demo", "--methods", " , ", "--out", "TMP/d"], "--methods is empty", False),
     (["train", *NANO, "--out", "FILE/runs"], "lies under FILE, which is a file", False),
     (["analyze", "RUN", "--out", "FILE/tables"], "lies under FILE, which is a file", False),
     (["eval-downstream", "RUN", "--out", "FILE/d.csv"], "lies under FILE, which is a file", False),

@@ -393,9 +393,26 @@ def test_named_presets_pin_their_methods(monkeypatch):
     import lowrank_lens.methods as methods
 
     six = ["full-rank", "galore", "fira", "cola", "sltrain", "relora"]
+    registered = methods.method_names()
     monkeypatch.setattr(methods, "method_names", lambda: [*six, "newcomer"])
     assert load_spec("paper").methods == six
     assert load_spec("demo").methods == six
+    # the zoo follows the registry (here: everything but spam)
+    monkeypatch.setattr(methods, "method_names", lambda: [m for m in registered if m != "spam"])
+    assert load_spec("zoo").methods == [m for m in registered if m != "spam"]
+
+
+def test_zoo_is_the_paper_protocol_over_every_method_and_the_demo_takes_methods():
+    from lowrank_lens.methods import method_names
+    from lowrank_lens.study.presets import demo
+
+    zoo, paper = load_spec("zoo"), load_spec("paper")
+    assert zoo.methods == method_names() and len(zoo.methods) == 14
+    assert (zoo.scales, zoo.seeds, zoo.downstream_tasks) == (paper.scales, paper.seeds, paper.downstream_tasks)
+    assert len(plan_runs(zoo)) == 14 * 3 * 3
+    assert demo(["full-rank", "apollo"]).methods == ["full-rank", "apollo"]
+    with pytest.raises(LensError, match="study method 'nope' is unknown"):
+        demo(["full-rank", "nope"])
 
 
 # The shipped studies pin the study's six methods, so a new method plugin changes none of them.

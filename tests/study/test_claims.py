@@ -206,7 +206,22 @@ def test_claim5_names_the_method_from_claims_json_or_override():
     assert verdicts(rows, runs)[5].verdict == HOLDS
     assert check_claims(rows, runs, names={**NAMES, "method": "m2"})[4].verdict == FAILS
     missing = check_claims(rows, runs, names={**NAMES, "method": "nobody"})[4]
-    assert missing.verdict == UNSURE and "needs nobody" in missing.evidence
+    assert missing.verdict == UNSURE and "names nobody, which has no run in this study" in missing.evidence
+
+
+def test_a_claim_naming_a_method_absent_from_the_study_is_inconclusive_with_the_reason():
+    """A study of other methods (a subset of the zoo): claims 5 and 8 name galore / relora through claims.json;
+    without their runs they are inconclusive and say which method is missing, whatever the other data say."""
+    rows, runs = world()
+    keep = {"base", "m2", "m3"}
+    rows = [r for r in rows if r["method"] in keep and r.get("other_method", "base") in keep]
+    runs = [r for r in runs if r["method"] in keep]
+    c5 = verdicts(rows, runs)[5]
+    assert c5.verdict == UNSURE
+    assert "names m1, which has no run in this study (its methods: base, m2, m3)" in c5.evidence
+    c8 = check_claims(rows, runs, names={**NAMES, "highest_loss_method": "m1"})[7]
+    assert c8.verdict == UNSURE and "names m1" in c8.evidence and "add m1 to the study" in c8.evidence
+    assert verdicts(rows, runs)[8].verdict == HOLDS  # m2 is present and still has the highest perplexity
 
 
 def test_claim8_is_decided_by_perplexity_not_by_the_imib_skip():

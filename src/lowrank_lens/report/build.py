@@ -17,6 +17,7 @@ from .collect import MetricData, Study, method_colour
 from .figures import downstream_figure, plot_metric, training_curves
 from .findings_files import Findings
 from .html import Table, fmt, make_table, mib
+from .published import published_for, sources_note
 from .sections import seed_summary_table
 
 DIMENSION_TITLES = {"landscape": "Loss landscape", "interpolation": "Interpolation",
@@ -97,12 +98,15 @@ def overview(study: Study) -> dict[str, Any]:
 
 
 def runs_section(study: Study, fig_dir: Path, fig_href: str, tables_dir: Path, href: str) -> dict[str, Any]:
-    rows = []
+    rows, cited = [], []
     for r in study.runs:
         f, mem = r.final, r.final.get("memory") or {}
+        pub = published_for(r.method, r.scale) if r.config else None
+        cited += [pub] if pub else []
         rows.append({"run": r.name, "method": r.method if r.config else None, "scale": r.scale if r.config else None,
                      "seed": r.seed, "final step": f.get("step"), "tokens": f.get("tokens"),
                      "val_ppl": f.get("val_ppl"), "val_ppl_ref": f.get("val_ppl_reference"),
+                     "published ppl": pub.cell if pub else None,
                      "val_loss": f.get("val_loss"), "parameters": mem.get("params_total"),
                      "trainable": mem.get("params_trainable"),
                      "optimizer state MiB": mib(mem.get("optimizer_state_bytes")),
@@ -116,7 +120,8 @@ def runs_section(study: Study, fig_dir: Path, fig_href: str, tables_dir: Path, h
     if curve is not None:
         figs.append({"src": f"{fig_href}/{curve.name}", "caption": "training loss and validation perplexity "
                      "(both definitions) vs step; colour per method, thin lines: seeds, thick: their mean"})
-    return {"note": PPL_NOTE, "table": make_table(rows, cols, csv=f"{href}/runs.csv"), "figures": figs}
+    note = PPL_NOTE + (" " + sources_note(cited) if cited else "")
+    return {"note": note, "table": make_table(rows, cols, csv=f"{href}/runs.csv"), "figures": figs}
 
 
 def metric_context(md: MetricData, findings: Findings | None, fig_root: Path, fig_href: str, tables_dir: Path,

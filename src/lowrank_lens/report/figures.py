@@ -84,6 +84,8 @@ def _val_series(r: RunInfo, key: str) -> list[tuple[int, float]]:
 def _seed_lines(ax, curves: list[list[tuple[int, float]]], colour: str, ls: str, marker: str | None) -> None:
     """One run: its line. Several seeds: each seed thin and pale, their mean thick, in the method's colour."""
     curves = [c for c in curves if c]
+    if not curves:  # e.g. runs without a training log: nothing to draw on this axis
+        return
     if len(curves) == 1:
         ax.plot(*zip(*curves[0], strict=True), color=colour, ls=ls, lw=1.2, marker=marker, ms=3)
         return

@@ -115,6 +115,16 @@ def _missing(cid: int, reason: str, **values: Any) -> Claim:
     return Claim(cid, claim_texts()[cid]["text"], UNSURE, reason, dict(values))
 
 
+def _absent(cid: int, method: str, runs: Sequence[dict[str, Any]], **values: Any) -> Claim | None:
+    """Inconclusive with the reason when the method a claim names has no run in the study (a study of other
+    methods, e.g. a subset of the zoo), else None."""
+    present = sorted({str(r.get("method")) for r in runs})
+    if method in present:
+        return None
+    return _missing(cid, f"the claim names {method}, which has no run in this study (its methods: "
+                         f"{', '.join(present) or 'none'}); add {method} to the study's methods to test it", **values)
+
+
 # --------------------------------------------------------------------------- claims 1, 2: sharpness
 
 
@@ -250,6 +260,9 @@ CLOSEST = (("cka_mean", ">"), ("cosine_mean", ">"), ("l2_mean", "<"), ("cka_last
 
 
 def _claim5(rows, runs, expected: str, spread: str) -> Claim:
+    absent = _absent(5, expected, runs, expected=expected)
+    if absent:
+        return absent
     base = _baselines(runs)
     fr = [r for r in final_rows(rows, "activation_similarity") if r.get("method") not in base]
     if not fr:
@@ -361,6 +374,9 @@ def _claim8(rows, runs, highest: str, no_dense: str, spread: str) -> Claim:
     says so, and counts imib's skips for the method as information only.
     """
     parts, lines, values = [], [], {"highest_loss_method": highest, "not_interpolable_method": no_dense}
+    absent = _absent(8, highest, runs, **values)
+    if absent:
+        return absent
     ppl = _stats([{**r, "ppl": r.get("final_val_ppl")} for r in runs], "ppl")
     if not ppl:
         parts.append(UNSURE)
