@@ -60,6 +60,9 @@ def test_lanczos_power_and_hutchinson_on_an_explicit_matrix():
     lz = lanczos(lambda v: A @ v, 8, 8, seed=3)
     assert lz.top == pytest.approx(5.0, rel=1e-10) and lz.bottom == pytest.approx(-7.0, rel=1e-10)
     torch.testing.assert_close(lz.ritz_values, torch.tensor([5, 3, 2, 1, 0.5, 0.1, -1, -7], dtype=torch.float64))
+    # the basis may live elsewhere (host memory, for a GPU run): same Ritz values, bit for bit here
+    torch.testing.assert_close(lanczos(lambda v: A @ v, 8, 8, seed=3, basis_device="cpu").ritz_values,
+                               lz.ritz_values, rtol=0, atol=0)
     no_reorth = lanczos(lambda v: A @ v, 8, 8, seed=3, reorthogonalize=False)
     assert no_reorth.top == pytest.approx(5.0, rel=1e-6)
     pw = power_iteration(lambda v: A @ v, 8, 500, tol=1e-12, seed=3)
@@ -114,3 +117,20 @@ def test_hutchinson_interval_covers_at_its_level_on_a_known_hessian():
         est = hutchinson_trace(lambda v: H @ v, 50, n_probes=10, seed=seed)
         hits += est.ci_low <= true <= est.ci_high
     assert 0.935 <= hits / 2000 <= 0.965, hits / 2000
+
+
+
+def test_the_krylov_basis_moves_to_host_memory_when_it_would_crowd_the_gpu(monkeypatch):
+    """The placement rule (the GPU's free memory is the only thing faked: this machine has no GPU): 20 fp32
+    vectors of a 350m model are 29.4 GB, more than a quarter of an 80 GB GPU's free memory, so they go to
+    host memory; on a 141 GB GPU they stay. Off-GPU the basis stays with the vectors."""
+    from lowrank_lens.analysis.metrics.curvature import krylov_home
+
+    cpu, gpu, p350 = torch.device("cpu"), torch.device("cuda"), 368_000_000
+    assert krylov_home(p350, 20, torch.float32, cpu) == cpu
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (78 * 2**30, 80 * 2**30))
+    assert krylov_home(p350, 20, torch.float32, gpu) == cpu
+    assert krylov_home(p350, 2, torch.float32, gpu) == gpu  # 2.9 GB: stays
+    assert krylov_home(p350, 0, torch.float32, gpu) == gpu  # no re-orthogonalisation: no basis
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (139 * 2**30, 141 * 2**30))
+    assert krylov_home(p350, 20, torch.float32, gpu) == gpu

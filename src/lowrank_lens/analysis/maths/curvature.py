@@ -103,24 +103,31 @@ class LanczosResult:
 
 
 def lanczos(matvec: Callable[[Tensor], Tensor], dim: int, n_iter: int = 30, *, seed: int = 0,
-            reorthogonalize: bool = True, dtype: torch.dtype = torch.float64) -> LanczosResult:
+            reorthogonalize: bool = True, dtype: torch.dtype = torch.float64,
+            basis_device: torch.device | str | None = None) -> LanczosResult:
     """Lanczos tridiagonalisation from a seeded random start; the Ritz values bracket the spectrum.
 
-    With full re-orthogonalisation (default) the m Krylov vectors are kept: memory m x P in `dtype`.
-    Without it only three vectors are kept; the extreme Ritz values still converge, possibly with
-    spurious copies of converged ones. Stops early when the Krylov space is exhausted.
+    With full re-orthogonalisation (default) the m Krylov vectors are kept in one preallocated m x P
+    buffer in `dtype` on `basis_device` (default: where the vectors live; 'cpu' moves the big buffer to host
+    memory, so the accelerator holds a few vectors only); no copy of it is made. Without it only three
+    vectors are kept; the extreme Ritz values still converge, possibly with spurious copies of converged
+    ones. Stops early when the Krylov space is exhausted.
     """
     m = min(n_iter, dim)
     v, v_prev = _unit(dim, seed, dtype), None
-    basis, alphas, betas = [v], [], []
+    V = torch.empty(m if reorthogonalize else 0, dim, dtype=dtype, device=basis_device or v.device)
+    if reorthogonalize:
+        V[0] = v
+    alphas, betas = [], []
     for j in range(m):
         w = matvec(v).to(dtype)
+        v = v.to(w.device)
         a = float(w @ v)
         w = w - a * v - (betas[-1] * v_prev if v_prev is not None else 0.0)
         if reorthogonalize:
-            V = torch.stack(basis)  # [j + 1, P]
+            Vj = V[: j + 1]  # a view: no copy of the basis
             for _ in range(2):  # twice is enough ("twice is enough", Parlett)
-                w = w - V.T @ (V @ w)
+                w = w - (Vj.T @ (Vj @ w.to(V.device))).to(w.device)
         alphas.append(a)
         b = float(w.norm())
         if j == m - 1 or b <= 1e-10 * max(abs(a), 1.0):
@@ -128,7 +135,7 @@ def lanczos(matvec: Callable[[Tensor], Tensor], dim: int, n_iter: int = 30, *, s
         betas.append(b)
         v_prev, v = v, w / b
         if reorthogonalize:
-            basis.append(v)
+            V[j + 1] = v
     k = len(alphas)
     T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if k > 1:
