@@ -1,6 +1,6 @@
 """Contract of every registered metric, parametrized over the registry (a new metric is covered for free):
-it runs on tiny runs of all methods, its results are cached by content, a changed option recomputes only
-that metric, tables are written, and a checkpoint is never mutated."""
+it runs on tiny runs of every distinct parameterization (conftest.distinct_runs), its results are cached
+by content, a changed option recomputes only that metric, tables are written, and a checkpoint is never mutated."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def test_metric_declares_itself(name):
 
 
 @pytest.mark.parametrize("name", metric_names())
-def test_metric_runs_caches_and_tabulates(name, tiny_runs, tmp_path):
-    runs = list(tiny_runs.values())
+def test_metric_runs_caches_and_tabulates(name, distinct_runs, tmp_path):
+    runs = list(distinct_runs.values())
     hashes = {p: file_sha256(p / "model.safetensors") for r in runs for _, p in complete_checkpoints(r)}
     first = analyze(runs, [name], overrides=quick_overrides(name), settings=SETTINGS, out=tmp_path, plots=True)
     outcome = first[name]
@@ -70,3 +70,10 @@ def test_changed_option_recomputes_only_that_metric(tiny_runs, tmp_path):
     assert changed.cached == 0 and changed.computed > 0
     back = analyze(runs, ["spectra"], settings=SETTINGS, out=tmp_path, plots=False)["spectra"]
     assert back.computed == 0
+
+
+def test_the_distinct_parameterizations_are_the_known_five(distinct_runs):
+    """Full-rank stands for the optimizer-only methods, LoRA for ReLoRA (W0 + B A), LORO for low-rank (B A);
+    CoLA (no dense view) and SLTrain (sparse values + index) are their own. A method that stores something
+    new joins the set."""
+    assert set(distinct_runs) == {"full-rank", "cola", "lora", "loro", "sltrain"}
