@@ -78,6 +78,12 @@ def train_steps_logged(run_dir: Path) -> list[int]:
             if line.strip().endswith("}") and '"kind": "train"' in line]
 
 
+def job_state(job_id: str) -> str:
+    """Slurm's state of one job (array task ids like 12_1 included), '' once it has left the queue."""
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
 def squeue_ids() -> set[str]:
     out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
     return {line.split("_")[0] for line in out.split()}
@@ -107,6 +113,9 @@ def test_study_through_slurm_requeues_a_signalled_task_and_ends_bitwise_equal(tm
     subprocess.run(["scancel", "--signal=USR2", record["job_id"]], check=True)
     status = lens("study", str(folder), "--status").stdout
     assert galore.run_name in status
+    # Slurm holds a requeued job for about two minutes (its BeginTime); let it start at once instead.
+    wait_for(lambda: job_state(record["job_id"]) == "PENDING", 120, "the signalled task to be requeued", poll=0.5)
+    subprocess.run(["scontrol", "update", f"jobid={record['job_id']}", "StartTime=now"], check=True)
 
     mine = {i for ids in submitted.values() for i in ids}
     wait_for(lambda: not (squeue_ids() & mine), 600, "every job of the study to leave the queue", poll=2)
