@@ -270,6 +270,34 @@ def predict(
     typer.echo("\n".join(str(f) for f in files))
 
 
+@app.command("import")
+def import_(
+    source: Annotated[str, typer.Argument(help="A folder of HF checkpoints (checkpoint-N/, step_N/, model_N/), one "
+                                                "model folder, or a hub repo id (with --revisions).")],
+    out: Annotated[Path, typer.Option(help="The new run directory, e.g. runs/pythia-70m.")],
+    method: Annotated[str, typer.Option(help="Label of the method it was trained with (tables group by it).")] = "",
+    scale: Annotated[str, typer.Option(help="Scale label (runs of one scale are compared).")] = "imported",
+    seed: Annotated[int, typer.Option(help="Seed label (seeds of one method and scale are pooled).")] = 0,
+    tokens: Annotated[str, typer.Option(help="Evaluation rows: an .npy of token rows, or a text file tokenized with "
+                                              "the checkpoint's tokenizer (default: embedded-corpus sample).")] = "",
+    revisions: Annotated[str, typer.Option(help="Comma-separated hub revisions (e.g. step1000,step2000).")] = "",
+    targets: Annotated[str, typer.Option(help="Comma-separated fnmatch patterns of the target matrices, for an "
+                                               "architecture lowrank-lens does not know.")] = "",
+    layout: Annotated[str, typer.Option(help="auto, hf (dense weights), or the method whose official scripts "
+                                              "saved the folder (README: the layouts import reads).")] = "auto",
+    seq_len: Annotated[int, typer.Option(help="Tokens per evaluation row (text / default rows).")] = 256,
+    rows: Annotated[int, typer.Option(help="Evaluation rows built from text / the default sample.")] = 256,
+    baseline: Annotated[bool, typer.Option(help="Mark this series as the baseline of comparisons.")] = False,
+) -> None:
+    """Turn a checkpoint series trained elsewhere into a run directory every command reads."""
+    from .imports import ImportOptions, import_series
+
+    split = lambda text: tuple(t.strip() for t in text.split(",") if t.strip())  # noqa: E731
+    opts = ImportOptions(label=method, scale=scale, seed=seed, tokens=tokens, revisions=split(revisions),
+                         targets=split(targets), layout=layout, seq_len=seq_len, rows=rows, baseline=baseline)
+    typer.echo(f"imported: {import_series(source, _writable_folder(out, '--out'), opts)}")
+
+
 @app.command()
 def study(
     study_file: Annotated[str, typer.Argument(help="A study file (TOML/JSON), a preset (demo, paper), or a "

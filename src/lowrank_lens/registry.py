@@ -18,6 +18,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, package: str | None = None, skip: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._unlisted: set[str] = set()
         self._package, self._skip, self._discovered = package, skip, package is None
 
     def _discover(self) -> None:
@@ -29,11 +30,16 @@ class Registry(Generic[T]):
             if info.name not in self._skip:
                 importlib.import_module(f"{self._package}.{info.name}")
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, listed: bool = True) -> Callable[[T], T]:
+        """`listed=False`: found by `get`, left out of `names` (a reader-only plugin: the method of imported
+        runs, which nothing trains, so nothing that iterates over the methods should see it)."""
+
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = obj
+            if not listed:
+                self._unlisted.add(name)
             return obj
 
         return deco
@@ -41,13 +47,13 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         self._discover()
         if name not in self._items:
-            valid = ", ".join(sorted(self._items))
+            valid = ", ".join(self.names())
             raise LensError(f"unknown {self.kind} {name!r}; choose one of: {valid}")
         return self._items[name]
 
     def names(self) -> list[str]:
         self._discover()
-        return sorted(self._items)
+        return sorted(set(self._items) - self._unlisted)
 
     def __contains__(self, name: str) -> bool:
         self._discover()

@@ -50,7 +50,7 @@ def load_run_config(run_dir: Path) -> RunConfig:
     """Read config.json of a run (the one place where older run formats would be upgraded)."""
     path = Path(run_dir) / "config.json"
     d = read_run_json(run_dir)
-    for key in ("provenance", "data_fingerprint", "format_version"):
+    for key in ("provenance", "data_fingerprint", "format_version", "imported"):
         d.pop(key, None)
     try:
         return run_config_from_dict(d)
@@ -58,3 +58,15 @@ def load_run_config(run_dir: Path) -> RunConfig:
         raise LensError(f"{path} is not a valid run config: {e}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # hand-edited values of the wrong kind
         raise LensError(f"{path} is not a valid run config ({type(e).__name__}: {e}); restore it") from None
+
+
+def imported_record(d: dict[str, Any]) -> dict[str, Any]:
+    """config.json's "imported" record of a run made elsewhere (lowrank-lens import), {} for a native run."""
+    rec = d.get("imported")
+    return rec if isinstance(rec, dict) else {}
+
+
+def method_label(d: dict[str, Any]) -> str:
+    """The method a run's tables show: an imported run's label (what it was trained with, as its importer
+    named it), else the config's method."""
+    return str(imported_record(d).get("label") or d.get("method", "?"))

@@ -55,23 +55,26 @@ class RunRef:
 
     @classmethod
     def open(cls, run_dir: str | Path) -> RunRef:
-        from ..run_files import load_run_config, read_run_json
+        from ..run_files import imported_record, load_run_config, method_label, read_run_json
 
         run_dir = Path(run_dir)
         cfg = load_run_config(run_dir)
-        fingerprint = read_run_json(run_dir).get("data_fingerprint")
+        raw = read_run_json(run_dir)
+        label, imported = method_label(raw), imported_record(raw)
+        fingerprint = raw.get("data_fingerprint")
         fingerprint = fingerprint if isinstance(fingerprint, dict) else {}
         ckpts = []
         for step, path in complete_checkpoints(run_dir):
             if path.name == "resume":
                 continue
-            ckpts.append(CheckpointRef(run_dir.name, run_dir, step, path, cfg.method))
+            ckpts.append(CheckpointRef(run_dir.name, run_dir, step, path, label))
         if not ckpts:
             raise LensError(f"run {run_dir} has no complete checkpoint to analyse; train it first")
         method_cls = get_method(cfg.method)
-        return cls(run_dir=run_dir, run_id=run_dir.name, method=cfg.method, scale=cfg.scale, seed=cfg.train.seed,
+        baseline = bool(imported["baseline"]) if "baseline" in imported else method_cls.is_baseline
+        return cls(run_dir=run_dir, run_id=run_dir.name, method=label, scale=cfg.scale, seed=cfg.train.seed,
                    checkpoints=ckpts, data=fingerprint, has_dense_view=method_cls.has_dense_view,
-                   no_dense_reason=method_cls.no_dense_reason, is_baseline=method_cls.is_baseline,
+                   no_dense_reason=method_cls.no_dense_reason, is_baseline=baseline,
                    vocab_size=cfg.model.vocab_size)
 
     def steps(self) -> list[int]:
@@ -170,6 +173,14 @@ SAME_DATA_KEYS = ("tokenizer_hash", "corpus_hash", "seq_len", "mode")
 
 
 def _check_same_tokens(a: RunRef, b: RunRef) -> None:
+    """Runs compared on the same inputs must read them alike. An imported run's training data is unknown
+    (trained elsewhere): with one, only the tokenizers are compared, where both are known."""
+    if a.data.get("imported") or b.data.get("imported"):
+        ha, hb = a.data.get("tokenizer_hash"), b.data.get("tokenizer_hash")
+        if ha and hb and ha != hb:
+            raise LensError(f"runs {a.run_id} and {b.run_id} use different tokenizers, so the same evaluation rows "
+                            f"mean different text to them; compare runs of one tokenizer")
+        return
     if any(a.data.get(k) != b.data.get(k) for k in SAME_DATA_KEYS):
         raise LensError(f"runs {a.run_id} and {b.run_id} were trained on different data/tokenizers, so their "
                         f"checkpoints cannot be compared; analyse them separately")

@@ -93,6 +93,10 @@ def load_run_tokenizer(run_dir: str | Path, rebuild: bool = False) -> PreTrained
     fp = run_fingerprint(run_dir)
     name = str(fp["tokenizer"])
     seq_len = load_run_config(run_dir).data.seq_len
+    if fp.get("imported"):  # a run trained elsewhere: its checkpoint's tokenizer, copied in at import
+        tok = pretrained_tokenizer(str(run_dir / "hf_config"), seq_len)
+        _check_hash(tok, fp, run_dir, str(run_dir / "hf_config"))
+        return tok
     if not name.startswith("bpe-"):
         tok = pretrained_tokenizer(name, seq_len)
         _check_hash(tok, fp, run_dir, name)

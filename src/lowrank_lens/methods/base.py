@@ -10,6 +10,13 @@ The training loop calls only these hooks and never names a method (docs/design.m
 
 `step` is the number of updates completed: after_step(step=1) runs right after the first update.
 
+Readers of checkpoints (train/loading.py, `lowrank-lens import`) use five more, whose defaults fit every
+method trained here: `base_model` (the module a checkpoint loads into: the run's LLaMA), `state_shapes`
+(the tensors a checkpoint stores), `adapt_state` (saved names -> the model's), `dense_module` (a model that
+is its own dense view), and `official_layout` / `from_official` (recognise and convert the method's official
+scripts' checkpoints; ReLoRA, CoLA, SLTrain). The unlisted `pretrained` plugin (methods/pretrained.py) is
+the method of imported Hugging Face models of any architecture.
+
 Besides the hooks a plugin owns its configuration (`Config`, `preset`, `resolve`, `check_config`,
 `unused_fields`), its description and colour, and its memory footprint (`footprint`), so a new method is one
 file: nothing outside methods/ names a method.
@@ -21,6 +28,7 @@ import fnmatch
 import hashlib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -131,6 +139,37 @@ class Method:
         target_matrices(run.model, run.method_cfg.targets, linear_only=cls.linear_targets_only)
 
     # ---- hooks ---------------------------------------------------------------------------------
+    def base_model(self, run_dir: Path | None) -> nn.Module:
+        """The model a checkpoint of this run is loaded into, before prepare_model: the LLaMA of the run's
+        config, initialised from its seed (an imported run's plugin builds the architecture it saved)."""
+        from ..model import build_model
+
+        return build_model(self.run.model, seed=self.run.train.seed)
+
+    def state_shapes(self, model: nn.Module) -> dict[str, tuple[int, ...]]:
+        """Name and shape of every tensor a checkpoint of this method stores for `model` (prepared)."""
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    @classmethod
+    def official_layout(cls, folder: Path, keys: list[str]) -> bool:
+        """Whether the checkpoint folder (its config.json, side files, tensor names `keys`) is the method's
+        official scripts' layout (`lowrank-lens import`); no method's by default."""
+        return False
+
+    @classmethod
+    def from_official(cls, folder: Path, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        """(state in this plugin's names, method-config fields) of an official-layout checkpoint."""
+        raise LensError(f"{cls.name} has no official checkpoint layout to import")
+
+    def adapt_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tensors of a checkpoint file as the model names them (an imported run's renames)."""
+        return state
+
+    def dense_module(self, model: nn.Module) -> nn.Module | None:
+        """A module that already is the dense view of `model`, or None: readers then build a plain LLaMA from
+        dense_weights (train/loading.py dense_model)."""
+        return None
+
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model
 
@@ -313,3 +352,29 @@ def check_param_groups(model: nn.Module, optimizer: torch.optim.Optimizer) -> No
     if twice or missing or frozen:
         raise RuntimeError(f"optimizer groups are wrong: in several groups {twice[:3]}, missing {missing[:3]}, "
                            f"frozen but optimized {frozen[:3]}")
+
+
+def side_json(folder: Path, name: str) -> dict[str, Any]:
+    """A JSON side file of a checkpoint folder (config.json, an official script's own), {} when absent."""
+    import json
+
+    f = Path(folder) / name
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def drop_rope_buffers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Without the `rotary_emb.inv_freq` buffers older transformers saved (derived from the config today)."""
+    return {k: v for k, v in state.items() if not k.endswith(".rotary_emb.inv_freq")}
+
+
+def refuse_keys(state: dict[str, torch.Tensor], suffix: str, method: str, what: str) -> None:
+    """One LensError when an official checkpoint holds a tensor the plugin cannot represent."""
+    hits = [k for k in state if k.endswith(suffix)]
+    if hits:
+        raise LensError(f"the official {method} checkpoint has {hits[0]} ({what}), which the {method} plugin "
+                        f"does not represent; it cannot be imported")
+
+
+def tensor_stems(state: dict[str, torch.Tensor], suffix: str) -> list[str]:
+    """Module names of the tensors ending in `suffix` (the targets of an official layout)."""
+    return sorted({k[: -len(suffix)] for k in state if k.endswith(suffix)})

@@ -16,6 +16,7 @@ outer SiLU at 60m/130m (`only_lr_act: false`) and drop it at 350m and above (the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,13 +34,17 @@ from .base import (
     adamw_state,
     auto_rank,
     check_rank,
+    drop_rope_buffers,
     lowrank_factors,
     model_parameters,
     param_bytes,
+    refuse_keys,
     replace_module,
+    side_json,
     stable_seed,
     target_matrices,
     target_modules,
+    tensor_stems,
 )
 
 
@@ -109,6 +114,30 @@ class CoLA(Method):
                        "exists (docs/methods.md §4.1); use CoLA.factors() for A and B")
 
     memory_formula = "E + L·r·(11h + 3i) trainable (A: r x in, B: out x r per target); state 2 x that + `step`s."
+
+    @classmethod
+    def official_layout(cls, folder: Path, keys: list[str]) -> bool:
+        """The official CoLA model's save_pretrained: config.json with model_type 'cola', and per target
+        t.cola_a (in x r) and t.cola_b (r x out), stored transposed against nn.Linear."""
+        return side_json(folder, "config.json").get("model_type") == "cola" or any(k.endswith(".cola_a") for k in keys)
+
+    @classmethod
+    def from_official(cls, folder: Path, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        """A = cola_a^T (r x in), B = cola_b^T (out x r); rank and only_lr_act from config.json. A bias on a
+        factorised layer (attention_bias / mlp_bias) has no counterpart here and is refused."""
+        state, hf = drop_rope_buffers(state), side_json(folder, "config.json")
+        stems = tensor_stems(state, ".cola_a")
+        refuse_keys({k: v for k, v in state.items() if k.rpartition(".")[0] in stems}, ".bias", cls.name,
+                    "a bias on a factorised layer")
+        rename, out = {"cola_a": "A", "cola_b": "B"}, {}
+        for k, v in state.items():
+            stem, _, leaf = k.rpartition(".")
+            if leaf in rename:
+                out[f"{stem}.{rename[leaf]}"] = v.T.contiguous()
+            else:
+                out[k] = v
+        return out, {"rank": int(hf.get("rank") or state[f"{stems[0]}.cola_a"].shape[1]),
+                     "only_lr_act": bool(hf.get("only_lr_act", True))}
 
     @classmethod
     def preset(cls, scale: str) -> MethodPreset:

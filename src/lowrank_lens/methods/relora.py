@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,13 +50,17 @@ from .base import (
     auto_alpha,
     auto_rank,
     check_rank,
+    drop_rope_buffers,
     lowrank_factors,
     model_parameters,
     param_bytes,
+    refuse_keys,
     replace_module,
+    side_json,
     stable_seed,
     target_matrices,
     target_modules,
+    tensor_stems,
 )
 
 PRUNE_MODES = ("random", "magnitude")
@@ -234,6 +239,30 @@ class ReLoRA(Method):
         super().check_config(run)
         check_rank(run)
         restart_cycle(run.method_cfg, run.train.steps)
+
+    @classmethod
+    def official_layout(cls, folder: Path, keys: list[str]) -> bool:
+        """The official script's save_pretrained of its wrapped LLaMA: relora_config.json beside it, and per
+        target t.weight (frozen W), t.lora_A.weight (r x in), t.lora_B.weight (out x r)."""
+        return (folder / "relora_config.json").is_file() or any(k.endswith(".lora_A.weight") for k in keys)
+
+    @classmethod
+    def from_official(cls, folder: Path, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        """Our names (t.lora_A, t.lora_B); a trained scale (--train_scaling) or a lora_only run (no frozen W)
+        has no counterpart here and is refused. relora_config.json's r / lora_alpha become rank / alpha (its
+        lora_only and trainable_scaling entries are always false in the official code, so the tensors decide)."""
+        state, side = drop_rope_buffers(state), side_json(folder, "relora_config.json")
+        refuse_keys(state, ".scaling", cls.name, "a trained scale, --train_scaling")
+        stems = tensor_stems(state, ".lora_A.weight")
+        missing = [t for t in stems if f"{t}.weight" not in state]
+        if missing:
+            raise LensError(f"the official {cls.name} checkpoint has no frozen {missing[0]}.weight (a lora_only "
+                            f"run), which the {cls.name} plugin does not represent; it cannot be imported")
+        out = {k.removesuffix(".weight") if k.endswith((".lora_A.weight", ".lora_B.weight")) else k: v
+               for k, v in state.items()}
+        rank = int(side.get("r") or state[f"{stems[0]}.lora_A.weight"].shape[0])
+        return out, {"rank": rank, "alpha": float(side.get("lora_alpha", 32.0)),
+                     "dropout": float(side.get("lora_dropout", 0.1))}
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:

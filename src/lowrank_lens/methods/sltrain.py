@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,13 +37,17 @@ from .base import (
     auto_alpha,
     auto_rank,
     check_rank,
+    drop_rope_buffers,
     lowrank_factors,
     model_parameters,
     param_bytes,
+    refuse_keys,
     replace_module,
+    side_json,
     stable_seed,
     target_matrices,
     target_modules,
+    tensor_stems,
 )
 
 
@@ -210,6 +215,33 @@ class SLTrain(Method):
     Config = SLTrainConfig
     linear_targets_only = True
     memory_formula = ("E + L·r·(11h + 3i) + Σ int(δ·out·in) sparse values trainable; state 2 x that + `step`s.")
+
+    @classmethod
+    def official_layout(cls, folder: Path, keys: list[str]) -> bool:
+        """The official script's save_pretrained of its wrapped LLaMA: splora_config.json beside it, and per
+        target t.lora_A (r x in), t.lora_B (out x r), t.sparse_value and t.sparse_index (int64, flat row-major
+        into out x in): this plugin's own names and encoding."""
+        return (folder / "splora_config.json").is_file() or any(k.endswith(".sparse_index") for k in keys)
+
+    @classmethod
+    def from_official(cls, folder: Path, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        """The tensors as they are; r / lora_alpha / sp_ratio become rank / alpha / density, which must give
+        each target's saved number of values (int(density·m·n), as both codes count). A trained scale
+        (--train_scaling) has no counterpart here and is refused."""
+        state, side = drop_rope_buffers(state), side_json(folder, "splora_config.json")
+        refuse_keys(state, ".scaling", cls.name, "a trained scale, --train_scaling")
+        stems = tensor_stems(state, ".sparse_index")
+        first = stems[0]
+        m, n = state[f"{first}.lora_B"].shape[0], state[f"{first}.lora_A"].shape[1]
+        density = float(side.get("sp_ratio") or state[f"{first}.sparse_value"].numel() / (m * n))
+        for t in stems:
+            want = int(density * state[f"{t}.lora_B"].shape[0] * state[f"{t}.lora_A"].shape[1])
+            if want != state[f"{t}.sparse_value"].numel():
+                raise LensError(f"the official {cls.name} checkpoint's {t} has {state[f'{t}.sparse_value'].numel()} "
+                                f"sparse values, not the {want} its density {density} gives; add sp_ratio to "
+                                f"splora_config.json")
+        return dict(state), {"rank": int(side.get("r") or state[f"{first}.lora_A"].shape[0]),
+                             "alpha": float(side.get("lora_alpha", 32.0)), "density": density}
 
     @classmethod
     def resolve(cls, run: RunConfig) -> dict[str, Any]:

@@ -62,7 +62,9 @@ class RunInfo:
 
     @property
     def method(self) -> str:
-        return str(self.config.get("method", "?"))
+        from ..run_files import method_label
+
+        return method_label(self.config)
 
     @property
     def scale(self) -> str:
@@ -78,7 +80,10 @@ class RunInfo:
 
     @property
     def is_baseline(self) -> bool:
-        return method_is_baseline(self.method)
+        from ..run_files import imported_record
+
+        imported = imported_record(self.config)
+        return bool(imported["baseline"]) if "baseline" in imported else method_is_baseline(self.method)
 
 
 def method_is_baseline(method: str) -> bool:

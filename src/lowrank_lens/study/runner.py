@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..atomic import write_json_atomic
 from ..train.checkpoint import complete_checkpoints
-from .spec import PlannedRun, StudySpec, plan_runs
+from .spec import PlannedRun, StudySpec, plan_runs, run_names
 
 log = logging.getLogger("lowrank_lens")
 
@@ -99,7 +99,9 @@ def train_all(spec: StudySpec, out: Path) -> list[Path]:
         for i, r in enumerate(todo, 1):
             log.info(f"[train {i}/{len(todo)}] {r.run_name} ({time.perf_counter() - t0:.0f}s into training)")
             train(r.cfg, out / "runs", run_name=r.run_name, resume=True)
-    return [out / "runs" / r.run_name for r in runs]
+    from .imported import import_missing, imported_runs
+
+    return [out / "runs" / r.run_name for r in runs] + import_missing(imported_runs(spec.imported), out / "runs")
 
 
 def _prepare_data(runs: list[PlannedRun]) -> None:
@@ -117,7 +119,7 @@ def _prepare_data(runs: list[PlannedRun]) -> None:
 def write_study_record(spec: StudySpec, out: Path) -> None:
     """<out>/study.json: the resolved spec and its run list (what --status and submitted tasks read)."""
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "study.json", {"spec": spec.to_dict(), "runs": [r.run_name for r in plan_runs(spec)]})
+    write_json_atomic(out / "study.json", {"spec": spec.to_dict(), "runs": run_names(spec)})
 
 
 def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES) -> Path:
@@ -129,7 +131,7 @@ def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES
     out = Path(out)
     write_study_record(spec, out)
     t0 = time.perf_counter()
-    run_dirs = train_all(spec, out) if "train" in stages else [out / "runs" / r.run_name for r in plan_runs(spec)]
+    run_dirs = train_all(spec, out) if "train" in stages else [out / "runs" / name for name in run_names(spec)]
     timings = {"train": time.perf_counter() - t0}
     if "analyze" in stages:
         t = time.perf_counter()

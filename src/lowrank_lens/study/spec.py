@@ -73,6 +73,9 @@ class StudySpec:
     """Runs trained at once on this machine, each with cpu_count / jobs threads (CPU studies: small models
     keep one core busier than two threads do; GPU studies: leave at 1 and send the commands to a cluster)."""
     notes: list[str] = field(default_factory=list)
+    imported: list[dict[str, Any]] = field(default_factory=list)
+    """Series trained elsewhere, imported into the study's runs ([[imported]] path / method / scale / seed;
+    study/imported.py). With imported runs and no `methods`, nothing is trained."""
 
     def __post_init__(self) -> None:
         """Validate the whole spec, down to every planned run's resolved config, so a mistake anywhere in a
@@ -85,7 +88,10 @@ class StudySpec:
         if not NAME_RE.fullmatch(self.name):
             raise LensError(f"study name {self.name!r} must be a plain folder name: letters, digits, '-', '_' or "
                             f"'.', not starting with '.', no '/', at most 100 characters")
-        if not self.methods:
+        from .imported import check_entries, imported_runs
+
+        check_entries(self.imported)
+        if not self.methods and not self.imported:
             self.methods = method_names()
         _known("method", self.methods, method_names())
         _known("scale", self.scales, preset_names())
@@ -97,6 +103,11 @@ class StudySpec:
                 raise LensError(f"study {what} repeat {', '.join(dups)}; list each once")
         if not self.seeds:
             raise LensError("a study needs at least one seed")
+        clash = {r.run_name for r in imported_runs(self.imported)} & {f"{sc}-{m}-seed{sd}" for sc in self.scales
+                                                                        for m in self.methods for sd in self.seeds}
+        if clash:
+            raise LensError(f"study imported runs {sorted(clash)} have the names of trained runs; give them another "
+                            f"method label or scale")
         for key, within, what in ((self.scale_overrides, self.scales, "scale"),
                                   (self.method_overrides, self.methods, "method")):
             stray = sorted(set(key) - set(within))
@@ -175,6 +186,8 @@ def _check_type(value: Any, tp: Any, name: str) -> None:
 
 
 def _is(value: Any, tp: Any) -> bool:
+    if tp is Any:  # checked by its own validator (imported entries: study/imported.py)
+        return True
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is list:
         return isinstance(value, list) and all(_is(v, args[0]) for v in value)
@@ -200,6 +213,13 @@ class PlannedRun:
     run_name: str
     overrides: tuple[str, ...]
     """Every override on top of the preset (study-wide, per scale, per method, seed): the CLI line's --set."""
+
+
+def run_names(spec: StudySpec) -> list[str]:
+    """Every run of the study, trained then imported (the names of its folders under runs/)."""
+    from .imported import imported_runs
+
+    return [r.run_name for r in plan_runs(spec)] + [r.run_name for r in imported_runs(spec.imported)]
 
 
 def plan_runs(spec: StudySpec) -> list[PlannedRun]:
@@ -259,4 +279,8 @@ def load_spec(source: str | Path) -> StudySpec:
     unknown = sorted(set(d) - known)
     if unknown:
         raise LensError(f"unknown study field(s) {unknown} in {path}; valid: {', '.join(sorted(known))}")
+    if isinstance(d.get("imported"), list) and folder is None:  # a study file: its paths are relative to it
+        from .imported import resolve_paths
+
+        d["imported"] = resolve_paths(d["imported"], path.parent)
     return StudySpec(**d)

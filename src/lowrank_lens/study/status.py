@@ -73,6 +73,13 @@ def study_status(folder: str | Path) -> str:
                                    status.get(f"train/{r.run_name}"), submitted is not None)
         counts[state] = counts.get(state, 0) + 1
         lines.append(f"{r.run_name:34s} {state:9s} {detail}")
+    from .imported import imported_runs
+
+    for imp in imported_runs(spec.imported):
+        done = (folder / "runs" / imp.run_name / "config.json").is_file()
+        state = "done" if done else "to do"
+        counts[state] = counts.get(state, 0) + 1
+        lines.append(f"{imp.run_name:34s} {state:9s} imported from {imp.entry['path']}")
     lines += ["", "runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), "stages:"]
     outputs = {"analyze": folder / "analysis", "downstream": folder / "downstream" / "downstream.csv",
                "report": folder / "report" / "index.html"}

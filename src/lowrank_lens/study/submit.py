@@ -30,7 +30,7 @@ from typing import Any
 from ..atomic import write_json_atomic
 from ..errors import LensError
 from .runner import CPU_SCALES, is_finished
-from .spec import PlannedRun, StudySpec, load_spec, plan_runs
+from .spec import PlannedRun, StudySpec, load_spec, plan_runs, run_names
 
 log = logging.getLogger("lowrank_lens")
 
@@ -173,7 +173,7 @@ class ShareTask:
         unit = f"{self.stage}/{self.k + 1}of{self.n}"
         mark(study_dir, unit, "running")
         try:
-            run_dirs = [str(study_dir / "runs" / r.run_name) for r in plan_runs(spec)]
+            run_dirs = [str(study_dir / "runs" / name) for name in run_names(spec)]
             if self.stage == "analyze":
                 done = _analysis_share(spec, run_dirs, self.k, self.n)
             else:
@@ -279,6 +279,9 @@ def submit_study(spec: StudySpec, study_dir: Path, opts: SubmitOptions) -> dict[
 
     study_dir = Path(study_dir).resolve()
     write_study_record(spec, study_dir)
+    from .imported import import_missing, imported_runs
+
+    import_missing(imported_runs(spec.imported), study_dir / "runs")  # here: quick, links the weights
     runs = plan_runs(spec)
     todo = [r for r in runs if not is_finished(study_dir / "runs" / r.run_name, r.cfg.train.steps)]
     wait = opts.executor == "local"  # no dependencies there: each stage ends before the next starts
@@ -294,7 +297,7 @@ def submit_study(spec: StudySpec, study_dir: Path, opts: SubmitOptions) -> dict[
         train_ids += _array_id(jobs)
         _finish(jobs, wait)
     submitted["train"] = train_ids
-    n = max(1, min(opts.analysis_tasks, len(runs)))
+    n = max(1, min(opts.analysis_tasks, len(run_names(spec))))
     last: list[str] = []
     stages = ["analyze"] + (["downstream"] if spec.downstream_tasks else [])
     for stage in stages:

@@ -82,6 +82,12 @@ class IMIB(Metric):
             raise LensError(f"no dense view of {ca.path if model_a is None else cb.path} although its method "
                             f"declares one")
         what = f"{subject.runs[0].run_id} vs {subject.runs[1].run_id} at step {ca.step}"
+        shapes_a, shapes_b = ({k: tuple(v.shape) for k, v in params_of(m).items()} for m in (model_a, model_b))
+        if shapes_a != shapes_b:  # e.g. imported runs of two architectures: no straight line joins them
+            diff = sorted(set(shapes_a) ^ set(shapes_b)) or [k for k in shapes_a if shapes_a[k] != shapes_b[k]]
+            return Result(self.name, subject.describe(),
+                          skipped=f"{what}: the dense models have different parameters (e.g. {diff[:2]}), as two "
+                                  f"architectures or shapes do; no interpolation path exists")
         check_same_buffers(model_a, model_b, what)
         alphas = alpha_grid(self.cfg.start, self.cfg.end, self.cfg.points)
         curve = curve_between(model_a, params_of(model_a), params_of(model_b), alphas, ctx,

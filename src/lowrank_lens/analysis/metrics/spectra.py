@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ...errors import LensError
+from ...model.architectures import block_index
 from ..base import Metric, Result
 from ..context import Context
 from ..maths.spectra import ZERO_RULES, mean_metrics, singular_values, spectral_metrics
@@ -62,7 +63,7 @@ def analysed_matrices(ctx: Context, ckpt: CheckpointRef, view: str, max_elements
     ck = ctx.load(ckpt, dtype=torch.float32)
     if view == "stored":
         mats = {n: p.detach() for n, p in ck.model.named_parameters()
-                if p.ndim == 2 and ".layers." in n and any(f".{m}." in n for m in _STORED_MODULES)}
+                if p.ndim == 2 and block_index(n) >= 0 and any(f".{m}." in n for m in _STORED_MODULES)}
         basis = "stored"
     else:
         dense = ck.method.dense_weights(ck.model)
@@ -80,12 +81,9 @@ def analysed_matrices(ctx: Context, ckpt: CheckpointRef, view: str, max_elements
 
 
 def layer_index(name: str) -> int:
-    """Transformer block index of a parameter/module name ('model.layers.3.mlp...' -> 3), -1 if none."""
-    parts = name.split(".")
-    for a, b in zip(parts, parts[1:], strict=False):
-        if a == "layers" and b.isdigit():
-            return int(b)
-    return -1
+    """Transformer block index of a parameter/module name ('model.layers.3.mlp...', 'transformer.h.3.attn...'
+    -> 3), -1 if none (model/architectures.block_index, for every architecture the metrics know)."""
+    return block_index(name)
 
 
 def spectra_result(name: str, subject: Subject, mats: dict[str, torch.Tensor], basis: str,
