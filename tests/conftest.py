@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from lens_testutil import MISSING_OPTIONAL
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of the two workers (pyproject addopts): one core each, so one
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch thread (set before torch is imported), no oversubscription
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -67,3 +69,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         terminalreporter.write_sep("!", "reference / optional checks NOT run", red=True, bold=True)
         for reason, n in sorted(reasons.items()):
             terminalreporter.write_line(f"{n} test(s) skipped: {reason}", red=True)
+
+
+# The longest modules first, so that the two workers (each takes whole modules) do not end on one of them alone.
+LONGEST_FIRST = ("tests/train/test_resume_and_ddp.py", "tests/study/test_submit.py", "tests/methods/test_flora.py",
+                 "tests/methods/test_low_rank.py", "tests/methods/test_apollo.py", "tests/methods/test_spam.py",
+                 "tests/imports/test_import.py", "tests/report/", "tests/study/test_study_runner.py",
+                 "tests/analysis/metrics/", "tests/methods/test_golore.py", "tests/methods/test_loro.py")
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:  # noqa: ARG001
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return next((i for i, p in enumerate(LONGEST_FIRST) if path.startswith(p)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order
