@@ -16,6 +16,11 @@ from .config import RunConfig, check_run_dict
 from .errors import LensError, first_line
 
 
+def run_name(scale: str, method: str, seed: int) -> str:
+    """The folder name of a run under runs/: what training, studies and imported study runs all use."""
+    return f"{scale}-{method}-seed{seed}"
+
+
 def read_json_object(file: Path, what: str, fix: str) -> dict[str, Any]:
     """The JSON object in `file`; one LensError ("<what> is unreadable ..." / "... holds a JSON list") when
     it is unreadable, not strict UTF-8 JSON (RFC 8259), or not an object. `fix` ends the message."""

@@ -160,6 +160,22 @@ def _expected(cfg: RunConfig, run_dir: Path) -> dict[str, tuple[int, ...]]:
         return plugin.state_shapes(plugin.prepare_model(plugin.base_model(run_dir)))
 
 
+def _name_changes_of(series: list[Snapshot], expected: dict[str, tuple[int, ...]]) -> dict[int, Any]:
+    """name_changes per checkpoint, worked out once per distinct set of saved names: checkpoints of one series
+    save the same names, and matching them by content loads the model through transformers each time."""
+    found: dict[tuple[str, ...], Any] = {}
+    out = {}
+    for snap in series:
+        keys = tuple(weight_keys(snap.folder)) if (snap.folder / "model.safetensors").is_file() else ()
+        if not keys:
+            out[snap.step] = None
+            continue
+        if keys not in found:
+            found[keys] = name_changes(snap.folder, expected)
+        out[snap.step] = found[keys]
+    return out
+
+
 def _place_weights(snap: Snapshot, layout: str, dest: Path, expected: dict[str, tuple[int, ...]],
                    link: bool) -> str:
     """Put the snapshot's weights at dest/model.safetensors; returns how (for meta.json)."""
@@ -231,7 +247,7 @@ def import_series(source: str, out: Path, opts: ImportOptions | None = None) -> 
                 shutil.copyfile(f, hf_dir / f.name)
         cfg = _run_config(layout, hf, series, opts, fields)
         expected = _expected(cfg, tmp)
-        changes = {s.step: name_changes(s.folder, expected) if layout == "hf" else None for s in series}
+        changes = _name_changes_of(series, expected) if layout == "hf" else {s.step: None for s in series}
         names = next((c for c in changes.values() if c is not None), ((), ()))
         if names != ((), ()):  # the files keep their names: the plugin renames when it reads them
             cfg = _run_config(layout, hf, series, opts, {"renames": names[0], "dropped": names[1]})

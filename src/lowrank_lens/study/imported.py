@@ -64,7 +64,9 @@ def check_entries(entries: list[Any]) -> None:
 
 
 def imported_runs(entries: list[dict[str, Any]]) -> list[ImportedRun]:
-    runs = [ImportedRun(f"{e.get('scale', 'imported')}-{e['method']}-seed{int(e.get('seed', 0))}", e) for e in entries]
+    from ..run_files import run_name
+
+    runs = [ImportedRun(run_name(e.get("scale", "imported"), e["method"], int(e.get("seed", 0))), e) for e in entries]
     names = [r.run_name for r in runs]
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:

@@ -103,11 +103,6 @@ class StudySpec:
                 raise LensError(f"study {what} repeat {', '.join(dups)}; list each once")
         if not self.seeds:
             raise LensError("a study needs at least one seed")
-        clash = {r.run_name for r in imported_runs(self.imported)} & {f"{sc}-{m}-seed{sd}" for sc in self.scales
-                                                                        for m in self.methods for sd in self.seeds}
-        if clash:
-            raise LensError(f"study imported runs {sorted(clash)} have the names of trained runs; give them another "
-                            f"method label or scale")
         for key, within, what in ((self.scale_overrides, self.scales, "scale"),
                                   (self.method_overrides, self.methods, "method")):
             stray = sorted(set(key) - set(within))
@@ -126,7 +121,11 @@ class StudySpec:
         if any(not t.strip() for t in self.downstream_tasks):
             raise LensError(f"study downstream_tasks has an empty name: {self.downstream_tasks}")
         self._check_analysis()
-        plan_runs(self)  # every override resolved, typed and range-checked now
+        planned = plan_runs(self)  # every override resolved, typed and range-checked now
+        clash = {r.run_name for r in imported_runs(self.imported)} & {r.run_name for r in planned}
+        if clash:
+            raise LensError(f"study imported runs {sorted(clash)} have the names of trained runs; give them another "
+                            f"method label or scale")
 
     def _check_analysis(self) -> None:
         """Checkpoint steps, metric names, metric options and prediction features, as the analysis and
@@ -225,6 +224,7 @@ def run_names(spec: StudySpec) -> list[str]:
 def plan_runs(spec: StudySpec) -> list[PlannedRun]:
     """The resolved grid, scale-major (small scales first), then method, then seed."""
     from ..presets import build_config
+    from ..run_files import run_name
 
     out = []
     for scale in spec.scales:
@@ -232,7 +232,7 @@ def plan_runs(spec: StudySpec) -> list[PlannedRun]:
             for seed in spec.seeds:
                 ov = (*spec.overrides, *spec.scale_overrides.get(scale, ()), *spec.method_overrides.get(method, ()),
                       f"train.seed={seed}")
-                name = f"{scale}-{method}-seed{seed}"
+                name = run_name(scale, method, seed)
                 try:
                     cfg = build_config(scale, method, list(ov))
                 except LensError as e:

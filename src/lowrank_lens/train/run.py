@@ -44,7 +44,9 @@ RESUME_MAY_DIFFER = ("train.device", "train.sinks", "train.log_every", "data.cac
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    return f"{cfg.scale}-{cfg.method}-seed{cfg.train.seed}"
+    from ..run_files import run_name
+
+    return run_name(cfg.scale, cfg.method, cfg.train.seed)
 
 
 def config_differences(saved: RunConfig, now: RunConfig) -> list[str]:
