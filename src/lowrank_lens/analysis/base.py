@@ -86,6 +86,21 @@ class Metric:
     def compute(self, subject: Subject, ctx: Context) -> Result:
         raise NotImplementedError
 
+    def parts(self, subject: Subject) -> int:
+        """How many pieces at most `compute` splits into (its directions, its Hessian probes); 1 (the default)
+        means indivisible. A metric that returns more implements `compute_part` and `combine`, with
+        compute(s) == combine(s, [compute_part(s, ctx, i, n) for i in range(n)]) for every n up to parts(s):
+        a distributed analysis spreads the pieces of one subject over processes (analysis/plan.py)."""
+        return 1
+
+    def compute_part(self, subject: Subject, ctx: Context, part: int, parts: int) -> Result:
+        """Piece `part` of `parts` of compute(subject) (only for metrics whose parts() exceeds 1)."""
+        raise NotImplementedError(f"{self.name} is not divisible (parts() is 1)")
+
+    def combine(self, subject: Subject, pieces: list[Result]) -> Result:
+        """The whole Result from all pieces, in part order (cheap: no model, no tokens)."""
+        raise NotImplementedError(f"{self.name} is not divisible (parts() is 1)")
+
     def summarize(self, result: Result) -> dict[str, float]:
         """Scalar columns for tables (default: every scalar of the result)."""
         return dict(result.scalars)
@@ -93,6 +108,13 @@ class Metric:
     def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
         """Figures from cached results (default: none). Returns the files written."""
         return []
+
+
+def part_range(total: int, part: int, parts: int) -> range:
+    """The `part`-th of `parts` contiguous, near-equal slices of range(total) (the first ones one longer)."""
+    size, extra = divmod(total, parts)
+    start = part * size + min(part, extra)
+    return range(start, start + size + (part < extra))
 
 
 def finite_or_nan(x: float) -> float:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import zipfile
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,25 @@ class ResultStore:
             raise LensError(f"cannot write the result cache under {self.root} ({e.strerror or e}); pass "
                             f"--cache-dir DIR to keep it elsewhere (the run folders are then only read)") from None
         return meta_path
+
+    def complete_pieces(self, metric: str, key: str) -> list[Result] | None:
+        """The pieces `<key>-<i>of<n>` (plan.piece_key) of one split n that are all there, in order, or None."""
+        found: dict[int, set[int]] = defaultdict(set)
+        for path in (self.root / metric).glob(f"{key}-*of*.json"):
+            m = re.fullmatch(rf"{re.escape(key)}-(\d+)of(\d+)", path.stem)
+            if m:
+                found[int(m[2])].add(int(m[1]))
+        for n, have in sorted(found.items()):
+            if have == set(range(1, n + 1)):
+                pieces = [self.get(metric, f"{key}-{i}of{n}") for i in range(1, n + 1)]
+                if all(p is not None for p in pieces):
+                    return pieces  # type: ignore[return-value]
+        return None
+
+    def remove(self, metric: str, key: str, *, pieces_only: bool = False) -> None:
+        """Drop the entry `key` (its JSON first: without it the entry is absent) and its pieces, or only them."""
+        folder = self.root / metric
+        whole = [] if pieces_only else [folder / f"{key}.json"]
+        for meta in [*whole, *folder.glob(f"{key}-*of*.json")]:
+            meta.unlink(missing_ok=True)
+            meta.with_suffix(".npz").unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from .base import Metric, Result
 from .cache import ResultStore, content_key
 from .context import Context, EvalSettings
 from .metrics import get_metric, metric_names
+from .plan import Unit, piece_key, plan_units, share_of
 from .subjects import RunRef, Subject, check_steps
 from .tables import write_csv, write_parquet
 
@@ -67,40 +68,20 @@ class MetricOutcome:
 
 
 def run_metric(metric: Metric, runs: list[RunRef], steps: list[int] | None, reference: RunRef | None,
-               ctx: Context, force: bool = False, share: tuple[int, int] | None = None,
-               cache_dir: str | Path | None = None) -> MetricOutcome:
-    """Every subject of `metric`: cached or computed. `share=(k, n)` keeps the subjects whose home run is
-    the k-th of every n runs (one worker's part of a parallel analysis). `cache_dir`: see ResultStore."""
+               ctx: Context, force: bool = False, cache_dir: str | Path | None = None) -> MetricOutcome:
+    """Every subject of `metric`: cached, combined from cached pieces, or computed. `cache_dir`: see ResultStore."""
     out = MetricOutcome(metric)
     subjects = metric.subjects(runs, steps, reference)
-    if share is not None:
-        order = {r.run_id: i for i, r in enumerate(runs)}
-        subjects = [s for s in subjects if order[s.home.run_id] % share[1] == share[0]]
     if not subjects:
         log.info(f"{metric.name}: no subject (it needs {metric.subject_kind} subjects; see --steps/--reference)")
     t0 = time.perf_counter()
     for i, subject in enumerate(subjects, 1):
-        key = cache_key(metric, subject, ctx)
-        store = ResultStore(subject.home.run_dir, cache_dir)
-        result = None if force else store.get(metric.name, key)
-        where = _where(subject)
-        if result is not None:
-            # Identical checkpoints (e.g. step 0 of methods without surgery) share a cache entry; the result
-            # describes the subject asked for, not the one that first computed it.
-            result.subject = subject.describe()
+        result, how = cached_or_computed(metric, subject, ctx, force, cache_dir)
+        if how == "cached":
             out.cached += 1
-            log.info(f"[{metric.name} {i}/{len(subjects)}] {where}: cached")
         else:
-            start = time.perf_counter()
-            result = metric.compute(subject, ctx)
-            result.info.setdefault("seconds", time.perf_counter() - start)
-            result.info.setdefault("config", dataclasses.asdict(metric.cfg))
-            result.info.setdefault("eval", dataclasses.asdict(ctx.settings) | {"dtype": str(ctx.dtype),
-                                                                                 "device": str(ctx.device)})
-            store.put(key, result)
             out.computed += 1
-            note = f"skipped ({result.skipped})" if result.skipped else f"{result.info['seconds']:.1f}s"
-            log.info(f"[{metric.name} {i}/{len(subjects)}] {where}: {note}")
+        log.info(f"[{metric.name} {i}/{len(subjects)}] {_where(subject)}: {how}")
         out.results.append(result)
         row = {"metric": metric.name, **result.subject}
         if result.skipped:
@@ -110,6 +91,61 @@ def run_metric(metric: Metric, runs: list[RunRef], steps: list[int] | None, refe
         out.rows.append(row)
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def cached_or_computed(metric: Metric, subject: Subject, ctx: Context, force: bool = False,
+                       cache_dir: str | Path | None = None) -> tuple[Result, str]:
+    """(result, how): from the cache, combined from the pieces other processes cached (plan.py), or computed
+    here; a new result is cached. `how` is 'cached' or a note for the progress line."""
+    key = cache_key(metric, subject, ctx)
+    store = ResultStore(subject.home.run_dir, cache_dir)
+    result = None if force else store.get(metric.name, key)
+    if result is not None:
+        # Identical checkpoints (e.g. step 0 of methods without surgery) share a cache entry; the result
+        # describes the subject asked for, not the one that first computed it.
+        result.subject = subject.describe()
+        return result, "cached"
+    pieces = None if force else store.complete_pieces(metric.name, key)
+    if pieces:
+        result = metric.combine(subject, pieces)
+        result.info["seconds"] = sum(float(p.info.get("seconds", 0.0)) for p in pieces)
+        how = f"combined from {len(pieces)} pieces"
+    else:
+        start = time.perf_counter()
+        result = metric.compute(subject, ctx)
+        result.info.setdefault("seconds", time.perf_counter() - start)
+        how = f"skipped ({result.skipped})" if result.skipped else f"{result.info['seconds']:.1f}s"
+    _provenance(result, metric, ctx)
+    store.put(key, result)
+    store.remove(metric.name, key, pieces_only=True)
+    return result, how
+
+
+def _provenance(result: Result, metric: Metric, ctx: Context) -> None:
+    result.info.setdefault("config", dataclasses.asdict(metric.cfg))
+    result.info.setdefault("eval", dataclasses.asdict(ctx.settings) | {"dtype": str(ctx.dtype),
+                                                                         "device": str(ctx.device)})
+
+
+def compute_unit(unit: Unit, ctx: Context, force: bool = False, cache_dir: str | Path | None = None) -> bool:
+    """Compute and cache one unit of a split analysis unless cached; True when it computed something."""
+    metric, subject = unit.metric, unit.subject
+    if unit.parts == 1:
+        return cached_or_computed(metric, subject, ctx, force, cache_dir)[1] != "cached"
+    key = cache_key(metric, subject, ctx)
+    store = ResultStore(subject.home.run_dir, cache_dir)
+    part_key = piece_key(key, unit.part, unit.parts)
+    if force:
+        store.remove(metric.name, key)  # the stale whole result would hide the new pieces
+        store.remove(metric.name, part_key)
+    elif store.get(metric.name, key) is not None or store.get(metric.name, part_key) is not None:
+        return False
+    start = time.perf_counter()
+    piece = metric.compute_part(subject, ctx, unit.part, unit.parts)
+    piece.info["seconds"] = time.perf_counter() - start
+    store.put(part_key, piece)
+    log.info(f"[{metric.name} piece {unit.part + 1}/{unit.parts}] {_where(subject)}: {piece.info['seconds']:.1f}s")
+    return True
 
 
 def _where(subject: Subject) -> str:
@@ -127,7 +163,7 @@ def analyze(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None
     """Compute (or load) every selected metric on the runs; write `<out>/<metric>.csv|.parquet` and figures.
 
     jobs > 1 first computes the missing results in that many worker processes (each with cpu_count / jobs
-    threads, the runs split between them), then tabulates and plots from the cache in this process.
+    threads, the units of work split between them, plan.py), then tabulates and plots from the cache here.
     `cache_dir` keeps the cached results under <cache_dir>/<run-id>/ instead of in the run folders.
     `distributed` (default: when started by torchrun with WORLD_SIZE > 1): each rank computes its share of
     the subjects, on its own GPU where there are GPUs, then rank 0 tabulates and plots from the cache; the
@@ -145,7 +181,7 @@ def analyze(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None
     runs = [RunRef.open(p) for p in run_dirs]
     ref = RunRef.open(reference) if reference else None
     check_steps(runs, steps)
-    if jobs > 1 and len(run_dirs) > 1:
+    if jobs > 1:
         _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings, force, jobs, cache_dir)
         force = False
     chosen = build_metrics(metrics, overrides)
@@ -169,13 +205,13 @@ def analyze(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None
 def compute_share(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None, steps: list[int] | None,
                   reference: str | Path | None, overrides: Sequence[str], settings: EvalSettings | None,
                   force: bool, share: tuple[int, int], cache_dir: str | Path | None = None) -> int:
-    """One share (k, n) of an analysis (a worker process, a Slurm array task): compute and cache the subjects
-    whose home run is the k-th of every n runs; no tables. Returns how many results it computed."""
+    """One share (k, n) of an analysis (a worker process, a rank, a Slurm array task): compute and cache the
+    k-th of every n units of work (plan.py); no tables. Returns how many results and pieces it computed."""
     runs = [RunRef.open(p) for p in run_dirs]
     ref = RunRef.open(reference) if reference else None
     ctx = Context(settings)
-    return sum(run_metric(m, runs, steps, ref, ctx, force, share, cache_dir).computed
-               for m in build_metrics(metrics, overrides))
+    units = share_of(plan_units(build_metrics(metrics, overrides), runs, steps, ref, share[1]), share)
+    return sum(compute_unit(u, ctx, force, cache_dir) for u in units)
 
 
 def _compute_share_in_worker(*args: Any, threads: int) -> int:
@@ -206,10 +242,10 @@ def _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings
 
 def _analyze_over_ranks(run_dirs, metrics, steps, reference, overrides, settings, out, force, plots,
                         cache_dir) -> dict[str, MetricOutcome]:
-    """torchrun ... -m lowrank_lens analyze: rank k computes the subjects of every world-th run (from the k-th);
-    the results meet in the content-hash cache, which rank 0 then reads to write the tables. A result does
-    not depend on the process that computed it (each subject's probes are seeded by the subject), so the
-    tables equal one process's."""
+    """torchrun ... -m lowrank_lens analyze: rank k computes its share of the units of work (plan.py); the
+    results and pieces meet in the content-hash cache, which rank 0 then reads (combining pieces) to write the
+    tables. A result does not depend on the process or the split that computed it (each subject's directions
+    and probes are seeded by the subject and their index), so the tables equal one process's."""
     import torch
     import torch.distributed as dist
 

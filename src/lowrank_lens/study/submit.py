@@ -2,7 +2,8 @@
 
     train      a job array, one task per unfinished run (Slurm tasks x processes-per-run ranks; submitit's
                distributed helpers set RANK/WORLD_SIZE/MASTER_ADDR for the run's processes)
-    analyze    a job array over shares of the runs (each fills the result cache for its runs' subjects)
+    analyze    a job array over shares of the units of work (analysis/plan.py: subjects, or pieces of
+               them when they are fewer than the tasks); each fills the result cache
     downstream a job array over shares of the runs (each fills the downstream cache)
     report     one job: tables from the caches, prediction, findings, the report
 
@@ -54,7 +55,7 @@ class SubmitOptions:
     cpus_per_task: int = 1
     mem_gb: int = 0
     analysis_tasks: int = 8
-    """Tasks of the analysis and downstream arrays (at most one per run)."""
+    """Tasks of the analysis array, and of the downstream array (there at most one per run)."""
     sbatch: list[str] = field(default_factory=list)
     """Extra sbatch options, e.g. ["--qos=high", "--constraint=a100"]."""
 
@@ -297,10 +298,10 @@ def submit_study(spec: StudySpec, study_dir: Path, opts: SubmitOptions) -> dict[
         train_ids += _array_id(jobs)
         _finish(jobs, wait)
     submitted["train"] = train_ids
-    n = max(1, min(opts.analysis_tasks, len(run_names(spec))))
     last: list[str] = []
     stages = ["analyze"] + (["downstream"] if spec.downstream_tasks else [])
     for stage in stages:
+        n = max(1, opts.analysis_tasks if stage == "analyze" else min(opts.analysis_tasks, len(run_names(spec))))
         ex = _executor(opts, study_dir, f"{spec.name}-{stage}", after=train_ids)
         jobs = _submit_batch(ex, [ShareTask(str(study_dir), stage, k, n) for k in range(n)])
         submitted[stage] = _array_id(jobs)

@@ -196,14 +196,28 @@ def hutchinson_trace(matvec: Callable[[Tensor], Tensor], dim: int, n_probes: int
     """
     if n_probes < 2:
         raise LensError(f"a trace with a confidence interval needs >= 2 probes, got {n_probes}")
+    return trace_estimate(hutchinson_samples(matvec, dim, range(n_probes), seed=seed, dtype=dtype), confidence)
+
+
+def hutchinson_samples(matvec: Callable[[Tensor], Tensor], dim: int, probes: range, *, seed: int = 0,
+                       dtype: torch.dtype = torch.float64) -> Tensor:
+    """z_i^T H z_i (fp64) for the probes i in `probes` of the seeded sequence z_0, z_1, ...: the earlier
+    probes are drawn and dropped, so any split of range(n) gives the samples of the whole run."""
     g = torch.Generator().manual_seed(seed)
-    samples = torch.empty(n_probes, dtype=torch.float64)
-    for i in range(n_probes):
+    samples = torch.empty(len(probes), dtype=torch.float64)
+    for i in range(probes.stop):
         z = (torch.randint(0, 2, (dim,), generator=g) * 2 - 1).to(dtype)
-        samples[i] = float(matvec(z).to(dtype) @ z)
-    mean, se = float(samples.mean()), float(samples.std() / math.sqrt(n_probes))
-    q = float(student_t.ppf(0.5 + confidence / 2, n_probes - 1))
-    return TraceEstimate(mean, se, mean - q * se, mean + q * se, confidence, n_probes, samples)
+        if i >= probes.start:
+            samples[i - probes.start] = float(matvec(z).to(dtype) @ z)
+    return samples
+
+
+def trace_estimate(samples: Tensor, confidence: float = 0.95) -> TraceEstimate:
+    """Mean, stderr and Student-t interval of Hutchinson samples (see hutchinson_trace)."""
+    n = samples.numel()
+    mean, se = float(samples.mean()), float(samples.std() / math.sqrt(n))
+    q = float(student_t.ppf(0.5 + confidence / 2, n - 1))
+    return TraceEstimate(mean, se, mean - q * se, mean + q * se, confidence, n, samples)
 
 
 def second_derivative_at_zero(curves: Tensor, alphas: Sequence[float] | Tensor, stencil: int = 3) -> Tensor:

@@ -34,9 +34,16 @@ import numpy as np
 import torch
 
 from ...errors import LensError
-from ..base import Metric, Result
+from ..base import Metric, Result, part_range
 from ..context import Context
-from ..maths.curvature import HVP_METHODS, hutchinson_trace, lanczos, model_hessian, power_iteration
+from ..maths.curvature import (
+    HVP_METHODS,
+    hutchinson_samples,
+    lanczos,
+    model_hessian,
+    power_iteration,
+    trace_estimate,
+)
 from ..plotting import legend_labels, line_plot_by_method, method_colour, outside_legend, plt, save_figure
 from ..subjects import Subject
 from . import register
@@ -165,19 +172,42 @@ class Curvature(Metric):
                   "not in the study's code (reviewers' request), the direct measure behind the sharpness L1.")
 
     def compute(self, subject: Subject, ctx: Context) -> Result:
+        return self.combine(subject, [self.compute_part(subject, ctx, 0, 1)])
+
+    def parts(self, subject: Subject) -> int:
+        return 1 + self.cfg.hutchinson_probes  # the eigenvalue (sequential), then each probe alone
+
+    def _eigen_steps(self) -> int:
+        return self.cfg.lanczos_iters if self.cfg.eigen_method == "lanczos" else self.cfg.power_iters
+
+    def _piece(self, part: int, parts: int) -> tuple[bool, range]:
+        """(does this piece compute the eigenvalue, its probes): piece 0 does the eigenvalue and as many probes
+        as bring it to an equal share of the HVPs, the others split the remaining probes evenly."""
+        probes = self.cfg.hutchinson_probes
+        if parts == 1:
+            return True, range(probes)
+        first = min(probes, max(0, round((self._eigen_steps() + probes) / parts) - self._eigen_steps()))
+        if part == 0:
+            return True, range(first)
+        r = part_range(probes - first, part - 1, parts - 1)
+        return False, range(first + r.start, first + r.stop)
+
+    def compute_part(self, subject: Subject, ctx: Context, part: int, parts: int) -> Result:
         cfg = self.cfg
+        eigen, probes = self._piece(part, parts)
+        scalars: dict[str, float] = {}
+        arrays: dict[str, np.ndarray] = {"trace_samples": np.zeros(0)}
+        info: dict = {"probes": [probes.start, probes.stop], "hvps": 0}
+        if not (eigen or probes):
+            return Result(metric=self.name, subject=subject.describe(), arrays=arrays, info=info)
         (ckpt,) = subject.checkpoints
         dtype = COMPUTE_DTYPES[cfg.dtype]
         model = ctx.load(ckpt, dtype=dtype).model
         params0 = hessian_params(model, cfg.params, cfg.include)
         batches = first_sequences(ctx.batches(subject.home), cfg.sequences)
         op = model_hessian(model, params0, batches, method=cfg.hvp)
-        eig_steps = cfg.lanczos_iters if cfg.eigen_method == "lanczos" else cfg.power_iters
-        matvec = _CountingMatvec(op, ctx, eig_steps + cfg.hutchinson_probes)
-        scalars: dict[str, float] = {}
-        arrays: dict[str, np.ndarray] = {}
-        info: dict = {}
-        if cfg.eigen_method == "lanczos":
+        matvec = _CountingMatvec(op, ctx, (self._eigen_steps() if eigen else 0) + len(probes))
+        if eigen and cfg.eigen_method == "lanczos":
             home = krylov_home(op.dim, cfg.lanczos_iters if cfg.reorthogonalize else 0, dtype, ctx.device)
             lz = lanczos(matvec, op.dim, cfg.lanczos_iters, seed=cfg.seed, reorthogonalize=cfg.reorthogonalize,
                          dtype=dtype, basis_device=home)
@@ -185,20 +215,27 @@ class Curvature(Metric):
             scalars.update(top_eigenvalue=lz.top, bottom_eigenvalue=lz.bottom)
             arrays["ritz_values"] = lz.ritz_values.numpy()
             info["eigen_steps"] = lz.n_iter
-        else:
+        elif eigen:
             pw = power_iteration(matvec, op.dim, cfg.power_iters, tol=cfg.power_tol, seed=cfg.seed, dtype=dtype)
             scalars["top_eigenvalue"] = pw.eigenvalue
             info.update(eigen_steps=pw.n_iter, power_converged=pw.converged,
                         eigen_meaning="largest-magnitude eigenvalue (signed)")
-        eig_hvps = matvec.done
-        tr = hutchinson_trace(matvec, op.dim, cfg.hutchinson_probes, seed=cfg.seed + 1,
-                              confidence=cfg.confidence, dtype=dtype)
-        scalars.update(trace=tr.mean, trace_stderr=tr.stderr, trace_ci_low=tr.ci_low, trace_ci_high=tr.ci_high)
-        arrays["trace_samples"] = tr.samples.numpy()
+        arrays["trace_samples"] = hutchinson_samples(matvec, op.dim, probes, seed=cfg.seed + 1, dtype=dtype).numpy()
         info.update(n_params=op.dim, n_tensors=len(params0), params=cfg.params, include=cfg.include,
                     compute_dtype=str(dtype), eval_dtype=str(ctx.dtype), hvp=cfg.hvp, sdpa="MATH kernel",
-                    sequences=sum(int(b["input_ids"].shape[0]) for b in batches), hvps=eig_hvps + tr.n_probes,
+                    sequences=sum(int(b["input_ids"].shape[0]) for b in batches), hvps=matvec.done,
                     eigen_seed=cfg.seed, probe_seed=cfg.seed + 1, eigen_method=cfg.eigen_method)
+        return Result(metric=self.name, subject=subject.describe(), scalars=scalars, arrays=arrays, info=info)
+
+    def combine(self, subject: Subject, pieces: list[Result]) -> Result:
+        eigen = pieces[0]  # piece 0 always holds the eigenvalue and the shared details
+        tr = trace_estimate(torch.from_numpy(np.concatenate([p.arrays["trace_samples"] for p in pieces])),
+                            self.cfg.confidence)
+        scalars = dict(eigen.scalars, trace=tr.mean, trace_stderr=tr.stderr, trace_ci_low=tr.ci_low,
+                       trace_ci_high=tr.ci_high)
+        arrays = dict(eigen.arrays, trace_samples=tr.samples.numpy())
+        info = {k: v for k, v in eigen.info.items() if k != "probes"}
+        info["hvps"] = sum(int(p.info["hvps"]) for p in pieces)
         return Result(metric=self.name, subject=subject.describe(), scalars=scalars, arrays=arrays, info=info)
 
     def plot(self, results: list[Result], out_dir: Path) -> list[Path]:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ...errors import LensError
-from ..base import Metric, Result, finite_or_nan
+from ..base import Metric, Result, finite_or_nan, part_range
 from ..context import Context
 from ..maths.curvature import second_derivative_at_zero
 from ..maths.directions import NORMS, ONE_D_MODES, Direction, random_direction
@@ -204,14 +204,29 @@ class LandscapeRandom(Metric):
                   "100 Gaussian directions d over all parameters, alpha in [-0.003, 0.003] (docs/study.md L1-L2).")
 
     def compute(self, subject: Subject, ctx: Context) -> Result:
+        return self.combine(subject, [self.compute_part(subject, ctx, 0, 1)])
+
+    def parts(self, subject: Subject) -> int:
+        return self.cfg.directions  # direction i depends on (seed, i) only: any split gives the same curves
+
+    def compute_part(self, subject: Subject, ctx: Context, part: int, parts: int) -> Result:
+        """The curves of one contiguous slice of the directions."""
         cfg = self.cfg
         (ckpt,) = subject.checkpoints
         model = ctx.load(ckpt).model
         params0 = native_params(model)
+        mine = part_range(cfg.directions, part, parts)
+        curves = curves_along(ctx, model, params0, lambda i: build_direction(params0, cfg, mine[i]), len(mine),
+                              alpha_grid(cfg.alpha_max, cfg.points), ctx.batches(subject.home), cfg.engine,
+                              cfg.chunk_size, f"{self.name} {ckpt.run_id}@{ckpt.step}")  # [len(mine), G]
+        return Result(metric=self.name, subject=subject.describe(), arrays={"curves": curves.numpy()},
+                      info={"directions": [mine.start, mine.stop],
+                            "n_parameters": sum(t.numel() for t in params0.values()), "n_tensors": len(params0)})
+
+    def combine(self, subject: Subject, pieces: list[Result]) -> Result:
+        cfg = self.cfg
         alphas = alpha_grid(cfg.alpha_max, cfg.points)
-        curves = curves_along(ctx, model, params0, lambda i: build_direction(params0, cfg, i), cfg.directions,
-                              alphas, ctx.batches(subject.home), cfg.engine, cfg.chunk_size,
-                              f"{self.name} {ckpt.run_id}@{ckpt.step}")  # [D, G]
+        curves = torch.from_numpy(np.concatenate([p.arrays["curves"] for p in pieces]))  # [D, G]
         s = landscape_summary(curves, alphas)
         c = len(alphas) // 2
         rise = 0.5 * (curves[:, c + 1:] + curves[:, :c].flip(1)) - curves[:, c:c + 1]  # [D, K]
@@ -222,11 +237,12 @@ class LandscapeRandom(Metric):
             "loss_centre": s["centre_loss"], "loss_min": s["min_loss"], "centre_minus_min": s["centre_minus_min"],
             "d2_at_zero": float(second_derivative_at_zero(curves.mean(dim=0), alphas)),
         }
+        first = pieces[0].info
         return Result(metric=self.name, subject=subject.describe(),
                       scalars={k: finite_or_nan(v) for k, v in scalars.items()},
                       arrays={"alphas": alphas, "curves": curves.numpy()},
                       info={"seed": cfg.seed, "norm": cfg.norm, "one_d": cfg.one_d, "directions": cfg.directions,
-                            "n_parameters": sum(t.numel() for t in params0.values()), "n_tensors": len(params0)})
+                            "n_parameters": first["n_parameters"], "n_tensors": first["n_tensors"]})
 
     def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
         out = [landscape_grid(results, out_dir / "landscape_random_curves.png", lambda r: r.arrays["curves"],
