@@ -72,10 +72,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
 
 
 # The longest modules first, so that the two workers (each takes whole modules) do not end on one of them alone.
-LONGEST_FIRST = ("tests/train/test_resume_and_ddp.py", "tests/study/test_submit.py", "tests/methods/test_flora.py",
-                 "tests/methods/test_low_rank.py", "tests/methods/test_apollo.py", "tests/methods/test_spam.py",
-                 "tests/imports/test_import.py", "tests/report/", "tests/study/test_study_runner.py",
-                 "tests/analysis/metrics/", "tests/methods/test_golore.py", "tests/methods/test_loro.py")
+LONGEST_FIRST = ("tests/train/test_resume_and_ddp.py", "tests/study/test_submit.py", "tests/report/",
+                 "tests/analysis/metrics/", "tests/methods/test_flora.py", "tests/methods/test_low_rank.py",
+                 "tests/methods/test_apollo.py", "tests/methods/test_spam.py", "tests/imports/test_import.py",
+                 "tests/study/test_study_runner.py", "tests/methods/test_golore.py", "tests/methods/test_loro.py")
+ONE_WORKER_PACKAGES = ("tests/report/", "tests/analysis/metrics/")
+"""Packages whose modules share expensive session fixtures (the report's tiny study, the tiny runs of every
+method): each goes to one worker whole, so the fixture is built once and not once per worker."""
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:  # noqa: ARG001
@@ -84,3 +87,19 @@ def pytest_collection_modifyitems(session, config, items) -> None:  # noqa: ARG0
         return next((i for i, p in enumerate(LONGEST_FIRST) if path.startswith(p)), len(LONGEST_FIRST))
 
     items.sort(key=rank)  # stable: the rest keep their order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadscope (pyproject addopts), with a unit of work per module or per ONE_WORKER_PACKAGES entry.
+    (Not xdist_group marks with --dist loadgroup: xdist 3.8 tags the node ids for it, which pytest 9.2's
+    node ids ignore, so those marks group nothing there.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleOrPackage(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            return next((p for p in ONE_WORKER_PACKAGES if path.startswith(p)), path)
+
+    return ModuleOrPackage(config, log)

@@ -301,7 +301,7 @@ def test_footprint_at_60m_by_hand_and_parameter_count_on_meta():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["apollo", "apollo-mini"])
 def test_trains_at_micro_with_a_falling_validation_loss(name, tmp_path):
-    sets = ["train.steps=30", "train.total_batch_size=16", "train.micro_batch_size=16", "train.eval_every=15",
+    sets = ["train.steps=30", "train.total_batch_size=8", "train.micro_batch_size=8", "train.eval_every=15",
             "train.checkpoints=1", "train.log_every=15", "optim.warmup_steps=3"]
     run_dir = train(build_config("micro", name, sets), tmp_path)
     losses = [v["val_loss"] for v in read_log(run_dir, "val")]

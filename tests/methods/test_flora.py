@@ -262,7 +262,7 @@ def test_a_target_the_official_rule_excludes_keeps_a_full_momentum_and_the_footp
 
 @pytest.mark.slow
 def test_trains_at_micro_with_a_falling_validation_loss(tmp_path):
-    sets = ["train.steps=30", "train.total_batch_size=16", "train.micro_batch_size=16", "train.eval_every=15",
+    sets = ["train.steps=30", "train.total_batch_size=8", "train.micro_batch_size=8", "train.eval_every=15",
             "train.checkpoints=1", "train.log_every=15", "optim.warmup_steps=3"]
     run_dir = train(build_config("micro", NAME, sets), tmp_path)
     losses = [v["val_loss"] for v in read_log(run_dir, "val")]

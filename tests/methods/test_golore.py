@@ -290,7 +290,7 @@ def test_trains_at_micro_with_a_falling_validation_loss(tmp_path):
     from lowrank_lens.train import train as train_run
     from lowrank_lens.train.logs import read_log
 
-    sets = ["train.steps=30", "train.total_batch_size=16", "train.micro_batch_size=16", "train.eval_every=15",
+    sets = ["train.steps=30", "train.total_batch_size=8", "train.micro_batch_size=8", "train.eval_every=15",
             "train.checkpoints=1", "train.log_every=15", "optim.warmup_steps=3"]
     vals = read_log(train_run(build_config("micro", "golore", sets), tmp_path), "val")
     losses = [v["val_loss"] for v in vals]

@@ -139,7 +139,7 @@ def test_presets_and_automatic_rank():
 @pytest.mark.slow
 def test_trains_at_micro_with_a_falling_validation_loss(tmp_path):
     """15 s of training; the first micro run of a session also builds the micro tokenizer and rows."""
-    sets = ["train.steps=30", "train.total_batch_size=16", "train.micro_batch_size=16", "train.eval_every=15",
+    sets = ["train.steps=30", "train.total_batch_size=8", "train.micro_batch_size=8", "train.eval_every=15",
             "train.checkpoints=1", "train.log_every=15", "optim.warmup_steps=3"]
     run_dir = train(build_config("micro", NAME, sets), tmp_path)
     vals = read_log(run_dir, "val")

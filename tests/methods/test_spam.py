@@ -262,7 +262,7 @@ def test_presets_follow_the_official_scripts():
 
 @pytest.mark.slow
 def test_trains_at_micro_with_a_falling_validation_loss(tmp_path):
-    sets = ["train.steps=30", "train.total_batch_size=16", "train.micro_batch_size=16", "train.eval_every=15",
+    sets = ["train.steps=30", "train.total_batch_size=8", "train.micro_batch_size=8", "train.eval_every=15",
             "train.checkpoints=1", "train.log_every=15", "optim.warmup_steps=3", "method.reset_interval=12",
             "method.reset_warmup=4"]
     run_dir = train(build_config("micro", NAME, sets), tmp_path)

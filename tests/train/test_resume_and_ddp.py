@@ -3,14 +3,11 @@ method; an FSDP2 run resumed across world sizes (2 -> 1 -> 2).
 
 The 1-process references, the 2-process runs and the resumptions of the killed runs are each trained for
 every method in one interpreter (train_many.py), so the suite pays torch's start-up once per group and not
-once per run; the kills are real, one process per method."""
+once per run; the kills are real, one process per method, each forked from one interpreter (kill_many.py)."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -28,9 +25,10 @@ SETS = [f"train.steps={STEPS}", "train.device=cpu", "train.checkpoints=2", "trai
 """The overrides the CLI makes of NANO (cli._resolve: --steps, then --device, then the --set's)."""
 ENV = {**cli_env(), "OMP_NUM_THREADS": "1"}
 DRIVER = Path(__file__).with_name("train_many.py")
+KILLER = Path(__file__).with_name("kill_many.py")
 KILL_AT_ONCE = 4
-"""Runs started (and killed) side by side: 4 single-threaded processes on 2 cores still reach step 6 long
-before step 16, and the group costs about half the wall time of running them one by one."""
+"""Runs trained (and killed) side by side, each a process forked from one interpreter (kill_many.py): 4
+single-threaded processes on 2 cores still reach step 6 long before the last step."""
 TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
@@ -75,26 +73,12 @@ def killed(tmp_path_factory, references) -> Path:
     by one process."""
     out = tmp_path_factory.mktemp("killed")
     extra = ["train.resume_every=2"]
-    methods = method_names()
-    for start in range(0, len(methods), KILL_AT_ONCE):  # a few at once: start-up dominates a nano run
-        procs = {m: subprocess.Popen(_train_cmd(m, out, "--set", "train.resume_every=2"), env=ENV,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for m in methods[start:start + KILL_AT_ONCE]}
-        deadline = time.time() + 300
-        while procs and time.time() < deadline:
-            for method, proc in list(procs.items()):
-                run_dir = out / f"nano-{method}-seed0"
-                if any(step >= 6 for step, _ in complete_checkpoints(run_dir)):
-                    assert proc.poll() is None, f"{method}: the run finished before it could be killed"
-                    os.kill(proc.pid, signal.SIGKILL)  # a real kill: no cleanup, no exception handlers
-                    proc.wait()
-                    steps = [s for s, _ in complete_checkpoints(run_dir)]
-                    assert STEPS not in steps and max(steps) >= 6, (method, steps)
-                    del procs[method]
-                else:
-                    assert proc.poll() is None, f"{method}: the run ended before its step-6 checkpoint"
-            time.sleep(0.02)
-        assert not procs, f"{sorted(procs)} did not reach step 6 in 300 s"
+    res = _run([PYTHON, str(KILLER), str(out), ",".join(method_names()), json.dumps(SETS + extra), "6",
+                str(KILL_AT_ONCE)])
+    left = json.loads(res.stdout.strip().splitlines()[-1])
+    assert sorted(left) == sorted(method_names())
+    for method, steps in left.items():
+        assert STEPS not in steps and max(steps) >= 6, (method, steps)
     res = _run(_many(out, extra, "--resume"))
     assert res.stderr.count("resuming") == len(method_names()), res.stderr[-2000:]
     return out
