@@ -58,6 +58,9 @@ ROWS = [
     (["analyze", "RUN", "--sequences", "0"], "--sequences 0 is out of range", False),
     (["analyze", "RUN", "--jobs", "0"], "--jobs 0 is out of range", False),
     (["analyze", "RUN", "--steps", "7", "--metrics", "spectra"], "no run has a checkpoint at step(s) 7", False),
+    # import numbers (checked before the source is read)
+    (["import", "RUN", "--out", "TMP/imported", "--seq-len", "0"], "--seq-len 0 is out of range", False),
+    (["import", "RUN", "--out", "TMP/imported", "--rows", "-3"], "--rows -3 is out of range", False),
     # --token-file
     (["analyze", "RUN", "--token-file", "TMP/missing.npy"], "--token-file: TMP/missing.npy does not exist", False),
     (["analyze", "RUN", "--token-file", "FILE"], "is not a readable .npy of token rows", False),

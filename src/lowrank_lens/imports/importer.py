@@ -67,6 +67,11 @@ class ImportOptions:
     baseline: bool = False
     """The series is the baseline other runs are compared with (activation similarity's reference)."""
 
+    def __post_init__(self) -> None:
+        for flag, value in (("--seq-len", self.seq_len), ("--rows", self.rows)):
+            if value < 1:
+                raise LensError(f"{flag} {value} is out of range; it must be at least 1")
+
 
 def _series(source: str, opts: ImportOptions) -> list[Snapshot]:
     if opts.revisions or looks_like_repo_id(source):
