@@ -122,15 +122,39 @@ def test_hutchinson_interval_covers_at_its_level_on_a_known_hessian():
 
 def test_the_krylov_basis_moves_to_host_memory_when_it_would_crowd_the_gpu(monkeypatch):
     """The placement rule (the GPU's free memory is the only thing faked: this machine has no GPU): 20 fp32
-    vectors of a 350m model are 29.4 GB, more than a quarter of an 80 GB GPU's free memory, so they go to
-    host memory; on a 141 GB GPU they stay. Off-GPU the basis stays with the vectors."""
+    vectors of a 350m model are 29.4 GB. Beside the ~29 GB HVP graph of batch 16 they fit an 80 GB GPU's
+    free memory; beside batch 64's ~116 GB graph they do not fit even a 141 GB GPU, so they go to host
+    memory. Off-GPU the basis stays with the vectors."""
     from lowrank_lens.analysis.metrics.curvature import krylov_home
 
-    cpu, gpu, p350 = torch.device("cpu"), torch.device("cuda"), 368_000_000
-    assert krylov_home(p350, 20, torch.float32, cpu) == cpu
+    cpu, gpu, p350, gb = torch.device("cpu"), torch.device("cuda"), 368_000_000, 10**9
+    assert krylov_home(p350, 20, torch.float32, cpu, 116 * gb) == cpu
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (78 * 2**30, 80 * 2**30))
-    assert krylov_home(p350, 20, torch.float32, gpu) == cpu
-    assert krylov_home(p350, 2, torch.float32, gpu) == gpu  # 2.9 GB: stays
-    assert krylov_home(p350, 0, torch.float32, gpu) == gpu  # no re-orthogonalisation: no basis
+    assert krylov_home(p350, 20, torch.float32, gpu, 29 * gb) == gpu
+    assert krylov_home(p350, 20, torch.float32, gpu, 116 * gb) == cpu
+    assert krylov_home(p350, 20, torch.float32, gpu, 55 * gb) == cpu  # 84 GB > 0.9 x 78 GiB
+    assert krylov_home(p350, 0, torch.float32, gpu, 116 * gb) == gpu  # no re-orthogonalisation: no basis
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (139 * 2**30, 141 * 2**30))
-    assert krylov_home(p350, 20, torch.float32, gpu) == gpu
+    assert krylov_home(p350, 20, torch.float32, gpu, 116 * gb) == cpu
+    assert krylov_home(p350, 20, torch.float32, gpu, 29 * gb) == gpu
+
+
+def test_lanczos_asks_where_its_basis_goes_after_the_first_product():
+    """basis_device as a function: called once, after the first HVP (so its memory can be measured), and
+    the Ritz values are the same as with the basis placed up front."""
+    H = torch.diag(torch.linspace(-1, 3, 40, dtype=torch.float64))
+    calls: list[int] = []
+
+    def matvec(v):
+        calls.append(0)
+        return H @ v
+
+    def where():
+        asked.append(len(calls))
+        return torch.device("cpu")
+
+    asked: list[int] = []
+    late = lanczos(matvec, 40, 12, seed=3, basis_device=where)
+    early = lanczos(lambda v: H @ v, 40, 12, seed=3, basis_device="cpu")
+    assert asked == [1]
+    assert torch.equal(late.ritz_values, early.ritz_values)

@@ -104,23 +104,26 @@ class LanczosResult:
 
 def lanczos(matvec: Callable[[Tensor], Tensor], dim: int, n_iter: int = 30, *, seed: int = 0,
             reorthogonalize: bool = True, dtype: torch.dtype = torch.float64,
-            basis_device: torch.device | str | None = None) -> LanczosResult:
+            basis_device: torch.device | str | Callable[[], torch.device] | None = None) -> LanczosResult:
     """Lanczos tridiagonalisation from a seeded random start; the Ritz values bracket the spectrum.
 
-    With full re-orthogonalisation (default) the m Krylov vectors are kept in one preallocated m x P
-    buffer in `dtype` on `basis_device` (default: where the vectors live; 'cpu' moves the big buffer to host
-    memory, so the accelerator holds a few vectors only); no copy of it is made. Without it only three
-    vectors are kept; the extreme Ritz values still converge, possibly with spurious copies of converged
-    ones. Stops early when the Krylov space is exhausted.
+    With full re-orthogonalisation (default) the m Krylov vectors are kept in one m x P buffer in `dtype` on
+    `basis_device` (default: where the vectors live; 'cpu' moves the big buffer to host memory, so the
+    accelerator holds a few vectors only; a function is asked after the first product, when the memory a
+    product needs is known), allocated once; no copy of it is made. Without it only three vectors are kept;
+    the extreme Ritz values still converge, possibly with spurious copies of converged ones. Stops early when
+    the Krylov space is exhausted.
     """
     m = min(n_iter, dim)
     v, v_prev = _unit(dim, seed, dtype), None
-    V = torch.empty(m if reorthogonalize else 0, dim, dtype=dtype, device=basis_device or v.device)
-    if reorthogonalize:
-        V[0] = v
+    V = torch.empty(0, dim, dtype=dtype)
     alphas, betas = [], []
     for j in range(m):
         w = matvec(v).to(dtype)
+        if j == 0 and reorthogonalize:
+            where = basis_device() if callable(basis_device) else basis_device
+            V = torch.empty(m, dim, dtype=dtype, device=where or v.device)
+            V[0] = v
         v = v.to(w.device)
         a = float(w @ v)
         w = w - a * v - (betas[-1] * v_prev if v_prev is not None else 0.0)

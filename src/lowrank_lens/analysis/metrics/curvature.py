@@ -103,23 +103,25 @@ class CurvatureConfig:
             raise LensError(f"curvature.include {self.include!r} is not a regular expression: {e}") from e
 
 
-KRYLOV_GPU_SHARE = 0.25
-"""The Krylov basis stays on the GPU while it needs at most this share of the GPU's free memory."""
+KRYLOV_GPU_HEADROOM = 0.9
+"""The Krylov basis stays on the GPU while it and one HVP's working memory fit in this share of the free memory."""
 
 
-def krylov_home(dim: int, vectors: int, dtype: torch.dtype, device: torch.device) -> torch.device:
+def krylov_home(dim: int, vectors: int, dtype: torch.dtype, device: torch.device, hvp_bytes: int = 0) -> torch.device:
     """Where Lanczos keeps its re-orthogonalisation basis (vectors x dim): on `device`, unless that is a GPU
-    on which the basis would take more than KRYLOV_GPU_SHARE of the free memory; then in host memory, so
-    the GPU holds the model, the HVP graph and a few vectors only (at 350m, 20 fp32 vectors are 29 GB).
-    Where it lives changes no result beyond matmul rounding; it is recorded in the result's info."""
+    whose free memory (measured after the first HVP) cannot hold the basis beside one more HVP's working
+    memory `hvp_bytes` (its double-backward graph: the peak of the first HVP) with 10% to spare; then in host
+    memory, so the GPU holds the model, the HVP graph and a few vectors only (at 350m, 20 fp32 vectors are
+    29 GB and the graph at batch 64 ~116 GB). Where it lives changes no result beyond matmul rounding; it is
+    recorded in the result's info."""
     need = vectors * dim * torch.finfo(dtype).bits // 8
     if device.type != "cuda" or need == 0:
         return device
     free, _ = torch.cuda.mem_get_info(device)
-    if need <= KRYLOV_GPU_SHARE * free:
+    if need + hvp_bytes <= KRYLOV_GPU_HEADROOM * free:
         return device
     log.info(f"    curvature: the Lanczos basis ({need / 2**30:.1f} GiB) is kept in host memory "
-             f"({free / 2**30:.1f} GiB free on {device})")
+             f"({free / 2**30:.1f} GiB free on {device}, {hvp_bytes / 2**30:.1f} GiB needed by each HVP)")
     return torch.device("cpu")
 
 
@@ -152,9 +154,17 @@ class _CountingMatvec:
 
     def __init__(self, op: Callable[[torch.Tensor], torch.Tensor], ctx: Context, total: int) -> None:
         self.op, self.ctx, self.total, self.done, self.start = op, ctx, total, 0, time.perf_counter()
+        self.hvp_bytes = 0
+        """Memory one HVP needs on a GPU beyond what was allocated before it (its peak; measured once)."""
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        cuda = self.done == 0 and self.ctx.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.ctx.device)
+            before = torch.cuda.memory_allocated(self.ctx.device)
         hv = self.op(v).to(v.device)
+        if cuda:
+            self.hvp_bytes = torch.cuda.max_memory_allocated(self.ctx.device) - before
         self.done += 1
         self.ctx.progress("Hessian-vector products", self.done, self.total, self.start)
         return hv
@@ -208,10 +218,16 @@ class Curvature(Metric):
         op = model_hessian(model, params0, batches, method=cfg.hvp)
         matvec = _CountingMatvec(op, ctx, (self._eigen_steps() if eigen else 0) + len(probes))
         if eigen and cfg.eigen_method == "lanczos":
-            home = krylov_home(op.dim, cfg.lanczos_iters if cfg.reorthogonalize else 0, dtype, ctx.device)
+            vectors = cfg.lanczos_iters if cfg.reorthogonalize else 0
+            homes: list[torch.device] = []
+
+            def home() -> torch.device:  # lanczos asks after the first HVP, whose peak memory is then known
+                homes.append(krylov_home(op.dim, vectors, dtype, ctx.device, matvec.hvp_bytes))
+                return homes[-1]
+
             lz = lanczos(matvec, op.dim, cfg.lanczos_iters, seed=cfg.seed, reorthogonalize=cfg.reorthogonalize,
                          dtype=dtype, basis_device=home)
-            info["krylov_basis"] = f"{home} ({cfg.lanczos_iters if cfg.reorthogonalize else 0} x {op.dim})"
+            info["krylov_basis"] = f"{homes[0] if homes else ctx.device} ({vectors} x {op.dim})"
             scalars.update(top_eigenvalue=lz.top, bottom_eigenvalue=lz.bottom)
             arrays["ritz_values"] = lz.ritz_values.numpy()
             info["eigen_steps"] = lz.n_iter
