@@ -8,84 +8,26 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from .cli_options import (
+    MethodOpt,
+    Preset,
+    SetOpt,
+    at_least,
+    check_saved_run,
+    int_list,
+    resolve_config,
+    writable_folder,
+)
 from .errors import LensError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train LLaMA-style models with full-rank and low-rank methods; study the solutions.")
-
-Preset = Annotated[str, typer.Option("--preset", "-p", help="Scale preset: nano, micro, 60m, 130m, 350m, 1b.")]
-MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Training method (see `lowrank-lens list`).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any config field: section.field=value "
-                                                              "(sections: model, data, optim, train, method).")]
-
-
-def _at_least(low: int, **values: int | None) -> None:
-    """LensError naming the option (--batch-size ...) of the first value below `low` (None: not given)."""
-    for name, value in values.items():
-        if value is not None and value < low:
-            raise LensError(f"--{name.replace('_', '-')} {value} is out of range; it must be at least {low}")
-
-
-def _int_list(text: str, option: str) -> list[int]:
-    """'0,1,2' -> [0, 1, 2]: non-negative integers, at least one."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts):
-        raise LensError(f"{option} {text!r}: pass comma-separated non-negative integers such as 0,1,2")
-    return [int(p) for p in parts]
-
-
-def _writable_folder(path: Path, option: str, target: Path | None = None) -> Path:
-    """`path` if it can be this command's output folder: missing (it is created) or a folder, not a file nor
-    under one, with names the file system allows, and the nearest existing folder writable by this user.
-    `target`: the file the command writes in `path` (eval-downstream --out X.csv), named in the errors.
-
-    Writability is os.access (the kernel's answer for this user: root passes mode bits but not a read-only
-    mount), checked up front so a long computation does not fail at its first write."""
-    shown = target or path
-    for part in shown.parts:
-        if len(os.fsencode(part)) > 255:  # NAME_MAX; Path.exists would raise ENAMETOOLONG
-            raise LensError(f"{option} {str(shown)[:80]}...: a name in it is over 255 bytes; pass a shorter path")
-    if target is None and path.exists() and not path.is_dir():
-        raise LensError(f"{option} {path} is an existing file, not a folder; pass a folder (created if missing)")
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise LensError(f"{option} {shown} lies under {probe}, which is a file; pass a folder path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise LensError(f"{option} {shown}: {probe} is not writable by this user; pass a folder you can write to")
-    return path
-
-
-def _check_saved_run(run_dir: Path) -> None:
-    """Before resuming: the newest checkpoint's tensors fit the saved config.json (an edited config would
-    otherwise fail deep in load_state_dict, after the data and model were built)."""
-    from .train import load_run_config
-    from .train.checkpoint import complete_checkpoints
-    from .train.loading import check_checkpoint_fits
-
-    ckpts = complete_checkpoints(run_dir)
-    if ckpts:
-        check_checkpoint_fits(load_run_config(run_dir), ckpts[-1][1])
-
-
-def _resolve(preset: str, method: str, data: str | None, tokenizer: str | None, steps: int | None,
-             seed: int | None, precision: str | None, device: str | None, sets: list[str] | None):
-    from .presets import build_config
-
-    overrides = []
-    for key, value in (("data.source", data), ("data.tokenizer", tokenizer), ("train.steps", steps),
-                       ("train.seed", seed), ("train.precision", precision), ("train.device", device)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    return build_config(preset, method, overrides + list(sets or []))
 
 
 @app.command()
@@ -111,11 +53,11 @@ def train(
 
     if run_name is not None:
         check_run_name(run_name)
-    cfg = _resolve(preset, method, data, tokenizer, steps, seed, precision, device, set_)
+    cfg = resolve_config(preset, method, data, tokenizer, steps, seed, precision, device, set_)
     parse_device(cfg.train.device, "--device" if device is not None else "train.device")
-    _writable_folder(out, "--out")
+    writable_folder(out, "--out")
     if resume:
-        _check_saved_run(out / (run_name or default_run_name(cfg)))
+        check_saved_run(out / (run_name or default_run_name(cfg)))
     run_train(cfg, out, run_name=run_name, resume=resume)
 
 
@@ -136,7 +78,7 @@ def resume(
     if device is not None:  # train.device is one of the keys a resumption may change (train/run.py)
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
     parse_device(cfg.train.device, "--device" if device is not None else f"train.device of {run_dir}/config.json")
-    _check_saved_run(run_dir)
+    check_saved_run(run_dir)
     run_train(cfg, run_dir.parent, run_name=run_dir.name, resume=True)
 
 
@@ -171,7 +113,7 @@ def analyze(
     from .data.cache import load_token_rows
     from .train.loading import expand_runs, parse_device
 
-    _at_least(1, sequences=sequences, batch_size=batch_size, jobs=jobs)
+    at_least(1, sequences=sequences, batch_size=batch_size, jobs=jobs)
     parse_device(device)
     chosen_steps = parse_steps(steps)
     if token_file:
@@ -184,8 +126,8 @@ def analyze(
                             dtype=dtype)
     dirs = expand_runs(runs)
     if cache_dir is not None:
-        _writable_folder(cache_dir, "--cache-dir")
-    out = _writable_folder(out or (cache_dir or dirs[0].parent) / "analysis", "--out")
+        writable_folder(cache_dir, "--cache-dir")
+    out = writable_folder(out or (cache_dir or dirs[0].parent) / "analysis", "--out")
     run_analyze(dirs, names, chosen_steps, reference, set_ or [], settings, out, force, plots, jobs,
                 cache_dir=cache_dir)
 
@@ -225,20 +167,20 @@ def eval_downstream(
     from .downstream.evaluate import parse_step
     from .train.loading import expand_runs, parse_device
 
-    seed_list = _int_list(seeds, "--seeds")
+    seed_list = int_list(seeds, "--seeds")
     parse_step(step)
-    _at_least(1, limit=limit, batch_size=batch_size)
-    _at_least(0, num_fewshot=num_fewshot, bootstrap_iters=bootstrap_iters)
+    at_least(1, limit=limit, batch_size=batch_size)
+    at_least(0, num_fewshot=num_fewshot, bootstrap_iters=bootstrap_iters)
     parse_device(device)
     task_list = [t.strip() for t in tasks.split(",") if t.strip()]
     dirs = expand_runs(runs)
     if cache_dir is not None:
-        _writable_folder(cache_dir, "--cache-dir")
+        writable_folder(cache_dir, "--cache-dir")
     folder = out or (cache_dir or dirs[0].parent) / "downstream"
     if folder.suffix == ".csv" and not folder.is_dir():  # the table's own path
-        _writable_folder(folder.parent, "--out", target=folder)
+        writable_folder(folder.parent, "--out", target=folder)
     else:
-        _writable_folder(folder, "--out")
+        writable_folder(folder, "--out")
     run_eval_downstream(dirs, task_list, step, seed_list, folder, include_path, limit, device,
                         batch_size=batch_size, num_fewshot=num_fewshot, bootstrap_iters=bootstrap_iters,
                         rebuild_tokenizer=rebuild_tokenizer, force=force, cache_dir=cache_dir)
@@ -264,7 +206,7 @@ def predict(
     dirs = expand_runs([base / "runs"] if base else runs)
     root = base or dirs[0].parent
     feats = [f.strip() for f in features.split(",") if f.strip()] if features else None
-    folder = _writable_folder(out or root / "prediction", "--out")
+    folder = writable_folder(out or root / "prediction", "--out")
     files = run_prediction(dirs, analysis or root / "analysis", downstream or root / "downstream" / "downstream.csv",
                            folder, feats, permutations)
     typer.echo("\n".join(str(f) for f in files))
@@ -295,7 +237,7 @@ def import_(
     split = lambda text: tuple(t.strip() for t in text.split(",") if t.strip())  # noqa: E731
     opts = ImportOptions(label=method, scale=scale, seed=seed, tokens=tokens, revisions=split(revisions),
                          targets=split(targets), layout=layout, seq_len=seq_len, rows=rows, baseline=baseline)
-    typer.echo(f"imported: {import_series(source, _writable_folder(out, '--out'), opts)}")
+    typer.echo(f"imported: {import_series(source, writable_folder(out, '--out'), opts)}")
 
 
 @app.command()
@@ -339,7 +281,7 @@ def study(
     if dry_run:
         typer.echo(describe_plan(spec, folder))
         return
-    _writable_folder(folder, "--out" if out is not None else "study folder")
+    writable_folder(folder, "--out" if out is not None else "study folder")
     if executor != "inline":
         from .study.submit import SubmitOptions, submit_study
 
@@ -370,7 +312,7 @@ def demo(out: Annotated[Path, typer.Option(help="Study folder.")] = Path("studie
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None
     if chosen is not None and not chosen:
         raise LensError("--methods is empty; give comma-separated method names (see `lowrank-lens list`)")
-    result = run_study(demo_spec(chosen), _writable_folder(out, "--out"))
+    result = run_study(demo_spec(chosen), writable_folder(out, "--out"))
     typer.echo(f"report: {result}")
 
 
@@ -381,7 +323,7 @@ def show_config(
     set_: SetOpt = None,
 ) -> None:
     """Print the resolved config of a preset x method (with overrides) as JSON."""
-    cfg = _resolve(preset, method, None, None, None, None, None, None, set_)
+    cfg = resolve_config(preset, method, None, None, None, None, None, None, set_)
     typer.echo(json.dumps(cfg.to_dict(), indent=2))
 
 

@@ -22,7 +22,7 @@ STEPS = 16
 NANO = ["--preset", "nano", "--device", "cpu", "--steps", str(STEPS), "--set", "train.checkpoints=2",
         "--set", "train.log_every=1"]
 SETS = [f"train.steps={STEPS}", "train.device=cpu", "train.checkpoints=2", "train.log_every=1"]
-"""The overrides the CLI makes of NANO (cli._resolve: --steps, then --device, then the --set's)."""
+"""The overrides the CLI makes of NANO (cli_options.resolve_config: --steps, then --device, then the --set's)."""
 ENV = {**cli_env(), "OMP_NUM_THREADS": "1"}
 DRIVER = Path(__file__).with_name("train_many.py")
 KILLER = Path(__file__).with_name("kill_many.py")
