@@ -93,10 +93,13 @@ class ResultStore:
                     return pieces  # type: ignore[return-value]
         return None
 
-    def remove(self, metric: str, key: str, *, pieces_only: bool = False) -> None:
-        """Drop the entry `key` (its JSON first: without it the entry is absent) and its pieces, or only them."""
-        folder = self.root / metric
-        whole = [] if pieces_only else [folder / f"{key}.json"]
-        for meta in [*whole, *folder.glob(f"{key}-*of*.json")]:
-            meta.unlink(missing_ok=True)
-            meta.with_suffix(".npz").unlink(missing_ok=True)
+    def remove(self, metric: str, key: str) -> None:
+        """Drop one entry (its JSON first: without it the entry is absent)."""
+        meta, arrays = self._paths(metric, key)
+        meta.unlink(missing_ok=True)
+        arrays.unlink(missing_ok=True)
+
+    def remove_pieces(self, metric: str, key: str) -> None:
+        """Drop every piece `<key>-<i>of<n>` of an entry (once they are combined into it)."""
+        for meta in (self.root / metric).glob(f"{key}-*of*.json"):
+            self.remove(metric, meta.stem)

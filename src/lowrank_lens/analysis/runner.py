@@ -117,7 +117,7 @@ def cached_or_computed(metric: Metric, subject: Subject, ctx: Context, force: bo
         how = f"skipped ({result.skipped})" if result.skipped else f"{result.info['seconds']:.1f}s"
     _provenance(result, metric, ctx)
     store.put(key, result)
-    store.remove(metric.name, key, pieces_only=True)
+    store.remove_pieces(metric.name, key)
     return result, how
 
 
@@ -135,9 +135,8 @@ def compute_unit(unit: Unit, ctx: Context, force: bool = False, cache_dir: str |
     key = cache_key(metric, subject, ctx)
     store = ResultStore(subject.home.run_dir, cache_dir)
     part_key = piece_key(key, unit.part, unit.parts)
-    if force:
-        store.remove(metric.name, key)  # the stale whole result would hide the new pieces
-        store.remove(metric.name, part_key)
+    if force:  # the stale whole result would hide the new pieces (the other processes' pieces stay)
+        store.remove(metric.name, key)
     elif store.get(metric.name, key) is not None or store.get(metric.name, part_key) is not None:
         return False
     start = time.perf_counter()

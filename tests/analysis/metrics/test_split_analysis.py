@@ -97,3 +97,8 @@ def test_shares_computed_apart_tabulate_to_one_process(tiny_runs, tmp_path):
     again = analyze(runs, names, [-1], overrides=overrides, settings=SETTINGS, out=tmp_path / "a", plots=False,
                     cache_dir=split)
     assert all(o.cached == len(o.results) and o.computed == 0 for o in again.values())
+    # --force in a split analysis: the whole results that would hide the new pieces are dropped.
+    wholes = {p.name for p in split.rglob("*.json")}
+    assert compute_share(runs, names, [-1], None, overrides, SETTINGS, True, (0, 3), split) == 3
+    left = {p.name for p in split.rglob("*.json")}
+    assert len(wholes - left) == 2 and len([n for n in left if n.endswith("of3.json")]) == 2
