@@ -13,6 +13,7 @@ from lowrank_lens.analysis.maths import (
     trajectory_pca,
     weight_svd_directions,
 )
+from lowrank_lens.analysis.maths.directions import SVDDirections
 from lowrank_lens.errors import LensError
 
 
@@ -81,6 +82,22 @@ def test_weight_svd_variants(params):
     assert torch.count_nonzero(weight_svd_directions({"m": torch.randn(3, 2)}, 3, "svd_unit")[2]["m"]) == 0
     with pytest.raises(LensError, match="variant"):
         weight_svd_directions(params, 1, "svd")
+
+
+def test_svd_directions_keep_only_the_top_factors_and_build_one_direction_at_a_time(params):
+    """What landscape_pca holds: k singular pairs per matrix (k (m + n) + k numbers), not k full directions;
+    each component is built on request, equal to the same slice of an SVD of its own."""
+    k = 2
+    lazy = SVDDirections(params, k, "svd_sigma")
+    kept = sum(t.numel() for f in lazy.factors.values() for t in f)
+    matrices = [w for w in params.values() if w.ndim > 1]
+    assert kept == sum(k * (w.shape[0] + w[0].numel()) + k for w in matrices)
+    assert len(lazy) == k
+    name = "model.layers.0.mlp.down_proj.weight"
+    u, s, vh = torch.linalg.svd(params[name].double(), full_matrices=False)
+    assert torch.equal(lazy[1][name], (torch.outer(u[:, 1], vh[1]) * s[1]).to(params[name].dtype))
+    with pytest.raises(IndexError):
+        lazy[k]
 
 
 def test_trajectory_pca_equals_pca_on_the_stacked_rows():

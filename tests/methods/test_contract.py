@@ -1,6 +1,7 @@
 """Contract tests for every registered method (a seventh method is covered without new tests)."""
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,10 +9,11 @@ import torch
 from lowrank_lens.analysis.plotting import method_colour
 from lowrank_lens.errors import LensError
 from lowrank_lens.methods import get_method, method_names
-from lowrank_lens.methods.base import check_param_groups, target_modules
+from lowrank_lens.methods.base import Method, check_param_groups, target_modules
 from lowrank_lens.model import build_model
 from lowrank_lens.presets import build_config
 from lowrank_lens.train.checkpoint import load_model_state, save_checkpoint
+from lowrank_lens.train.loading import LoadedCheckpoint, dense_model
 
 METHODS = method_names()
 
@@ -92,6 +94,25 @@ def test_dense_view_reproduces_each_layer(name):
         inp = torch.randn(3, 5, w.shape[1])
         with torch.no_grad():
             torch.testing.assert_close(mod(inp), inp @ w.T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_the_dense_model_computes_what_the_trained_one_does(name):
+    """The plain LLaMA readers get (train/loading.py dense_model) has the trained model's logits; a method
+    that keeps the plain architecture hands out the model itself (no second copy of the weights)."""
+    cfg, method, model = _setup(name)
+    opt = method.build_optimizer(model, cfg.optim)
+    x = _batch(cfg.model.vocab_size)
+    model(input_ids=x, labels=x).loss.backward()
+    opt.step()
+    model.eval()
+    dense = dense_model(LoadedCheckpoint(model, method, cfg, {"step": 1}, Path("run/ckpt/step_000001")))
+    if not method.has_dense_view:
+        assert dense is None
+        return
+    assert (dense is model) == (type(method).prepare_model is Method.prepare_model)
+    with torch.no_grad():
+        torch.testing.assert_close(dense(input_ids=x).logits, model(input_ids=x).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_every_method_describes_itself_and_has_its_own_colour():

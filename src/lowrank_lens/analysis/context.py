@@ -106,13 +106,16 @@ class Context:
         return self._batches[key]
 
     # ---- models --------------------------------------------------------------------------------
-    def load(self, ckpt: CheckpointRef, dtype: torch.dtype | None = None) -> LoadedCheckpoint:
+    def load(self, ckpt: CheckpointRef, dtype: torch.dtype | None = None,
+             device: torch.device | str | None = None) -> LoadedCheckpoint:
         """The checkpoint in its trained parameterization (kept in a small LRU; never mutate it).
 
-        `dtype` overrides the evaluation dtype (weight-only metrics read fp32 whatever the device)."""
+        `dtype` overrides the evaluation dtype (weight-only metrics read fp32 whatever the device); `device`
+        the evaluation device (trajectory_pca keeps a run's checkpoints in host memory, not on the GPU)."""
         dtype = dtype or self.dtype
-        return self._cached((str(ckpt.path), "native", str(dtype)),
-                            lambda: load_checkpoint(ckpt.path, self.device, dtype))
+        device = torch.device(device) if device is not None else self.device
+        return self._cached((str(ckpt.path), "native", str(dtype), str(device)),
+                            lambda: load_checkpoint(ckpt.path, device, dtype))
 
     def dense(self, ckpt: CheckpointRef, dtype: torch.dtype | None = None) -> torch.nn.Module | None:
         """A plain LLaMA with the checkpoint's effective weights, or None when no dense view exists."""

@@ -167,8 +167,10 @@ class Method:
 
     def dense_module(self, model: nn.Module) -> nn.Module | None:
         """A module that already is the dense view of `model`, or None: readers then build a plain LLaMA from
-        dense_weights (train/loading.py dense_model)."""
-        return None
+        dense_weights (train/loading.py dense_model). Default: a method that keeps the plain architecture
+        (prepare_model not overridden: full-rank and the optimizer-only methods) is its own dense view, so
+        readers do not hold a second copy of the weights (4 GB in fp32 at 1b)."""
+        return model if type(self).prepare_model is Method.prepare_model else None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model

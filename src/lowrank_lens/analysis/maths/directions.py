@@ -101,34 +101,54 @@ def random_directions(params: Mapping[str, Tensor], n: int, seed: int, *, norm: 
 
 
 def weight_svd_directions(params: Mapping[str, Tensor], k: int, variant: str = "svd_sigma") -> list[Direction]:
-    """Components 1..k of the study's per-matrix singular directions ("top-K PCA", docs/study.md L3-L5).
+    """Components 1..k of the study's per-matrix singular directions ("top-K PCA", docs/study.md L3-L5), all
+    built at once (k full-size directions; `SVDDirections` builds one at a time from the factors)."""
+    lazy = SVDDirections(params, k, variant)
+    return [lazy[j] for j in range(k)]
+
+
+class SVDDirections:
+    """The study's per-matrix singular directions ("top-K PCA", docs/study.md L3-L5), kept as factors.
 
     For each matrix W = U diag(s) V^T (tensors with ndim >= 2 are read as [shape[0], -1]) component j is
     u_j v_j^T ('unit', unit Frobenius norm) or s_j u_j v_j^T ('sigma'); 1-D tensors get d = w ('radial')
     or 0 ('zero'); see SVD_VARIANTS. A matrix with fewer than j singular values gets a zero component.
     u_j v_j^T does not depend on the SVD's sign choice. SVD in fp64, cast back to the parameter's dtype.
+    Only the top k singular pairs are kept (k (m + n) numbers per matrix, not k full-size directions: 40 GB
+    at 1b with k = 10); self[j] builds component j when asked.
     """
-    if variant not in SVD_VARIANTS:
-        raise LensError(f"SVD direction variant {variant!r} is not one of {sorted(SVD_VARIANTS)}")
-    if k < 1:
-        raise LensError(f"number of SVD components must be >= 1, got {k}")
-    scale, one_d = SVD_VARIANTS[variant]
-    comps: list[Direction] = [{} for _ in range(k)]
-    for name, w in params.items():
-        w = w.detach()
-        if w.ndim <= 1:
-            for c in comps:
-                c[name] = w.clone() if one_d == "radial" else torch.zeros_like(w)
-            continue
-        m = w.reshape(w.shape[0], -1).double()  # [m, n]
-        u, s, vh = torch.linalg.svd(m, full_matrices=False)  # u [m, r], s [r], vh [r, n]
-        for j, c in enumerate(comps):
-            if j >= s.numel():
-                c[name] = torch.zeros_like(w)
+
+    def __init__(self, params: Mapping[str, Tensor], k: int, variant: str = "svd_sigma") -> None:
+        if variant not in SVD_VARIANTS:
+            raise LensError(f"SVD direction variant {variant!r} is not one of {sorted(SVD_VARIANTS)}")
+        if k < 1:
+            raise LensError(f"number of SVD components must be >= 1, got {k}")
+        self.k, (self.scale, self.one_d) = k, SVD_VARIANTS[variant]
+        self.params = {n: w.detach() for n, w in params.items()}
+        self.factors: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        for name, w in self.params.items():
+            if w.ndim > 1:
+                u, s, vh = torch.linalg.svd(w.reshape(w.shape[0], -1).double(), full_matrices=False)
+                self.factors[name] = (u[:, :k].clone(), s[:k].clone(), vh[:k].clone())  # [m, k], [k], [k, n]
+
+    def __len__(self) -> int:
+        return self.k
+
+    def __getitem__(self, j: int) -> Direction:
+        if not 0 <= j < self.k:
+            raise IndexError(j)
+        out: Direction = {}
+        for name, w in self.params.items():
+            if name not in self.factors:
+                out[name] = w.clone() if self.one_d == "radial" else torch.zeros_like(w)
                 continue
-            rank1 = torch.outer(u[:, j], vh[j]) * (s[j] if scale == "sigma" else 1.0)  # [m, n]
-            c[name] = rank1.reshape(w.shape).to(w.dtype)
-    return comps
+            u, s, vh = self.factors[name]
+            if j >= s.numel():
+                out[name] = torch.zeros_like(w)
+                continue
+            rank1 = torch.outer(u[:, j], vh[j]) * (s[j] if self.scale == "sigma" else 1.0)  # [m, n]
+            out[name] = rank1.reshape(w.shape).to(w.dtype)
+        return out
 
 
 @dataclass

@@ -28,7 +28,7 @@ from ...errors import LensError
 from ..base import Metric, Result, finite_or_nan
 from ..context import Context
 from ..maths.curvature import second_derivative_at_zero
-from ..maths.directions import SVD_VARIANTS, weight_svd_directions
+from ..maths.directions import SVD_VARIANTS, SVDDirections
 from ..maths.landscape import landscape_summary
 from ..plotting import line_plot_by_method
 from ..subjects import Subject
@@ -100,7 +100,7 @@ class LandscapePCA(Metric):
         model = ctx.load(ckpt).model
         params0 = native_params(model)
         alphas = alpha_grid(cfg.alpha_max, cfg.points)
-        dirs = weight_svd_directions(params0, cfg.k, cfg.variant)  # k directions, each shaped like params0
+        dirs = SVDDirections(params0, cfg.k, cfg.variant)  # the top-k factors; one direction built at a time
         curves = curves_along(ctx, model, params0, dirs.__getitem__, cfg.k, alphas, ctx.batches(subject.home),
                               cfg.engine, cfg.chunk_size, f"{self.name} {ckpt.run_id}@{ckpt.step}")  # [k, G]
         del dirs

@@ -80,8 +80,10 @@ class TrajectoryPCAMetric(Metric):
             return Result(metric=self.name, subject=subject.describe(),
                           skipped=f"{len(ckpts)} checkpoints span at most {len(ckpts) - 1} trajectory axes; "
                                   f"{cfg.components} asked")
-        # fp32 weights for the PCA; the references stay alive here even when the context's LRU drops them.
-        states = [native_params(ctx.load(c, dtype=torch.float32).model) for c in ckpts]
+        # fp32 weights for the PCA, in host memory (every checkpoint of a run: 11 x 5.4 GB at 1b would crowd a
+        # GPU; the PCA is a few dot products per parameter); the references stay alive here even when the
+        # context's LRU drops them.
+        states = [native_params(ctx.load(c, dtype=torch.float32, device="cpu").model) for c in ckpts]
         names = list(states[-1])
         for c, s in zip(ckpts, states, strict=True):
             if list(s) != names or any(s[n].shape != states[-1][n].shape for n in names):
