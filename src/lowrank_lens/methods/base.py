@@ -278,6 +278,20 @@ def adamw_state(trainable: tuple[int, ...], size: int) -> tuple[dict[str, int], 
     return {"exp_avg": n, "exp_avg_sq": n, "step": len(trainable)}, 2 * n * size + 4 * len(trainable)
 
 
+class RankedMethod(Method):
+    """A method with a `rank` option that factorises or projects the targets: method.rank 0 resolves to
+    auto_rank, and the rank is checked against the smallest target (check_rank)."""
+
+    @classmethod
+    def resolve(cls, run: RunConfig) -> dict[str, Any]:
+        return {} if run.method_cfg.rank else {"rank": auto_rank(0, run.model)}
+
+    @classmethod
+    def check_config(cls, run: RunConfig) -> None:
+        super().check_config(run)
+        check_rank(run)
+
+
 def lowrank_factors(shapes: list[tuple[int, int]], rank: int) -> tuple[int, ...]:
     """numel of A (r x in) and B (out x r) for each (out, in) target, in that order."""
     return tuple(x for out, inn in shapes for x in (rank * inn, out * rank))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +28,10 @@ from . import register
 from .base import (
     BaseMethodConfig,
     Footprint,
-    Method,
     MethodPreset,
+    RankedMethod,
     adamw_state,
     auto_rank,
-    check_rank,
     drop_rope_buffers,
     lowrank_factors,
     model_parameters,
@@ -100,7 +98,7 @@ _STUDY = {  # rank, only_lr_act, lr: docs/study.md §1.4 (60m/130m/350m) and doc
 
 
 @register
-class CoLA(Method):
+class CoLA(RankedMethod):
     """Low-rank bottleneck layers with an inner SiLU; AdamW with wd 0.01 on all parameters, clip 0.5."""
 
     name = "cola"
@@ -162,15 +160,6 @@ class CoLA(Method):
         notes.append("the official configs set pad_token_id 0 (frozen embedding row 0); we set no pad id")
         return MethodPreset(params={"rank": rank, "only_lr_act": only_lr_act}, optim={**optim, "lr": lr},
                             notes=notes)
-
-    @classmethod
-    def resolve(cls, run: RunConfig) -> dict[str, Any]:
-        return {} if run.method_cfg.rank else {"rank": auto_rank(0, run.model)}
-
-    @classmethod
-    def check_config(cls, run: RunConfig) -> None:
-        super().check_config(run)
-        check_rank(run)
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -31,10 +30,9 @@ from . import register
 from .base import (
     BaseMethodConfig,
     Footprint,
-    Method,
     MethodPreset,
+    RankedMethod,
     auto_rank,
-    check_rank,
     model_modules,
     model_parameters,
     target_matrices,
@@ -92,7 +90,7 @@ _CPU_KAPPA, _CPU_LR = 10, 5e-2
 
 
 @register
-class Flora(Method):
+class Flora(RankedMethod):
     """Full-rank weights; Adafactor with the targets' momentum in a rank-r random projection re-drawn every κ."""
 
     name = "flora"
@@ -122,15 +120,6 @@ class Flora(Method):
             f"updates re-draw the projection several times; lr {_CPU_LR:g}, not 1e-2, because the step is relative: "
             "lr·RMS(W) is 1e-3 per update at the N(0, 0.02²) init, AdamW's step, where 1e-2 moves a weight too "
             "little for a CPU run of 20 to 150 updates", _INFERRED])
-
-    @classmethod
-    def resolve(cls, run: RunConfig) -> dict[str, Any]:
-        return {} if run.method_cfg.rank else {"rank": auto_rank(0, run.model)}
-
-    @classmethod
-    def check_config(cls, run: RunConfig) -> None:
-        super().check_config(run)
-        check_rank(run)
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:

@@ -20,10 +20,9 @@ from . import register
 from .base import (
     BaseMethodConfig,
     Footprint,
-    Method,
     MethodPreset,
+    RankedMethod,
     auto_rank,
-    check_rank,
     model_parameters,
     param_bytes,
     target_matrices,
@@ -68,7 +67,7 @@ class GaLoreConfig(BaseMethodConfig):
 
 
 @register
-class GaLore(Method):
+class GaLore(RankedMethod):  # the projector keeps min(r, out, in) singular vectors
     """Full-rank weights; AdamW moments of the target matrices in a rank-r gradient subspace (SVD every T)."""
 
     name = "galore"
@@ -86,16 +85,6 @@ class GaLore(Method):
     @classmethod
     def preset(cls, scale: str) -> MethodPreset:
         return shared_preset(scale, alpha_1b=0.25, method="GaLore")
-
-    @classmethod
-    def resolve(cls, run: RunConfig) -> dict[str, Any]:
-        return {} if run.method_cfg.rank else {"rank": auto_rank(0, run.model)}
-
-    @classmethod
-    def check_config(cls, run: RunConfig) -> None:
-        # The projector keeps min(r, out, in) singular vectors: a larger r is silently the full matrix.
-        super().check_config(run)
-        check_rank(run)
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:

@@ -31,12 +31,11 @@ from . import register
 from .base import (
     BaseMethodConfig,
     Footprint,
-    Method,
     MethodPreset,
+    RankedMethod,
     adamw_state,
     auto_alpha,
     auto_rank,
-    check_rank,
     lowrank_factors,
     model_parameters,
     param_bytes,
@@ -83,7 +82,7 @@ _INFERRED = ("inferred: alpha 32, dropout 0.1, clip 1 and wd 0 are the ReLoRA co
 
 
 @register
-class LoRA(Method):
+class LoRA(RankedMethod):
     """Frozen random W plus a never-merged LoRA on every target; AdamW on the factors, embeddings, head, norms."""
 
     name = "lora"
@@ -117,11 +116,6 @@ class LoRA(Method):
         cfg: LoRAConfig = run.method_cfg
         rank = auto_rank(cfg.rank, run.model)
         return {k: v for k, v in (("rank", rank), ("alpha", auto_alpha(cfg.alpha, rank))) if not getattr(cfg, k)}
-
-    @classmethod
-    def check_config(cls, run: RunConfig) -> None:
-        super().check_config(run)
-        check_rank(run)
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:

@@ -20,7 +20,6 @@ targets are discarded, as CoLA and SLTrain discard theirs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +31,10 @@ from . import register
 from .base import (
     BaseMethodConfig,
     Footprint,
-    Method,
     MethodPreset,
+    RankedMethod,
     adamw_state,
     auto_rank,
-    check_rank,
     lowrank_factors,
     model_parameters,
     param_bytes,
@@ -103,7 +101,7 @@ _INFERRED = ("inferred: lr, wd 0.01 on every parameter and clip 0.5 are CoLA's o
 
 
 @register
-class LowRank(Method):
+class LowRank(RankedMethod):
     """Plain low-rank factorisation W = B A of every target, trained from scratch; AdamW on everything."""
 
     name = "low-rank"
@@ -128,15 +126,6 @@ class LowRank(Method):
         if scale == "1b":
             notes.append("1b: r 512 as in GaLore's Table 2, lr as CoLA's 1B script (inferred)")
         return MethodPreset(params={"rank": rank}, optim={**_OPTIM, "lr": lr}, notes=notes)
-
-    @classmethod
-    def resolve(cls, run: RunConfig) -> dict[str, Any]:
-        return {} if run.method_cfg.rank else {"rank": auto_rank(0, run.model)}
-
-    @classmethod
-    def check_config(cls, run: RunConfig) -> None:
-        super().check_config(run)
-        check_rank(run)
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:

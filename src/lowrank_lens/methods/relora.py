@@ -44,12 +44,11 @@ from . import register
 from .base import (
     BaseMethodConfig,
     Footprint,
-    Method,
     MethodPreset,
+    RankedMethod,
     adamw_state,
     auto_alpha,
     auto_rank,
-    check_rank,
     drop_rope_buffers,
     lowrank_factors,
     model_parameters,
@@ -209,7 +208,7 @@ _STUDY = {
 
 
 @register
-class ReLoRA(Method):
+class ReLoRA(RankedMethod):
     """LoRA with periodic merges, optimizer pruning and a jagged cosine; AdamW on the trainable params."""
 
     name = "relora"
@@ -237,7 +236,6 @@ class ReLoRA(Method):
     @classmethod
     def check_config(cls, run: RunConfig) -> None:
         super().check_config(run)
-        check_rank(run)
         restart_cycle(run.method_cfg, run.train.steps)
 
     @classmethod

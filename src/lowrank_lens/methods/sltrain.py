@@ -31,12 +31,11 @@ from . import register
 from .base import (
     BaseMethodConfig,
     Footprint,
-    Method,
     MethodPreset,
+    RankedMethod,
     adamw_state,
     auto_alpha,
     auto_rank,
-    check_rank,
     drop_rope_buffers,
     lowrank_factors,
     model_parameters,
@@ -205,7 +204,7 @@ _OFFICIAL_STEPS = {"60m": "11K/1.1K", "130m": "22K/2.2K", "350m": "65K/6.5K", "1
 
 
 @register
-class SLTrain(Method):
+class SLTrain(RankedMethod):
     """Sparse plus low-rank reparameterisation of the 7 matrices per block; AdamW on everything."""
 
     name = "sltrain"
@@ -266,7 +265,6 @@ class SLTrain(Method):
     def check_config(cls, run: RunConfig) -> None:
         super().check_config(run)
         cfg: SLTrainConfig = run.method_cfg
-        check_rank(run)
         # S keeps int(density * out * in) entries (the reference's count): below one entry S is empty.
         matrices = target_matrices(run.model, cfg.targets, linear_only=True)
         name, (out, inn) = min(matrices.items(), key=lambda kv: kv[1][0] * kv[1][1])
