@@ -43,29 +43,11 @@ from .base import (
     target_matrices,
     target_modules,
 )
+from .factored import FactoredLinear
 
 
-class LowRankLinear(nn.Module):
+class LowRankLinear(FactoredLinear):
     """y = B (A x), i.e. the dense W = B A (out x in); replaces a bias-free nn.Linear (in -> out)."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, layer_name: str = "",
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.layer_name = layer_name  # the module name at wrap time: stable seeds and dense-view keys
-        # Torch layout (out x in of each map), so F.linear applies them directly.
-        self.A = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=dtype))  # r x in
-        self.B = nn.Parameter(torch.empty(out_features, rank, device=device, dtype=dtype))  # out x r
-
-    def reset_parameters(self, seed: int) -> None:
-        """A, B ~ N(0, sigma^2), sigma = r^(-1/4) (in+out)^(-1/4): Var((B A)_ij) = 1/(in+out). CPU draws."""
-        if self.A.is_meta:  # counting parameters: nothing to draw
-            return
-        sigma = self.rank ** -0.25 * (self.in_features + self.out_features) ** -0.25
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            self.A.copy_(torch.randn(self.A.shape, generator=g) * sigma)
-            self.B.copy_(torch.randn(self.B.shape, generator=g) * sigma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in] -> [..., out]
         return F.linear(F.linear(x, self.A), self.B)  # [..., r] in between; r (in + out) MACs per token
@@ -74,9 +56,6 @@ class LowRankLinear(nn.Module):
     def dense_weight(self) -> torch.Tensor:
         """W = B A (out x in), in the factors' dtype."""
         return self.B @ self.A
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, r={self.rank}"
 
 
 @dataclass
