@@ -44,12 +44,13 @@ other state (factored second moments, compressed momenta, RMS) is small and repl
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from ..sharding import full, is_sharded, local, set_full_
+from .paramwise import ParamwiseOptimizer
 
 _LOW = (torch.float16, torch.bfloat16)
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -90,7 +91,7 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return x.norm(2) / (x.numel() ** 0.5)
 
 
-class FloraAdafactor(torch.optim.Optimizer):
+class FloraAdafactor(ParamwiseOptimizer):
     """Adafactor with Flora's compressed momentum for param groups that carry `rank` (module docstring).
 
     Group keys: lr, betas = (β1, decay_rate c > 0: ρ_t = 1 - t^-c), eps (added to G²), eps_scale (floor of RMS(W)),
@@ -130,21 +131,6 @@ class FloraAdafactor(torch.optim.Optimizer):
         if "rank" not in group or group["betas"][0] <= 0 or len(shape) != 2:
             return False
         return min(shape) >= group["rank"] and max(shape) / min(shape) <= 4  # "rule out embeddings"
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("FloraAdafactor does not support sparse gradients")
-                self._step_param(p, group)
-        return loss
 
     def _zeros(self, p: torch.Tensor, shape: tuple[int, ...], group: dict[str, Any]) -> torch.Tensor:
         """fp32 zeros; of the parameter's shape and sharding in plain groups, else whole on every rank."""

@@ -32,12 +32,13 @@ moments are sharded with their parameter; the state is two moments and a python 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from ..sharding import local
+from .paramwise import ParamwiseOptimizer
 
 # The official CosineDecay starts at 0.99: the first update after a reset is scaled by 1 - 0.99 = 0.01.
 _WARMUP_START = 0.99
@@ -62,7 +63,7 @@ def clips_at(k: int, threshold: float, reset_interval: int, clip_delay: int) -> 
     return reset_interval == 0 or k % reset_interval >= clip_delay
 
 
-class SPAMAdamW(torch.optim.Optimizer):
+class SPAMAdamW(ParamwiseOptimizer):
     """Adam with SPAM's spike-aware clipping, momentum reset and post-reset warmup (module docstring)."""
 
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3,
@@ -83,21 +84,6 @@ class SPAMAdamW(torch.optim.Optimizer):
                     "reset_interval": reset_interval, "reset_warmup": reset_warmup, "clip_delay": clip_delay,
                     "targets": False}
         super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("SPAMAdamW does not support sparse gradients")
-                self._step_param(p, group)
-        return loss
 
     def _step_param(self, p: torch.Tensor, group: dict[str, Any]) -> None:
         state = self.state[p]
