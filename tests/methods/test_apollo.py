@@ -55,17 +55,6 @@ def reference_optimizer():
     return importlib.import_module(f"{alias}.apollo").AdamW
 
 
-@pytest.fixture(scope="module")
-def base_model():
-    return build_model(CFG, seed=0)
-
-
-@pytest.fixture(scope="module")
-def batches():
-    g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, CFG.vocab_size, (4, CFG.max_seq_len), generator=g) for _ in range(STEPS)]
-
-
 def groups(model, variant: str) -> list[dict]:
     """Plain group + projected group (the 7 target linears per block), as the official main_pretrain.py builds."""
     rank, scale_type, scale, _ = VARIANTS[variant]

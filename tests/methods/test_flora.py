@@ -70,17 +70,6 @@ def reference_flora() -> type:
     return sys.modules[alias].Flora
 
 
-@pytest.fixture(scope="module")
-def base_model():
-    return build_model(CFG, seed=0)
-
-
-@pytest.fixture(scope="module")
-def batches():
-    g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, CFG.vocab_size, (4, CFG.max_seq_len), generator=g) for _ in range(STEPS)]
-
-
 def groups(model, plain_extra=(), projected=None):
     targets = [m.weight for _, m in target_modules(model, get_method(NAME).Config().targets)]
     ids = {id(p) for p in targets}

@@ -55,17 +55,6 @@ def reference_optimizer(method: str):
     return _reference_module(*{"galore": ("galore_torch", "adamw"), "fira": ("fira", "fira_adamw")}[method]).AdamW
 
 
-@pytest.fixture(scope="module")
-def base_model():
-    return build_model(CFG, seed=0)
-
-
-@pytest.fixture(scope="module")
-def batches():
-    g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, CFG.vocab_size, (4, CFG.max_seq_len), generator=g) for _ in range(STEPS)]
-
-
 def groups(model, alpha_key: str = "scale", rank: int = RANK) -> list[dict]:
     """Plain group + projected group (the 7 target linears per block), as the reference scripts build them."""
     projected = [m.weight for _, m in target_modules(model, get_method("galore").Config().targets)]

@@ -32,17 +32,6 @@ SWITCH, STEPS = 5, 12  # refreshes at per-parameter steps 0, 3 (SVD) and 6, 9 (r
 BETAS, EPS = (0.9, 0.999), 1e-6
 
 
-@pytest.fixture(scope="module")
-def base_model():
-    return build_model(CFG, seed=0)
-
-
-@pytest.fixture(scope="module")
-def batches():
-    g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, CFG.vocab_size, (4, CFG.max_seq_len), generator=g) for _ in range(STEPS)]
-
-
 def groups(model, **projected) -> list[dict]:
     targets = [m.weight for _, m in target_modules(model, get_method("golore").Config().targets)]
     ids = {id(p) for p in targets}

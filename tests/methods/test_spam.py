@@ -103,17 +103,6 @@ def ours(model, wd=0.0, quirk=False, **kw):
                      reset_warmup=N, clip_delay=DELAY, **kw)
 
 
-@pytest.fixture(scope="module")
-def base_model():
-    return build_model(CFG, seed=0)
-
-
-@pytest.fixture(scope="module")
-def batches():
-    g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, CFG.vocab_size, (4, CFG.max_seq_len), generator=g) for _ in range(STEPS)]
-
-
 def run(model, opt, batches):
     for x in batches:
         model(input_ids=x, labels=x).loss.backward()
