@@ -282,9 +282,15 @@ class RankedMethod(Method):
     """A method with a `rank` option that factorises or projects the targets: method.rank 0 resolves to
     auto_rank, and the rank is checked against the smallest target (check_rank)."""
 
+    scaled_by_alpha: ClassVar[bool] = False
+    """True for the LoRA-style methods: their method.alpha 0 resolves to auto_alpha (alpha / r = 0.25)."""
+
     @classmethod
     def resolve(cls, run: RunConfig) -> dict[str, Any]:
-        return {} if run.method_cfg.rank else {"rank": auto_rank(0, run.model)}
+        cfg = run.method_cfg
+        rank = auto_rank(cfg.rank, run.model)
+        values = {"rank": rank, **({"alpha": auto_alpha(cfg.alpha, rank)} if cls.scaled_by_alpha else {})}
+        return {k: v for k, v in values.items() if not getattr(cfg, k)}
 
     @classmethod
     def check_config(cls, run: RunConfig) -> None:

@@ -20,7 +20,6 @@ the scale applied to the product, the order of the forward pass and of ReLoRA's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -86,6 +85,7 @@ class LoRA(RankedMethod):
     """Frozen random W plus a never-merged LoRA on every target; AdamW on the factors, embeddings, head, norms."""
 
     name = "lora"
+    scaled_by_alpha = True  # method.alpha 0 = rank / 4
     description = ("Frozen random full-rank W plus a trained (alpha/r) B A on every target linear, never merged "
                    "(ReLoRA without resets, GaLore's LoRA baseline); AdamW, clip 1")
     colour = "#17becf"
@@ -110,12 +110,6 @@ class LoRA(RankedMethod):
             notes.append("1b: r 512 as in GaLore's Table 2, lr 4e-4 as our ReLoRA 1b preset (inferred)")
         return MethodPreset(params={"rank": rank, "alpha": 32.0, "dropout": 0.1}, optim={"lr": lr, "grad_clip": 1.0},
                             notes=notes)
-
-    @classmethod
-    def resolve(cls, run: RunConfig) -> dict[str, Any]:
-        cfg: LoRAConfig = run.method_cfg
-        rank = auto_rank(cfg.rank, run.model)
-        return {k: v for k, v in (("rank", rank), ("alpha", auto_alpha(cfg.alpha, rank))) if not getattr(cfg, k)}
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:

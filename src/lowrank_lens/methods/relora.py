@@ -212,6 +212,7 @@ class ReLoRA(RankedMethod):
     """LoRA with periodic merges, optimizer pruning and a jagged cosine; AdamW on the trainable params."""
 
     name = "relora"
+    scaled_by_alpha = True  # method.alpha 0 = rank / 4
     description = ("Frozen W plus a LoRA that is merged into W, re-initialised and restarted every R steps, "
                    "with optimizer pruning and a jagged cosine")
     colour = "#9467bd"
@@ -227,11 +228,9 @@ class ReLoRA(RankedMethod):
     @classmethod
     def resolve(cls, run: RunConfig) -> dict[str, Any]:
         cfg: ReLoRAConfig = run.method_cfg
-        rank = auto_rank(cfg.rank, run.model)
         every, warmup = restart_cycle(cfg, run.train.steps)
-        values = {"rank": rank, "alpha": auto_alpha(cfg.alpha, rank), "reset_every": every,
-                  "restart_warmup_steps": warmup}
-        return {k: v for k, v in values.items() if not getattr(cfg, k)}
+        cycle = {k: v for k, v in (("reset_every", every), ("restart_warmup_steps", warmup)) if not getattr(cfg, k)}
+        return {**super().resolve(run), **cycle}
 
     @classmethod
     def check_config(cls, run: RunConfig) -> None:

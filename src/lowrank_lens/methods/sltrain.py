@@ -208,6 +208,7 @@ class SLTrain(RankedMethod):
     """Sparse plus low-rank reparameterisation of the 7 matrices per block; AdamW on everything."""
 
     name = "sltrain"
+    scaled_by_alpha = True  # method.alpha 0 = rank / 4
     description = ("Every target linear is a trained low-rank product plus a sparse matrix on a fixed random "
                    "support; AdamW on everything")
     colour = "#e377c2"
@@ -241,12 +242,6 @@ class SLTrain(RankedMethod):
                                 f"splora_config.json")
         return dict(state), {"rank": int(side.get("r") or state[f"{first}.lora_A"].shape[0]),
                              "alpha": float(side.get("lora_alpha", 32.0)), "density": density}
-
-    @classmethod
-    def resolve(cls, run: RunConfig) -> dict[str, Any]:
-        cfg: SLTrainConfig = run.method_cfg
-        rank = auto_rank(cfg.rank, run.model)
-        return {k: v for k, v in (("rank", rank), ("alpha", auto_alpha(cfg.alpha, rank))) if not getattr(cfg, k)}
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:
