@@ -32,18 +32,13 @@ from .base import (
     Footprint,
     MethodPreset,
     RankedMethod,
-    adamw_state,
     auto_alpha,
     auto_rank,
-    lowrank_factors,
-    model_parameters,
-    param_bytes,
     replace_module,
     stable_seed,
-    target_matrices,
     target_modules,
 )
-from .relora import ReLoRALinear
+from .relora import ReLoRALinear, frozen_base_footprint
 
 
 class LoRALinear(ReLoRALinear):
@@ -113,14 +108,7 @@ class LoRA(RankedMethod):
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:
-        """The targets' W stay as frozen parameters; their LoRA factors and every other parameter train with
-        AdamW."""
-        targets = target_matrices(run.model, run.method_cfg.targets, linear_only=True)
-        trainable = (*model_parameters(run.model, exclude=tuple(targets)).values(),
-                     *lowrank_factors(list(targets.values()), auto_rank(run.method_cfg.rank, run.model)))
-        state, nbytes = adamw_state(trainable, param_bytes(run))
-        return Footprint(trainable=trainable, frozen=tuple(m * n for m, n in targets.values()), state=(state,),
-                         state_bytes=nbytes)
+        return frozen_base_footprint(run)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         cfg: LoRAConfig = self.cfg

@@ -150,6 +150,17 @@ def prune_(state: torch.Tensor, mode: str, ratio: float, generator: torch.Genera
     state.mul_(keep.to(state.dtype))
 
 
+def frozen_base_footprint(run: RunConfig) -> Footprint:
+    """ReLoRA's and LoRA's memory: the targets' W stay as frozen parameters; their LoRA factors and every
+    other parameter train with AdamW."""
+    targets = target_matrices(run.model, run.method_cfg.targets, linear_only=True)
+    trainable = (*model_parameters(run.model, exclude=tuple(targets)).values(),
+                 *lowrank_factors(list(targets.values()), auto_rank(run.method_cfg.rank, run.model)))
+    state, nbytes = adamw_state(trainable, param_bytes(run))
+    return Footprint(trainable=trainable, frozen=tuple(m * n for m, n in targets.values()), state=(state,),
+                     state_bytes=nbytes)
+
+
 @dataclass
 class ReLoRAConfig(BaseMethodConfig):
     rank: int = 0
@@ -263,14 +274,7 @@ class ReLoRA(RankedMethod):
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:
-        """The targets' W stay as frozen parameters; their LoRA factors and every other parameter train with
-        AdamW."""
-        targets = target_matrices(run.model, run.method_cfg.targets, linear_only=True)
-        trainable = (*model_parameters(run.model, exclude=tuple(targets)).values(),
-                     *lowrank_factors(list(targets.values()), auto_rank(run.method_cfg.rank, run.model)))
-        state, nbytes = adamw_state(trainable, param_bytes(run))
-        return Footprint(trainable=trainable, frozen=tuple(m * n for m, n in targets.values()), state=(state,),
-                         state_bytes=nbytes)
+        return frozen_base_footprint(run)
 
     @classmethod
     def preset(cls, scale: str) -> MethodPreset:
