@@ -40,30 +40,35 @@ def _kill_group(methods: list[str], out: Path, sets: list[str], after: int) -> d
         pids[method] = pid
     left: dict[str, list[int]] = {}
     deadline = time.time() + TIMEOUT_S
-    while pids and time.time() < deadline:
-        for method, pid in list(pids.items()):
-            run_dir = out / f"nano-{method}-seed0"
-            if any(step >= after for step, _ in complete_checkpoints(run_dir)):
-                ended, status = os.waitpid(pid, os.WNOHANG)
-                if ended:
-                    sys.exit(f"{method}: the run ended (status {status}) before it could be killed")
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                left[method] = [s for s, _ in complete_checkpoints(run_dir)]
-                del pids[method]
-            elif os.waitpid(pid, os.WNOHANG)[0]:
-                sys.exit(f"{method}: the run ended before its step-{after} checkpoint")
-        time.sleep(0.02)
-    for pid in pids.values():
-        os.kill(pid, signal.SIGKILL)
-    if pids:
-        sys.exit(f"{sorted(pids)} did not reach step {after} in {TIMEOUT_S} s")
+    try:
+        while pids and time.time() < deadline:
+            for method, pid in list(pids.items()):
+                run_dir = out / f"nano-{method}-seed0"
+                if any(step >= after for step, _ in complete_checkpoints(run_dir)):
+                    ended, status = os.waitpid(pid, os.WNOHANG)
+                    if ended:
+                        del pids[method]
+                        sys.exit(f"{method}: the run ended (status {status}) before it could be killed")
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    left[method] = [s for s, _ in complete_checkpoints(run_dir)]
+                    del pids[method]
+                elif os.waitpid(pid, os.WNOHANG)[0]:
+                    del pids[method]
+                    sys.exit(f"{method}: the run ended before its step-{after} checkpoint")
+            time.sleep(0.02)
+        if pids:
+            sys.exit(f"{sorted(pids)} did not reach step {after} in {TIMEOUT_S} s")
+    finally:  # on any failure, no child is left training
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
     return left
 
 
 def main(argv: list[str]) -> None:
-    out, methods, sets, after, at_once = Path(argv[0]), argv[1].split(","), json.loads(argv[2]), int(argv[3]), \
-        int(argv[4])
+    out, methods, sets = Path(argv[0]), argv[1].split(","), json.loads(argv[2])
+    after, at_once = int(argv[3]), int(argv[4])
     left: dict[str, list[int]] = {}
     for start in range(0, len(methods), at_once):
         left |= _kill_group(methods[start:start + at_once], out, sets, after)

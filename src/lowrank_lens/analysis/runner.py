@@ -165,8 +165,8 @@ def analyze(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None
     threads, the units of work split between them, plan.py), then tabulates and plots from the cache here.
     `cache_dir` keeps the cached results under <cache_dir>/<run-id>/ instead of in the run folders.
     `distributed` (default: when started by torchrun with WORLD_SIZE > 1): each rank computes its share of
-    the subjects, on its own GPU where there are GPUs, then rank 0 tabulates and plots from the cache; the
-    other ranks return {}.
+    the units of work (plan.py), on its own GPU where there are GPUs, then rank 0 tabulates and plots from
+    the cache; the other ranks return {}.
     """
     if distributed is None:
         distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
