@@ -246,9 +246,10 @@ def study(
                                                    "study folder to re-run in place.")],
     out: Annotated[Path | None, typer.Option(help="Study folder (default: studies/<name>).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs and training commands only.")] = False,
-    stages: Annotated[str, typer.Option(help="Comma-separated stages to run: train, analyze, downstream, "
-                                             "predict, findings, report (report recomputes the findings first)."
-                                        )] = "train,analyze,downstream,predict,findings,report",
+    stages: Annotated[str, typer.Option(help="Comma-separated stages to run: tune (studies with tune = true), "
+                                             "train, analyze, downstream, predict, findings, report (report "
+                                             "recomputes the findings first).")
+                      ] = "tune,train,analyze,downstream,predict,findings,report",
     status: Annotated[bool, typer.Option("--status", help="Print each run's and stage's state from the study "
                                                           "folder (done, running, to do, failed + log).")] = False,
     executor: Annotated[str, typer.Option(help="inline (this process), local (submitit processes on this "

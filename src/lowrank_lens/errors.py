@@ -9,6 +9,15 @@ class LensError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
 
+class TrainingDiverged(LensError):
+    """Training met a non-finite loss, gradient norm, weight or validation loss and stopped. A study's
+    learning-rate tuning records it as a data point (study/tune.py); everywhere else it is a LensError."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception's text (a library's message may span several), for one-line errors."""
     text = str(e).strip()

@@ -1,14 +1,18 @@
-"""Named studies: `demo` (the whole study offline on a laptop CPU), `paper` (the study's protocol on GPUs) and
-`zoo` (the paper's protocol over every registered method).
+"""Named studies: `demo` (the whole study offline on a laptop CPU, with learning rates tuned for its shape),
+`demo-tune` (the tune stage that chose them), `ladder-xs|s|m` (three compute-matched CPU sizes with
+tuning: the evidence in docs/results.md), `paper` (the study's protocol on GPUs) and `zoo` (the paper's protocol
+over every registered method).
 
-Both are plain functions returning a StudySpec, so a user copies one into a TOML file and edits it.
+All are plain functions returning a StudySpec, so a user copies one into a TOML file and edits it.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
 from collections.abc import Callable
+from importlib import resources
 
 from .spec import StudySpec
 
@@ -36,19 +40,55 @@ DEMO_METRICS = [
 ]
 
 
+# The tune protocol of the CPU presets, fixed before any of them ran: the preset's lr x 1/8 ... 8, a factor 2
+# apart (7 points, not the default 5: the presets' lrs were set for 60m-1b models, and models this small are
+# expected to want larger steps, so the grid reaches further on both sides; a choice at its edge is flagged).
+CPU_TUNE_GRID = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+
+DEMO_TUNE_TABLE = "demo_tune.csv"
+"""The demo-tune study's tune/tune.csv, shipped beside this module; regenerate it with
+`lowrank-lens study demo-tune --stages tune` and copy studies/demo-tune/tune/tune.csv here."""
+
+
+def demo_tuned_lrs() -> dict[str, float]:
+    """{method: lr} chosen by the demo-tune study (the rows of the shipped table marked chosen)."""
+    text = (resources.files(__package__) / DEMO_TUNE_TABLE).read_text(encoding="utf-8")
+    return {r["method"]: float(r["lr"]) for r in csv.DictReader(text.splitlines()) if r["chosen"] == "True"}
+
+
+def demo_tune() -> StudySpec:
+    """The tune stage behind the demo's learning rates: the demo's runs, tuned over CPU_TUNE_GRID at full
+    length. Only its tune stage is meant to run (`lowrank-lens study demo-tune --stages tune`)."""
+    base = _demo_spec(PAPER_METHODS, {})
+    return dataclasses.replace(base, name="demo-tune", tune=True, tune_grid=list(CPU_TUNE_GRID),
+                               notes=["The tune stage that chose the demo's learning rates."])
+
+
 def demo(methods: list[str] | None = None) -> StudySpec:
     """The demo over the study's six methods, or over `methods` (`lowrank-lens demo --methods ...`): the time
-    grows with the number of methods (training linearly, the cross-run metrics with the pairs)."""
+    grows with the number of methods (training linearly, the cross-run metrics with the pairs). Each method
+    trains with the lr the demo-tune study chose for this shape (shipped in demo_tune.csv); a method outside
+    that table keeps its preset's lr, and the spec's notes say so."""
+    return _demo_spec(list(methods or PAPER_METHODS), demo_tuned_lrs())
+
+
+def _demo_spec(methods: list[str], lrs: dict[str, float]) -> StudySpec:
+    untuned = [m for m in methods if m not in lrs]
+    tuned_note = (f"Learning rates tuned for this shape by the demo-tune study (src/lowrank_lens/study/"
+                  f"{DEMO_TUNE_TABLE}: the lowest final validation loss over the preset lr x 1/8 ... 8, seed 1000)"
+                  + (f"; {', '.join(untuned)} keep(s) the preset's lr (not in that table)." if untuned else "."))
     return StudySpec(
-        name="demo", methods=list(methods or PAPER_METHODS), scales=["micro"], seeds=[0, 1, 2],
+        name="demo", methods=methods, scales=["micro"], seeds=[0, 1, 2],
         overrides=list(DEMO_TRAINING),
+        method_overrides={m: [f"optim.lr={lrs[m]!r}"] for m in methods if m in lrs},
         metric_overrides=list(DEMO_METRICS), analysis_steps="all", sequences=32, eval_batch_size=32,
         downstream_tasks=["lens_mc"], downstream_seeds=[0], jobs=max(1, os.cpu_count() or 1),
         notes=["CPU demo: micro recipe at hidden 64 / 4 layers / vocab 2048, 200 steps of 16 x 64 tokens, "
                "low-rank methods at rank = hidden/4 = 16; "
                "metrics with reduced directions, grid points and 32 validation sequences of 64 tokens (curvature: 8 "
                "sequences, 8 Lanczos steps and 8 Hutchinson probes; the study: 100 directions, 25 points, 1000 "
-               "sequences of 256 tokens). A smoke test of the pipeline, not the study's numbers."],
+               "sequences of 256 tokens). About 0.4 tokens per parameter: far from the study's protocol.",
+               *([tuned_note] if lrs else [])],
     )
 
 
@@ -71,4 +111,6 @@ def zoo() -> StudySpec:
 
 
 def study_presets() -> dict[str, Callable[[], StudySpec]]:
-    return {"demo": demo, "paper": paper, "zoo": zoo}
+    from .ladder import ladder_presets
+
+    return {"demo": demo, "demo-tune": demo_tune, **ladder_presets(), "paper": paper, "zoo": zoo}

@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import shlex
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -32,8 +33,9 @@ from .spec import PlannedRun, StudySpec, plan_runs, run_names
 log = logging.getLogger("lowrank_lens")
 
 CPU_SCALES = ("nano", "micro")
-STAGES = ("train", "analyze", "downstream", "predict", "findings", "report")
-"""The report stage always recomputes the findings first, so a page never shows statistics of older tables."""
+STAGES = ("tune", "train", "analyze", "downstream", "predict", "findings", "report")
+"""In the order they run (study/stage_table.py); the report stage always recomputes the findings first, so a
+page never shows statistics of older tables. tune does something only in a study with `tune = true`."""
 
 
 def is_finished(run_dir: Path, steps: int) -> bool:
@@ -55,50 +57,84 @@ def describe_plan(spec: StudySpec, out: Path) -> str:
     runs = plan_runs(spec)
     lines = [f"study {spec.name}: {len(runs)} runs ({len(spec.methods)} methods x {len(spec.scales)} scales x "
              f"{len(spec.seeds)} seeds) in {out}", ""]
+    tuned = None
+    if spec.tune:
+        from ..errors import LensError
+        from .tune import plan_proxies, tuned_lrs
+
+        proxies = plan_proxies(spec)
+        steps = f"{spec.tune_fraction:g} of the run's steps" if spec.tune_fraction < 1 else "the run's own steps"
+        grid = ", ".join(f"{m:g}" for m in spec.tune_grid)
+        lines += [f"tune: {len(proxies)} proxy runs first (the preset lr x {grid}, {steps}, seed {spec.tune_seed}); "
+                  f"each (scale, method) then trains with the lr of the lowest final validation loss", ""]
+        try:
+            tuned = tuned_lrs(spec, out)
+        except LensError:  # not tuned yet: the runs show the preset's lr, marked
+            pass
     lines.append(f"{'run':34s} {'steps':>7s} {'batch':>6s} {'lr':>8s}  status")
-    for r in runs:
+    for r in plan_runs(spec, tuned) if tuned else runs:
         status = "done" if is_finished(out / "runs" / r.run_name, r.cfg.train.steps) else "to train"
-        lines.append(f"{r.run_name:34s} {r.cfg.train.steps:7d} {r.cfg.train.total_batch_size:6d} "
-                     f"{r.cfg.optim.lr:8.2g}  {status}")
+        lr = f"{r.cfg.optim.lr:8.2g}" + ("*" if spec.tune and not tuned else " ")
+        lines.append(f"{r.run_name:34s} {r.cfg.train.steps:7d} {r.cfg.train.total_batch_size:6d} {lr} {status}")
+    if spec.tune and not tuned:
+        lines.append("* the preset's lr; the tune stage replaces it")
     lines += ["", "commands:"] + [train_command(r, out / "runs", spec.gpus_per_run) for r in runs]
     lines += ["", f"then: lowrank-lens study <this study> --out {out}  (skips finished runs; analyses, evaluates, "
                   f"reports)"]
     return "\n".join(lines)
 
 
-def _train_one(run: PlannedRun, runs_dir: Path, threads: int) -> str:
-    """One run in a worker process (top-level so it pickles)."""
+def study_plan(spec: StudySpec, out: Path) -> list[PlannedRun]:
+    """The study's runs as they train: with the tune stage's learning rates when the study tunes."""
+    from .tune import tuned_lrs
+
+    return plan_runs(spec, tuned_lrs(spec, out))
+
+
+def study_run_dirs(spec: StudySpec, out: Path) -> list[Path]:
+    """Every run folder of the study, trained then imported."""
+    return [out / "runs" / name for name in run_names(spec)]
+
+
+def _in_worker(fn: Callable[..., str], args: tuple, threads: int) -> str:
+    """One call in a worker process (top-level so it pickles)."""
     import torch
 
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)  # workers stay quiet; the parent reports progress
+    return fn(*args)
+
+
+def run_in_workers(fn: Callable[..., str], calls: list[tuple], runs: list[PlannedRun], jobs: int, what: str) -> None:
+    """fn(*args) for every args in `calls` (each trains one of `runs`): in this process, or in `jobs` spawned
+    workers at once, each with cpu_count / jobs threads; fn is top-level and returns a line to log."""
+    t0 = time.perf_counter()
+    if jobs > 1 and len(calls) > 1:
+        _prepare_data(runs)
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(_in_worker, fn, args, threads) for args in calls]
+            for i, f in enumerate(as_completed(futures), 1):
+                log.info(f"[{what} {i}/{len(calls)}] {f.result()} ({time.perf_counter() - t0:.0f}s)")
+    else:
+        for i, args in enumerate(calls, 1):
+            log.info(f"[{what} {i}/{len(calls)}] {fn(*args)} ({time.perf_counter() - t0:.0f}s)")
+
+
+def _train_one(run: PlannedRun, runs_dir: Path) -> str:
     from ..train import train
 
-    if threads:
-        torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING)  # workers stay quiet; the parent reports progress
     train(run.cfg, runs_dir, run_name=run.run_name, resume=True)
-    return run.run_name
+    return f"{run.run_name} done"
 
 
 def train_all(spec: StudySpec, out: Path) -> list[Path]:
     """Train every unfinished run: in this process, or in `spec.jobs` worker processes at once."""
-    from ..train import train
-
-    runs = plan_runs(spec)
+    runs = study_plan(spec, out)
     todo = [r for r in runs if not is_finished(out / "runs" / r.run_name, r.cfg.train.steps)]
     log.info(f"training: {len(runs) - len(todo)} of {len(runs)} runs already finished, {len(todo)} to train")
-    t0 = time.perf_counter()
-    if spec.jobs > 1 and len(todo) > 1:
-        _prepare_data(todo)
-        threads = max(1, (os.cpu_count() or 1) // spec.jobs)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=spec.jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_train_one, r, out / "runs", threads) for r in todo]
-            for i, f in enumerate(as_completed(futures), 1):
-                log.info(f"[train {i}/{len(todo)}] {f.result()} done ({time.perf_counter() - t0:.0f}s)")
-    else:
-        for i, r in enumerate(todo, 1):
-            log.info(f"[train {i}/{len(todo)}] {r.run_name} ({time.perf_counter() - t0:.0f}s into training)")
-            train(r.cfg, out / "runs", run_name=r.run_name, resume=True)
+    run_in_workers(_train_one, [(r, out / "runs") for r in todo], todo, spec.jobs, "train")
     from .imported import import_missing, imported_runs
 
     return [out / "runs" / r.run_name for r in runs] + import_missing(imported_runs(spec.imported), out / "runs")
@@ -123,48 +159,22 @@ def write_study_record(spec: StudySpec, out: Path) -> None:
 
 
 def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES) -> Path:
-    """Run the stages of a study into `out`; returns the report path (or `out` without a report stage)."""
-    from ..analysis.context import EvalSettings
-    from ..analysis.runner import analyze
-    from ..analysis.subjects import parse_steps
+    """Run the chosen stages of a study into `out`, in the order of the stage table (study/stage_table.py);
+    returns the report path (or `out` without a report stage)."""
+    from .stage_table import STAGE_TABLE
 
     out = Path(out)
     write_study_record(spec, out)
-    t0 = time.perf_counter()
-    run_dirs = train_all(spec, out) if "train" in stages else [out / "runs" / name for name in run_names(spec)]
-    timings = {"train": time.perf_counter() - t0}
-    if "analyze" in stages:
-        t = time.perf_counter()
-        settings = EvalSettings(sequences=spec.sequences, batch_size=spec.eval_batch_size)
-        analyze(run_dirs, spec.metrics or None, parse_steps(spec.analysis_steps), None, spec.metric_overrides,
-                settings, out / "analysis", jobs=spec.jobs)
-        timings["analyze"] = time.perf_counter() - t
-    if "downstream" in stages and spec.downstream_tasks:
-        from .stages import downstream_stage
-
-        t = time.perf_counter()
-        downstream_stage(spec, run_dirs, out)
-        timings["downstream"] = time.perf_counter() - t
-    if "predict" in stages:
-        from .stages import predict_stage
-
-        t = time.perf_counter()
-        predict_stage(spec, run_dirs, out)
-        timings["predict"] = time.perf_counter() - t
+    timings: dict[str, float] = {}
     result = out
-    if "findings" in stages or "report" in stages:
-        from .findings import write_findings
-
+    for stage in STAGE_TABLE:
+        if stage.name not in stages or not stage.applies(spec) or any(s in stages for s in stage.included_in):
+            continue
+        if stage.name == "report":
+            _save_timings(out, timings)  # the report shows them
         t = time.perf_counter()
-        result = write_findings(out)
-        timings["findings"] = time.perf_counter() - t
-    if "report" in stages:
-        from ..report import write_report
-
-        _save_timings(out, timings)  # the report shows them
-        t = time.perf_counter()
-        result = write_report(out)
-        timings["report"] = time.perf_counter() - t
+        result = stage.run(spec, out) or result
+        timings[stage.name] = time.perf_counter() - t
     _save_timings(out, timings)
     log.info("study stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     return result

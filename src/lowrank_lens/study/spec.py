@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import re
 import tomllib
 import typing
@@ -72,6 +73,14 @@ class StudySpec:
     jobs: int = 1
     """Runs trained at once on this machine, each with cpu_count / jobs threads (CPU studies: small models
     keep one core busier than two threads do; GPU studies: leave at 1 and send the commands to a cluster)."""
+    tune: bool = False
+    """Choose each (scale, method)'s optim.lr by the tune stage before training (study/tune.py)."""
+    tune_grid: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    """Multipliers of the method preset's lr that the tune stage tries (default: 5 points a factor 2 apart)."""
+    tune_fraction: float = 1.0
+    """Length of each proxy run as a fraction of the run's train.steps (its warmup scaled alike), in (0, 1]."""
+    tune_seed: int = 1000
+    """train.seed of the proxy runs: by default one the study's seeds do not use."""
     notes: list[str] = field(default_factory=list)
     imported: list[dict[str, Any]] = field(default_factory=list)
     """Series trained elsewhere, imported into the study's runs ([[imported]] path / method / scale / seed;
@@ -110,7 +119,7 @@ class StudySpec:
                 raise LensError(f"study {what}_overrides name {what}(s) {stray} that the study does not train "
                                 f"({what}s: {', '.join(within)}); remove them or add them to {what}s")
         for name, low in (("sequences", 1), ("eval_batch_size", 1), ("gpus_per_run", 1), ("jobs", 1),
-                          ("downstream_limit", 0)):
+                          ("downstream_limit", 0), ("tune_seed", 0)):
             if getattr(self, name) < low:
                 raise LensError(f"study {name} must be >= {low}, got {getattr(self, name)}")
         bad = [s for s in self.downstream_seeds if not 0 <= s < DOWNSTREAM_SEED_LIMIT]
@@ -120,12 +129,27 @@ class StudySpec:
             raise LensError("study downstream_seeds is empty; give at least one seed or set downstream_tasks = []")
         if any(not t.strip() for t in self.downstream_tasks):
             raise LensError(f"study downstream_tasks has an empty name: {self.downstream_tasks}")
+        self._check_tune()
         self._check_analysis()
         planned = plan_runs(self)  # every override resolved, typed and range-checked now
         clash = {r.run_name for r in imported_runs(self.imported)} & {r.run_name for r in planned}
         if clash:
             raise LensError(f"study imported runs {sorted(clash)} have the names of trained runs; give them another "
                             f"method label or scale")
+
+    def _check_tune(self) -> None:
+        grid = self.tune_grid
+        if self.tune and not grid:
+            raise LensError("study tune_grid is empty; give lr multipliers such as [0.25, 0.5, 1, 2, 4]")
+        if any(not (math.isfinite(m) and m > 0) for m in grid) or len(set(grid)) != len(grid):
+            raise LensError(f"study tune_grid {grid} must hold distinct positive multipliers of the preset's lr")
+        if not 0 < self.tune_fraction <= 1:
+            raise LensError(f"study tune_fraction {self.tune_fraction} must be in (0, 1]: the proxy runs' length "
+                            f"as a fraction of the runs' steps")
+        if self.tune:
+            from .tune import plan_proxies
+
+            plan_proxies(self)  # every proxy's config resolved and range-checked (an lr above 1 fails here)
 
     def _check_analysis(self) -> None:
         """Checkpoint steps, metric names, metric options and prediction features, as the analysis and
@@ -172,7 +196,8 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(StudySpec)
 
 
-_TYPE_WORDS = {str: "a string", int: "an integer", list[str]: "a list of strings", list[int]: "a list of integers",
+_TYPE_WORDS = {str: "a string", int: "an integer", bool: "true or false", list[str]: "a list of strings",
+               list[int]: "a list of integers", list[float]: "a list of numbers", float: "a number",
                dict[str, list[str]]: 'a table of string lists (name = ["section.field=value", ...])'}
 
 
@@ -192,6 +217,8 @@ def _is(value: Any, tp: Any) -> bool:
         return isinstance(value, list) and all(_is(v, args[0]) for v in value)
     if origin is dict:
         return isinstance(value, dict) and all(_is(k, args[0]) and _is(v, args[1]) for k, v in value.items())
+    if tp is float:  # an integer is a number too (tune_grid = [1, 2]); TOML inf and nan are caught by the checks
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is int:  # bool subclasses int; TOML 1e400 loads as the float inf, which is caught here too
         return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
     return isinstance(value, tp)
@@ -221,8 +248,9 @@ def run_names(spec: StudySpec) -> list[str]:
     return [r.run_name for r in plan_runs(spec)] + [r.run_name for r in imported_runs(spec.imported)]
 
 
-def plan_runs(spec: StudySpec) -> list[PlannedRun]:
-    """The resolved grid, scale-major (small scales first), then method, then seed."""
+def plan_runs(spec: StudySpec, tuned: dict[tuple[str, str], float] | None = None) -> list[PlannedRun]:
+    """The resolved grid, scale-major (small scales first), then method, then seed. `tuned` ({(scale, method):
+    lr}, from the tune stage: study/tune.py) sets each run's optim.lr after the study's overrides."""
     from ..presets import build_config
     from ..run_files import run_name
 
@@ -230,13 +258,18 @@ def plan_runs(spec: StudySpec) -> list[PlannedRun]:
     for scale in spec.scales:
         for method in spec.methods:
             for seed in spec.seeds:
+                lr = (tuned or {}).get((scale, method))
                 ov = (*spec.overrides, *spec.scale_overrides.get(scale, ()), *spec.method_overrides.get(method, ()),
-                      f"train.seed={seed}")
+                      *([f"optim.lr={lr!r}"] if lr is not None else []), f"train.seed={seed}")
                 name = run_name(scale, method, seed)
                 try:
                     cfg = build_config(scale, method, list(ov))
                 except LensError as e:
                     raise LensError(f"study run {name}: {e}") from None
+                if lr is not None:
+                    from .tune import tune_note
+
+                    cfg.notes.append(tune_note(spec, lr))
                 out.append(PlannedRun(scale, method, seed, cfg, name, tuple(ov)))
     return out
 

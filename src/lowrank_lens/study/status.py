@@ -81,10 +81,30 @@ def study_status(folder: str | Path) -> str:
         counts[state] = counts.get(state, 0) + 1
         lines.append(f"{imp.run_name:34s} {state:9s} imported from {imp.entry['path']}")
     lines += ["", "runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), "stages:"]
-    outputs = {"analyze": folder / "analysis", "downstream": folder / "downstream" / "downstream.csv",
-               "report": folder / "report" / "index.html"}
-    for stage, output in outputs.items():
-        if stage == "downstream" and not spec.downstream_tasks:
-            continue
-        lines.append(f"  {stage:10s} {_stage_state(folder, stage, status, output)}")
+    from .stage_table import STAGE_TABLE
+
+    for stage in STAGE_TABLE:
+        if stage.name == "tune" and spec.tune:
+            lines.append(f"  {'tune':10s} {_tune_state(spec, folder, status)}")
+        elif stage.output and stage.jobs and stage.name != "tune" and stage.applies(spec):
+            lines.append(f"  {stage.name:10s} {_stage_state(folder, stage.name, status, folder / stage.output)}")
     return "\n".join(lines)
+
+
+def _tune_state(spec: Any, folder: Path, status: dict[str, dict[str, Any]]) -> str:
+    """How many proxy runs are done or diverged; when all are, the chosen lr of each (scale, method)."""
+    from .tune import DIVERGED_STATE, MISSING, plan_proxies, proxy_runs_dir, proxy_state, tuned_lrs
+
+    states = [proxy_state(p, proxy_runs_dir(folder)) for p in plan_proxies(spec)]
+    failed = [r for u, r in status.items() if u.startswith("tune/") and r["state"] == "failed"]
+    if failed:
+        return "failed: " + "; ".join(f"{r['unit']}: {r.get('error', '')} (log {r.get('log', '')})" for r in failed)
+    diverged = f", {states.count(DIVERGED_STATE)} diverged" if DIVERGED_STATE in states else ""
+    if MISSING in states:
+        return f"{len(states) - states.count(MISSING)} of {len(states)} proxy runs done{diverged}"
+    try:
+        chosen = tuned_lrs(spec, folder) or {}
+    except LensError as e:  # every proxy of one (scale, method) diverged
+        return str(e)
+    return (f"done ({len(states)} proxy runs{diverged}); lr " +
+            ", ".join(f"{scale} {method} {lr:g}" for (scale, method), lr in chosen.items()))

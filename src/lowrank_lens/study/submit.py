@@ -1,5 +1,6 @@
 """`lowrank-lens study FILE --executor slurm|local`: the study's stages as submitit jobs.
 
+    tune       a job array, one task per unfinished proxy run (studies with tune = true; study/tune.py)
     train      a job array, one task per unfinished run (Slurm tasks x processes-per-run ranks; submitit's
                distributed helpers set RANK/WORLD_SIZE/MASTER_ADDR for the run's processes)
     analyze    a job array over shares of the units of work (analysis/plan.py: subjects, or pieces of
@@ -7,8 +8,9 @@
     downstream a job array over shares of the runs (each fills the downstream cache)
     report     one job: tables from the caches, prediction, findings, the report
 
-On Slurm everything is submitted at once with `afterok` dependencies (analyze and downstream after train,
-report after both) and the command returns; `--status` follows it from the study folder. The local
+The stages and their order come from study/stage_table.py, the same table the inline runner walks. On
+Slurm everything is submitted at once with `afterok` dependencies (train after tune, analyze and downstream
+after train, report after both) and the command returns; `--status` follows it from the study folder. The local
 executor runs the same jobs as processes of this machine, stage after stage, and waits.
 
 Preemption and time limits: a training task catches Slurm's warning signal (SIGUSR2, sent 90 s ahead),
@@ -24,14 +26,15 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json_atomic
 from ..errors import LensError
-from .runner import CPU_SCALES, is_finished
-from .spec import PlannedRun, StudySpec, load_spec, plan_runs, run_names
+from .runner import CPU_SCALES
+from .spec import PlannedRun, StudySpec, load_spec, run_names
 
 log = logging.getLogger("lowrank_lens")
 
@@ -117,30 +120,31 @@ def _setup_task(study_dir: Path) -> StudySpec:
 
 
 class TrainTask:
-    """Train (or resume) one run of the study; on Slurm's warning signal, stop at a step and requeue."""
+    """Train (or resume) one run of the study, or one proxy run of its tune stage (`stage` "tune"); on
+    Slurm's warning signal, stop at a step and requeue."""
 
-    def __init__(self, study_dir: str, run_name: str) -> None:
-        self.study_dir, self.run_name = study_dir, run_name
+    def __init__(self, study_dir: str, run_name: str, stage: str = "train") -> None:
+        self.study_dir, self.run_name, self.stage = study_dir, run_name, stage
 
     def __call__(self) -> str:
-        from ..train import stop, train
+        from ..train import stop
 
         study_dir = Path(self.study_dir)
         spec = _setup_task(study_dir)
-        run = _planned(spec, self.run_name)
+        fit = _trainer(spec, study_dir, self.stage, self.run_name)
         import submitit
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one rank per task; the training code reads torchrun's variables
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        unit = f"train/{self.run_name}"
+        unit = f"{self.stage}/{self.run_name}"
         requeue = signal.getsignal(signal.SIGUSR2)  # submitit's: checkpoint() + requeue + exit
         signal.signal(signal.SIGUSR2, lambda signum, frame: stop.request())
         stop.arm()
         if env.global_rank == 0:
-            mark(study_dir, unit, "running", steps=run.cfg.train.steps)
+            mark(study_dir, unit, "running")
         try:
-            train(run.cfg, study_dir / "runs", run_name=run.run_name, resume=True)
+            fit()
         except stop.StopRequested as e:
             if env.global_rank == 0:
                 mark(study_dir, unit, "requeued", step=e.step)
@@ -159,7 +163,7 @@ class TrainTask:
         """submitit's hook on preemption: run the same task again (its state is the run folder)."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(TrainTask(self.study_dir, self.run_name))
+        return submitit.helpers.DelayedSubmission(TrainTask(self.study_dir, self.run_name, self.stage))
 
 
 class ShareTask:
@@ -222,11 +226,23 @@ class ReportTask:
         return str(result)
 
 
-def _planned(spec: StudySpec, run_name: str) -> PlannedRun:
-    for r in plan_runs(spec):
-        if r.run_name == run_name:
-            return r
-    raise LensError(f"run {run_name} is not in study {spec.name}; was the study file changed after submitting?")
+def _trainer(spec: StudySpec, study_dir: Path, stage: str, run_name: str) -> Callable[[], Any]:
+    """What a TrainTask calls: train one run of the study (with the tuned lr), or one tune proxy."""
+    if stage == "tune":
+        from .tune import plan_proxies, proxy_runs_dir, train_proxy
+
+        for p in plan_proxies(spec):
+            if p.run.run_name == run_name:
+                return lambda: train_proxy(p, proxy_runs_dir(study_dir))
+    else:
+        from ..train import train
+        from .runner import study_plan
+
+        for r in study_plan(spec, study_dir):
+            if r.run_name == run_name:
+                return lambda: train(r.cfg, study_dir / "runs", run_name=r.run_name, resume=True)
+    raise LensError(f"{stage} run {run_name} is not in study {spec.name}; was the study file changed after "
+                    f"submitting?")
 
 
 # ---- submission ------------------------------------------------------------------------------------------
@@ -256,7 +272,7 @@ def _executor(opts: SubmitOptions, study_dir: Path, name: str, tasks: int = 1, g
     return ex
 
 
-def _processes(run: PlannedRun, spec: StudySpec, opts: SubmitOptions) -> tuple[int, int]:
+def processes(run: PlannedRun, spec: StudySpec, opts: SubmitOptions) -> tuple[int, int]:
     """(processes, GPUs) of one training run."""
     if run.scale in CPU_SCALES or run.cfg.train.device == "cpu":
         return opts.processes_per_run or 1, 0
@@ -283,36 +299,22 @@ def submit_study(spec: StudySpec, study_dir: Path, opts: SubmitOptions) -> dict[
     from .imported import import_missing, imported_runs
 
     import_missing(imported_runs(spec.imported), study_dir / "runs")  # here: quick, links the weights
-    runs = plan_runs(spec)
-    todo = [r for r in runs if not is_finished(study_dir / "runs" / r.run_name, r.cfg.train.steps)]
+    from .stage_table import STAGE_TABLE
+
     wait = opts.executor == "local"  # no dependencies there: each stage ends before the next starts
     submitted: dict[str, list[str]] = {}
-    train_ids: list[str] = []
-    # Runs needing the same number of processes share one array.
-    groups: dict[tuple[int, int], list[PlannedRun]] = {}
-    for r in todo:
-        groups.setdefault(_processes(r, spec, opts), []).append(r)
-    for (procs, gpus), group in groups.items():
-        ex = _executor(opts, study_dir, f"{spec.name}-train", procs, gpus)
-        jobs = _submit_batch(ex, [TrainTask(str(study_dir), r.run_name) for r in group])
-        train_ids += _array_id(jobs)
-        _finish(jobs, wait)
-    submitted["train"] = train_ids
-    last: list[str] = []
-    stages = ["analyze"] + (["downstream"] if spec.downstream_tasks else [])
-    for stage in stages:
-        n = max(1, opts.analysis_tasks if stage == "analyze" else min(opts.analysis_tasks, len(run_names(spec))))
-        ex = _executor(opts, study_dir, f"{spec.name}-{stage}", after=train_ids)
-        jobs = _submit_batch(ex, [ShareTask(str(study_dir), stage, k, n) for k in range(n)])
-        submitted[stage] = _array_id(jobs)
-        last += submitted[stage]
-        _finish(jobs, wait)
-    ex = _executor(opts, study_dir, f"{spec.name}-report", after=last)
-    job = ex.submit(ReportTask(str(study_dir)))
-    submitted["report"] = [str(job.job_id)]
+    for stage in STAGE_TABLE:
+        if stage.jobs is None or not stage.applies(spec):
+            continue
+        after = [i for s in stage.after for i in submitted.get(s, [])]
+        submitted[stage.name] = []
+        for array in stage.jobs(spec, study_dir, opts):
+            ex = _executor(opts, study_dir, f"{spec.name}-{stage.name}", array.processes, array.gpus, after)
+            jobs = _submit_batch(ex, array.tasks)
+            submitted[stage.name] += _array_id(jobs)
+            _finish(jobs, wait)
     write_json_atomic(study_dir / JOBS_DIR / "submitted.json", {"executor": opts.executor, "time": time.time(),
                                                                "jobs": submitted})
-    _finish([job], wait)
     return submitted
 
 

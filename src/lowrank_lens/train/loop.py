@@ -22,7 +22,7 @@ import torch
 
 from ..config import RunConfig
 from ..data import DataBundle, to_model_inputs
-from ..errors import LensError
+from ..errors import TrainingDiverged
 from ..methods.base import Method
 from . import stop
 from .checkpoint import RESUME_DIR, nonfinite_tensors, save_checkpoint, step_dir_name
@@ -149,9 +149,9 @@ class Trainer:
                 log.warning(f"step {step}: non-finite {what}; update skipped ({self.state.skipped} so far)")
             return True
         in_a_row = f" after {MAX_CONSECUTIVE_SKIPS} skipped updates in a row" if self.state.consecutive_skips else ""
-        raise LensError(f"training diverged at step {step}{in_a_row} ({what}); no checkpoint is written after "
-                        f"step {self.last_saved}, which is intact — lower optim.lr (now {self.cfg.optim.lr:g}) "
-                        f"or set train.on_nonfinite=skip to skip such updates")
+        raise TrainingDiverged(f"training diverged at step {step}{in_a_row} ({what}); no checkpoint is written "
+                               f"after step {self.last_saved}, which is intact — lower optim.lr (now "
+                               f"{self.cfg.optim.lr:g}) or set train.on_nonfinite=skip to skip such updates", step)
 
     # ---- validation and checkpoints ------------------------------------------------------------
     def validate(self) -> dict[str, float]:
@@ -174,8 +174,9 @@ class Trainer:
         losses = [v for k, v in (val or {}).items() if "loss" in k]  # a huge finite loss may give ppl = inf
         if bad or not all(math.isfinite(v) for v in losses):
             detail = f"non-finite weights ({', '.join(bad[:3])})" if bad else f"a non-finite validation ({val})"
-            raise LensError(f"training diverged by step {step}: {detail}; the checkpoint was not written and "
-                            f"step {self.last_saved} is intact — lower optim.lr (now {self.cfg.optim.lr:g})")
+            raise TrainingDiverged(f"training diverged by step {step}: {detail}; the checkpoint was not written "
+                                   f"and step {self.last_saved} is intact — lower optim.lr (now "
+                                   f"{self.cfg.optim.lr:g})", step)
         self.last_saved = step
         if not self.env.is_main:
             return

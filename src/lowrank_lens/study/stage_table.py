@@ -1,0 +1,160 @@
+"""The study's stages, written once: what each does in this process and what it submits as jobs.
+
+`run_study` (study/runner.py, `--executor inline`) walks this table in order and calls each chosen stage's
+`run`; `submit_study` (study/submit.py, `--executor local|slurm`) walks the same table and submits each
+stage's `jobs` (job arrays) with `afterok` dependencies on the stages named in `after`. A stage without
+`jobs` runs inside the report job, which runs the remaining stages in one process. Adding a stage is one
+entry here.
+
+    tune        proxy runs over a grid of optim.lr per (scale, method) (study/tune.py)   -> tune/
+    train       one run per (scale, method, seed), with the tuned lr when the study tunes -> runs/
+    analyze     every metric over every checkpoint (shares of the units of work as jobs) -> analysis/
+    downstream  zero-shot accuracy of every run's final checkpoint                       -> downstream/
+    predict     downstream accuracy from perplexity vs perplexity + metrics               -> prediction/
+    findings    statistics, matched perplexity, claims                                    -> findings/
+    report      findings first, then the page                                             -> report/
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .spec import StudySpec
+
+
+@dataclass(frozen=True)
+class JobArray:
+    """Tasks submitted as one array; each task runs `processes` ranks with `gpus` GPUs."""
+
+    tasks: list[Any]
+    processes: int = 1
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[StudySpec, Path], Path | None]
+    """The whole stage in this process; a returned path becomes run_study's result."""
+    jobs: Callable[[StudySpec, Path, Any], list[JobArray]] | None = None
+    """The stage as job arrays (study_dir is absolute; opts: submit.SubmitOptions); [] when nothing is left."""
+    after: tuple[str, ...] = ()
+    """Stages whose jobs must end well first (Slurm afterok)."""
+    applies: Callable[[StudySpec], bool] = field(default=lambda spec: True)
+    included_in: tuple[str, ...] = ()
+    """Stages that run this one themselves (the report computes the findings first)."""
+    output: str = ""
+    """What a finished stage leaves in the study folder (--status)."""
+
+
+# ---- tune ------------------------------------------------------------------------------------------------
+def _tune(spec: StudySpec, out: Path) -> None:
+    from .tune import tune_all
+
+    tune_all(spec, out)
+
+
+def _tune_jobs(spec: StudySpec, study_dir: Path, opts: Any) -> list[JobArray]:
+    from .submit import TrainTask
+    from .tune import MISSING, plan_proxies, proxy_runs_dir, proxy_state
+
+    todo = [p for p in plan_proxies(spec) if proxy_state(p, proxy_runs_dir(study_dir)) == MISSING]
+    return [JobArray([TrainTask(str(study_dir), p.run.run_name, "tune") for p in todo])] if todo else []
+
+
+# ---- train -----------------------------------------------------------------------------------------------
+def _train(spec: StudySpec, out: Path) -> None:
+    from .runner import train_all
+
+    train_all(spec, out)
+
+
+def _train_jobs(spec: StudySpec, study_dir: Path, opts: Any) -> list[JobArray]:
+    from .runner import is_finished
+    from .spec import plan_runs
+    from .submit import TrainTask, processes
+
+    groups: dict[tuple[int, int], list[str]] = {}  # runs needing the same processes share one array
+    for r in plan_runs(spec):  # names and sizes only: the tuned lr is read by each task when it starts
+        if not is_finished(study_dir / "runs" / r.run_name, r.cfg.train.steps):
+            groups.setdefault(processes(r, spec, opts), []).append(r.run_name)
+    return [JobArray([TrainTask(str(study_dir), name) for name in names], procs, gpus)
+            for (procs, gpus), names in groups.items()]
+
+
+# ---- analyze and downstream ------------------------------------------------------------------------------
+def _analyze(spec: StudySpec, out: Path) -> None:
+    from ..analysis.context import EvalSettings
+    from ..analysis.runner import analyze
+    from ..analysis.subjects import parse_steps
+    from .runner import study_run_dirs
+
+    settings = EvalSettings(sequences=spec.sequences, batch_size=spec.eval_batch_size)
+    analyze(study_run_dirs(spec, out), spec.metrics or None, parse_steps(spec.analysis_steps), None,
+            spec.metric_overrides, settings, out / "analysis", jobs=spec.jobs)
+
+
+def _share_jobs(stage: str) -> Callable[[StudySpec, Path, Any], list[JobArray]]:
+    def jobs(spec: StudySpec, study_dir: Path, opts: Any) -> list[JobArray]:
+        from .spec import run_names
+        from .submit import ShareTask
+
+        n = opts.analysis_tasks if stage == "analyze" else min(opts.analysis_tasks, len(run_names(spec)))
+        n = max(1, n)
+        return [JobArray([ShareTask(str(study_dir), stage, k, n) for k in range(n)])]
+
+    return jobs
+
+
+def _downstream(spec: StudySpec, out: Path) -> None:
+    from .runner import study_run_dirs
+    from .stages import downstream_stage
+
+    downstream_stage(spec, study_run_dirs(spec, out), out)
+
+
+# ---- predict, findings, report ---------------------------------------------------------------------------
+def _predict(spec: StudySpec, out: Path) -> None:
+    from .runner import study_run_dirs
+    from .stages import predict_stage
+
+    predict_stage(spec, study_run_dirs(spec, out), out)
+
+
+def _findings(spec: StudySpec, out: Path) -> Path:
+    from .findings import write_findings
+
+    return write_findings(out)
+
+
+def _report(spec: StudySpec, out: Path) -> Path:
+    from ..report import write_report
+
+    _findings(spec, out)
+    return write_report(out)
+
+
+def _report_jobs(spec: StudySpec, study_dir: Path, opts: Any) -> list[JobArray]:
+    from .submit import ReportTask
+
+    return [JobArray([ReportTask(str(study_dir))])]
+
+
+STAGE_TABLE: tuple[Stage, ...] = (
+    Stage("tune", _tune, _tune_jobs, applies=lambda spec: spec.tune, output="tune/tune.csv"),
+    Stage("train", _train, _train_jobs, after=("tune",)),
+    Stage("analyze", _analyze, _share_jobs("analyze"), after=("train",), output="analysis"),
+    Stage("downstream", _downstream, _share_jobs("downstream"), after=("train",),
+          applies=lambda spec: bool(spec.downstream_tasks), output="downstream/downstream.csv"),
+    Stage("predict", _predict, output="prediction"),
+    Stage("findings", _findings, included_in=("report",), output="findings/index.json"),
+    Stage("report", _report, _report_jobs, after=("analyze", "downstream"), output="report/index.html"),
+)
+"""In the order they run; runner.STAGES lists the same names."""
+
+
+def stage(name: str) -> Stage:
+    return next(s for s in STAGE_TABLE if s.name == name)
