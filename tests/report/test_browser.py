@@ -51,10 +51,12 @@ window.addEventListener('load', function () {
   var box = function (e) { if (!e) return null; var b = e.getBoundingClientRect();
     return {top: b.top, bottom: b.bottom, left: b.left, right: b.right}; };
   var s = document.getElementById('summary'), t = document.getElementById('verdicts');
+  var u = document.getElementById('setup-distance');
   var pre = document.createElement('pre');
   pre.id = '__geometry';
   pre.textContent = JSON.stringify({width: window.innerWidth, height: window.innerHeight, summary: box(s),
-    verdicts: box(t), contains: !!(s && t && s.contains(t)), rows: t ? t.tBodies[0].rows.length : 0});
+    verdicts: box(t), contains: !!(s && t && s.contains(t)), rows: t ? t.tBodies[0].rows.length : 0,
+    setup: box(u), setup_text: u ? u.textContent : ''});
   document.body.appendChild(pre);
 });
 </script>"""
@@ -131,7 +133,8 @@ def test_report_opens_in_chromium_without_errors(report_page: Path, tmp_path: Pa
 
 def test_first_screen_shows_the_findings(report_page: Path, tmp_path: Path):
     """The page opens on its summary: in a 1280x900 viewport the summary block starts on screen and holds
-    the whole verdict table (one row per claim); the screenshot of that screen is kept."""
+    the whole verdict table (one row per claim) and the setup's distance from the paper's protocol; the
+    screenshot of that screen is kept."""
     seen = first_screen(report_page)
     width, height = FIRST_SCREEN
     assert seen["width"] == width and abs(seen["height"] - height) < 100, seen  # the viewport is the asked one
@@ -140,6 +143,10 @@ def test_first_screen_shows_the_findings(report_page: Path, tmp_path: Path):
     assert 0 <= summary["top"] < height / 4, f"the summary starts below the first quarter of the screen: {seen}"
     assert verdicts["bottom"] <= seen["height"], f"the verdict table runs past the first screen: {seen}"
     assert seen["rows"] == len(claim_texts()), seen
+    # Beside the verdicts, the setup's distance from the paper's protocol (study/setup.py), on screen too.
+    setup = seen["setup"]
+    assert setup and summary["top"] <= setup["top"] and setup["bottom"] <= seen["height"], seen
+    assert "tokens per parameter" in seen["setup_text"] and "paper" in seen["setup_text"], seen
     shot = tmp_path / "first-screen.png"
     proc = subprocess.run([chromium(), *FLAGS, f"--screenshot={shot}", f"--window-size={width},{height}",
                            report_page.as_uri()], capture_output=True, text=True, timeout=120)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.base import DIMENSIONS
-from ..analysis.tables import columns, write_csv
+from ..analysis.tables import columns, read_csv, write_csv
 from ..atomic import atomic_path
 from .collect import MetricData, Study, method_colour
-from .figures import downstream_figure, plot_metric, training_curves
+from .figures import downstream_figure, lr_sensitivity, plot_metric, training_curves
 from .findings_files import Findings
 from .html import Table, fmt, make_table, mib
 from .published import published_for, sources_note
@@ -107,7 +107,9 @@ def runs_section(study: Study, fig_dir: Path, fig_href: str, tables_dir: Path, h
                      "seed": r.seed, "final step": f.get("step"), "tokens": f.get("tokens"),
                      "val_ppl": f.get("val_ppl"), "val_ppl_ref": f.get("val_ppl_reference"),
                      "published ppl": pub.cell if pub else None,
-                     "val_loss": f.get("val_loss"), "parameters": mem.get("params_total"),
+                     "val_loss": f.get("val_loss"), "lr": (r.config.get("optim") or {}).get("lr"),
+                     "lr chosen by": lr_source(r.config) if r.config else None,
+                     "parameters": mem.get("params_total"),
                      "trainable": mem.get("params_trainable"),
                      "optimizer state MiB": mib(mem.get("optimizer_state_bytes")),
                      "weights MiB": mib(mem.get("param_bytes")), "grads MiB": mib(mem.get("grad_bytes")),
@@ -120,8 +122,27 @@ def runs_section(study: Study, fig_dir: Path, fig_href: str, tables_dir: Path, h
     if curve is not None:
         figs.append({"src": f"{fig_href}/{curve.name}", "caption": "training loss and validation perplexity "
                      "(both definitions) vs step; colour per method, thin lines: seeds, thick: their mean"})
+    tune_csv = study.dir / "tune" / "tune.csv"
+    tune_rows = read_csv(tune_csv) if tune_csv.is_file() else []
+    sensitivity = lr_sensitivity(tune_rows, fig_dir / "lr_sensitivity.png")
+    if sensitivity is not None:
+        write_csv(tune_rows, tables_dir / "tune.csv")
+        figs.append({"src": f"{fig_href}/{sensitivity.name}", "caption": "learning-rate sensitivity (the tune "
+                     "stage): each proxy run's final validation loss vs its lr, one line per method; ring: the lr "
+                     f"the study trained with; cross: diverged. Every proxy: <a href=\"{href}/tune.csv\">tune.csv"
+                     "</a>"})
     note = PPL_NOTE + (" " + sources_note(cited) if cited else "")
     return {"note": note, "table": make_table(rows, cols, csv=f"{href}/runs.csv"), "figures": figs}
+
+
+def lr_source(config: dict[str, Any]) -> str:
+    """How a run's optim.lr was chosen: by a study's tune stage, set explicitly, or the method's preset."""
+    notes = [str(n) for n in config.get("notes") or []]
+    if any("chosen by the study's tune stage" in n for n in notes):
+        return "tune stage"
+    if any(n.startswith("--set after the preset") and "optim.lr=" in n for n in notes):
+        return "set (--set / study)"
+    return "preset"
 
 
 def metric_context(md: MetricData, findings: Findings | None, fig_root: Path, fig_href: str, tables_dir: Path,

@@ -192,3 +192,36 @@ def downstream_figure(rows: list[dict[str, Any]], path: Path, value: str = "acc"
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7, ncol=2)
     return save_figure(fig, path)
+
+
+def lr_sensitivity(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """The tune stage's proxies (tune/tune.csv): final validation loss vs lr (log axis), one line per method
+    and scale, the chosen lr as a large ring, diverged proxies as crosses on the top edge."""
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4), layout="constrained")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((str(r["method"]), str(r["scale"])), []).append(r)
+    scales = sorted({s for _, s in groups})
+    finite = [float(r["val_loss"]) for r in rows if isinstance(r.get("val_loss"), (int, float))
+              and math.isfinite(r["val_loss"])]
+    top = max(finite) if finite else 1.0
+    for (method, scale), group in sorted(groups.items()):
+        colour, ls = method_colour(method), SCALE_STYLES[scales.index(scale) % len(SCALE_STYLES)]
+        group = sorted(group, key=lambda r: float(r["lr"]))
+        ok = [r for r in group if r.get("status") == "ok"]
+        ax.plot([float(r["lr"]) for r in ok], [float(r["val_loss"]) for r in ok], linestyle=ls, color=colour,
+                marker="o", ms=3.5, lw=1.4)
+        bad = [float(r["lr"]) for r in group if r.get("status") == "diverged"]
+        if bad:
+            ax.plot(bad, [top] * len(bad), "x", color=colour, ms=7, mew=2)
+        for r in ok:
+            if str(r.get("chosen")) == "True":
+                ax.plot([float(r["lr"])], [float(r["val_loss"])], "o", ms=11, mfc="none", mec=colour, mew=2)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (optim.lr)")
+    ax.set_ylabel("final validation loss of the proxy run")
+    ax.grid(alpha=0.3)
+    method_legend(ax, sorted({m for m, _ in groups}), scales)
+    return save_figure(fig, path)

@@ -36,6 +36,7 @@ MATCHED_CHECKPOINTS = "matched_checkpoints.csv"
 MATCHED_METRICS = "matched_metrics.csv"
 MATCHED_PAIRWISE = "matched_pairwise.csv"
 CLAIMS = "claims.json"
+SETUP = "setup.json"
 
 
 def json_safe(obj: Any) -> Any:
@@ -70,6 +71,11 @@ class Findings:
     def rows(self, name: str) -> list[dict[str, Any]]:
         p = self.path(name)
         return read_csv(p) if p is not None else []
+
+    def setup(self) -> dict[str, Any] | None:
+        """setup.json: the study's distance from the paper's protocol (study/setup.py), or None."""
+        p = self.path(SETUP)
+        return json.loads(p.read_text()) if p is not None else None
 
     def seed_summary(self, metric: str) -> list[dict[str, Any]]:
         return self.rows(f"{SEED_SUMMARY_DIR}/{metric}.csv")

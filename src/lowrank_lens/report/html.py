@@ -109,6 +109,9 @@ margin:.4em 0 1.4em}
 section.summary h2{margin:.3em 0 0;border-bottom:none;font-size:1.35em}
 section.summary h3{margin:1em 0 .2em;font-size:1.05em}
 p.lede{margin:.1em 0 .5em}
+p.setup{margin:.1em 0 .5em;font-size:.9em}
+p.setup.far{border-left:4px solid #d9a400;padding-left:.6em;background:#fff8e1}
+table.setup-table{font-size:12.5px;margin:.3em 0 .8em}table.setup-table td{white-space:normal}
 table.verdicts{font-size:13px;width:100%}table.verdicts td{vertical-align:middle;white-space:normal}
 table.verdicts td.claimtext{max-width:40em;font-size:12.5px}
 .badge{display:inline-block;padding:1px 8px;border-radius:9px;font-weight:600;white-space:nowrap}
@@ -164,6 +167,8 @@ read from the study's files only (no checkpoint is loaded, no metric computed).<
 <section id="summary" class="summary">
 <h2>Findings</h2>
 <p class="lede">{{ summary.lede }}</p>
+{% if summary.setup %}<p id="setup-distance" class="setup{% if summary.setup.far %} far{% endif %}">
+{{ summary.setup.line }} <a href="#setup-table">Setup beside the paper's</a>.</p>{% endif %}
 {% if summary.claims %}
 <table class="verdicts" id="verdicts"><thead><tr><th>#</th><th>claim (docs/study.md &sect;5)</th><th>verdict</th>
 <th>what the verdict compared</th></tr></thead><tbody>
@@ -204,6 +209,10 @@ difference is not claimed. Every pair is in the <a href="#matched">matched-perpl
 {% endfor %}</ul></nav>
 
 <h2 id="overview">Overview</h2>
+{% if summary.setup %}<table id="setup-table" class="setup-table"><thead><tr><th>aspect</th><th>this study</th>
+<th>the paper's protocol</th></tr></thead><tbody>
+{% for r in summary.setup.rows %}<tr><td>{{ r["aspect"] }}</td><td>{{ r["this study"] }}</td>
+<td>{{ r["the paper"] }}</td></tr>{% endfor %}</tbody></table>{% endif %}
 <dl class="kv">{% for k, v in overview.spec %}<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>
 {% for n in overview.notes %}<p class="note">{{ n }}</p>{% endfor %}
 <h3 id="settings">Settings used</h3>

@@ -263,7 +263,8 @@ def summary(study: Study, findings: Findings | None, claims: dict[str, Any], mat
             f"ranges that overlap read 'inconclusive'."
             + (" One seed: points only, compared as they are." if len(seeds) < 2 else ""))
     head_ok = findings is not None and findings.status("headline").get("available")
-    return {"lede": lede,
+    setup = findings.setup() if findings is not None else None
+    return {"lede": lede, "setup": setup,
             "claims": verdict_rows(claims.get("objects", [])) if claims.get("available") else [],
             "claims_message": "" if claims.get("available") else claims.get("message", ""),
             "headline": headline_table(study, findings) if records and head_ok else None,

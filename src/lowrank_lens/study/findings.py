@@ -36,6 +36,7 @@ from ..report.findings_files import (
     MATCHED_PAIRWISE,
     PAIRWISE,
     SEED_SUMMARY_DIR,
+    SETUP,
     json_safe,
 )
 
@@ -213,6 +214,13 @@ def claims(study: Study) -> list[dict[str, Any]]:
             for c in found]
 
 
+def setup(study: Study) -> dict[str, Any]:
+    """The setup's distance from the paper's protocol (study/setup.py), stated on the report's first screen."""
+    from .setup import setup_distance
+
+    return setup_distance(study.spec, study.runs)
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
@@ -238,14 +246,14 @@ def compute_findings(study: Study) -> dict[str, Any]:
     for name, label, fn in (("seed_summary", "seed summaries", seed_summaries),
                             ("headline", "headline table", headline), ("statistics", "statistics", statistics),
                             ("matched", "matched-perplexity comparison", matched),
-                            ("claims", "claims check", claims)):
+                            ("claims", "claims check", claims), ("setup", "setup comparison", setup)):
         parts[name] = _part(label, fn, study)
     return parts
 
 
 def _write(folder: Path, parts: dict[str, Any], study: Study) -> None:
-    (summaries, _), (head, _), (stats, _), (match, _), (found, _) = (parts[k] for k in (
-        "seed_summary", "headline", "statistics", "matched", "claims"))
+    (summaries, _), (head, _), (stats, _), (match, _), (found, _), (distance, _) = (parts[k] for k in (
+        "seed_summary", "headline", "statistics", "matched", "claims", "setup"))
     for name, rows in (summaries or {}).items():
         write_csv(rows, folder / SEED_SUMMARY_DIR / f"{name}.csv")
     match = match or {}
@@ -256,6 +264,8 @@ def _write(folder: Path, parts: dict[str, Any], study: Study) -> None:
             write_csv(rows, folder / file)
     if found is not None:
         write_json_atomic(folder / CLAIMS, json_safe({"claims": found}))
+    if distance is not None:
+        write_json_atomic(folder / SETUP, json_safe(distance))
     index = {"format": FORMAT, "study": study.spec.get("name") or study.dir.name, "seeds": study.seeds,
              "parts": {k: status for k, (_, status) in parts.items()}}
     if stats is not None:
