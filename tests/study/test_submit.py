@@ -16,9 +16,11 @@ import pytest
 from lens_testutil import one_torch_thread
 
 from lowrank_lens.errors import LensError
+from lowrank_lens.run_files import load_run_config
 from lowrank_lens.study.spec import StudySpec, plan_runs
 from lowrank_lens.study.status import study_status
 from lowrank_lens.study.submit import SubmitOptions, mark
+from lowrank_lens.study.tune import tuned_lrs
 from lowrank_lens.train import train
 from lowrank_lens.train.checkpoint import complete_checkpoints
 
@@ -26,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[2]
 LONG_STEPS = 400  # ~10 s at nano on one core: long enough to signal the task while it trains
 
 
-def spec_file(tmp_path: Path, steps: int, methods=("full-rank", "galore")) -> Path:
+def spec_file(tmp_path: Path, steps: int, methods=("full-rank", "galore"), **tune) -> Path:
     spec = dict(name="sub", methods=list(methods), scales=["nano"], seeds=[0], metrics=["spectra"],
                 overrides=[f"train.steps={steps}", "train.checkpoints=2", "train.eval_every=0", "train.log_every=1",
                            "train.resume_every=0"],
-                downstream_tasks=[], sequences=8, eval_batch_size=8)
+                downstream_tasks=[], sequences=8, eval_batch_size=8, **tune)
     path = tmp_path / "study.json"
     path.write_text(json.dumps(spec))
     return path
@@ -92,18 +94,17 @@ def squeue_ids() -> set[str]:
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_study_through_slurm_requeues_a_signalled_task_and_ends_bitwise_equal(tmp_path, local_slurm):
-    path = spec_file(tmp_path, LONG_STEPS)
+    # With the tune stage: 2 x 2 proxy runs of 8 steps as their own array, which training waits for (afterok).
+    path = spec_file(tmp_path, LONG_STEPS, tune=True, tune_grid=[1, 2], tune_fraction=0.02)
     spec = StudySpec(**json.loads(path.read_text()))
     galore = next(r for r in plan_runs(spec) if r.method == "galore")
-    with one_torch_thread():  # as the Slurm task (1 CPU): the same kernels, so bitwise comparable
-        train(galore.cfg, tmp_path / "reference", run_name=galore.run_name)  # uninterrupted, in this process
 
     folder = tmp_path / "study"
     res = lens("study", str(path), "--out", str(folder), "--executor", "slurm", "--analysis-tasks", "2",
                "--time-min", "30")
     assert "--status" in res.stdout
     submitted = json.loads((folder / "jobs" / "submitted.json").read_text())["jobs"]
-    assert set(submitted) == {"train", "analyze", "report"} and all(submitted.values())
+    assert set(submitted) == {"tune", "train", "analyze", "report"} and all(submitted.values())
 
     run_dir = folder / "runs" / galore.run_name
     wait_for(lambda: len(train_steps_logged(run_dir)) >= 5, 240, "the galore run to train 5 steps")
@@ -128,20 +129,36 @@ def test_study_through_slurm_requeues_a_signalled_task_and_ends_bitwise_equal(tm
     # no step was trained twice.
     logged = train_steps_logged(run_dir)
     assert logged == list(range(1, LONG_STEPS + 1))
+    # The tune array ran first; every run trained with its (scale, method)'s chosen lr.
+    tuned = tuned_lrs(spec, folder)
+    assert tuned is not None and set(tuned) == {("nano", "full-rank"), ("nano", "galore")}
+    galore = next(r for r in plan_runs(spec, tuned) if r.method == "galore")
+    assert load_run_config(run_dir).optim.lr == galore.cfg.optim.lr == tuned[("nano", "galore")]
+    train_started = min(h["time"] for h in record["history"])
+    assert all(json.loads(p.read_text())["time"] <= train_started
+               for p in (folder / "jobs" / "status").glob("tune__*.json"))  # each tune task ended before
+    with one_torch_thread():  # as the Slurm task (1 CPU): the same kernels, so bitwise comparable
+        train(galore.cfg, tmp_path / "reference", run_name=galore.run_name)  # uninterrupted, in this process
     assert final_weights(run_dir) == final_weights(tmp_path / "reference" / galore.run_name)
     assert (folder / "report" / "index.html").is_file()
     status = lens("study", str(folder), "--status").stdout
     assert "runs: 2 done" in status and "report     done" in status and "analyze    done" in status, status
+    assert "tune       done (4 proxy runs)" in status, status
 
 
 @pytest.mark.slow
 def test_local_executor_runs_the_stages_and_a_two_process_run(tmp_path):
-    path = spec_file(tmp_path, 8, methods=("galore",))
+    path = spec_file(tmp_path, 8, methods=("galore",), tune=True, tune_grid=[0.5, 2], tune_fraction=0.5)
     folder = tmp_path / "study"
     lens("study", str(path), "--out", str(folder), "--executor", "local", "--processes-per-run", "2",
          "--analysis-tasks", "1")
     run_dir = folder / "runs" / "nano-galore-seed0"
     assert json.loads((run_dir / "config.json").read_text())["provenance"]["world_size"] == 2
+    # the tune stage ran first as its own jobs (one process each), and the run trained with its choice
+    spec = StudySpec(**json.loads(path.read_text()))
+    assert load_run_config(run_dir).optim.lr == tuned_lrs(spec, folder)[("nano", "galore")]
+    assert sorted(p.name for p in (folder / "tune" / "runs").iterdir()) == ["nano-galore-lr0.005",
+                                                                             "nano-galore-lr0.02"]
     assert (folder / "analysis" / "spectra.csv").is_file() and (folder / "report" / "index.html").is_file()
     status = study_status(folder)
     assert "nano-galore-seed0                  done" in status and "report     done" in status, status

@@ -81,6 +81,26 @@ def test_a_diverging_proxy_is_a_data_point_and_a_rerun_trains_nothing(tmp_path, 
     assert calls == []
 
 
+def test_past_an_edge_the_grid_extends_one_step_at_a_time_up_to_tune_extend(tmp_path):
+    spec = tuned_spec(tune_grid=[0.5, 1], tune_extend=2)
+    run_study(spec, tmp_path, stages=("tune",))  # (the preset's lr 3e-3 is not this length's best: see above)
+    rows = table(tmp_path)
+    lrs = sorted(float(r["lr"]) for r in rows)
+    losses = {float(r["lr"]): final_val_loss(proxy_runs_dir(tmp_path) / r["run"]) for r in rows}
+    best = min(losses, key=losses.get)
+    assert [float(r["lr"]) for r in rows if r["chosen"] == "True"] == [best]
+    assert lrs[:2] == [0.0015, 0.003] and len(lrs) <= 4
+    # each added point is one grid step (x2) past the best lr of the points before it
+    for k in range(2, len(lrs)):
+        before = {lr: losses[lr] for lr in lrs[:k]}
+        assert min(before, key=before.get) == lrs[k - 1] and lrs[k] == pytest.approx(2 * lrs[k - 1])
+    # it stopped because the best lr is inside what was tried, or because the budget (2) was spent
+    assert best != lrs[-1] or len(lrs) == 4
+    run_study(spec, tmp_path, stages=("train",))
+    run = load_run_config(tmp_path / "runs" / "nano-full-rank-seed0")
+    assert run.optim.lr == best and "+ up to 2 past an edge" in run.notes[-1]
+
+
 def test_every_proxy_diverging_is_one_clear_error(tmp_path):
     spec = tuned_spec(methods=["galore"], method_overrides={"galore": EXPLODING_GALORE}, tune_grid=[100])
     with pytest.raises(LensError, match="every proxy of nano galore diverged .*smaller multipliers"):

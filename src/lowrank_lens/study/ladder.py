@@ -10,8 +10,9 @@ The protocol, fixed before the run (docs/results.md repeats it):
   rows of 64 packed tokens, batch 16 rows: 38.5K / 70.6K / 160.2K parameters (embeddings and head counted);
 - length: 20 tokens per parameter (the compute-optimal ratio), i.e. 752 / 1379 / 3129 steps of 1024
   tokens, 10% warmup, cosine to 10%, fp32; rank-based methods at rank hidden/4 (6 / 8 / 12), as the demo;
-- tuning: each (size, method)'s optim.lr from the preset's lr x 1/8 ... 8 (7 points, a factor 2 apart), by
-  the lowest final validation loss of proxy runs one quarter as long (seed 1000, no study seed);
+- tuning: each (size, method)'s optim.lr from the preset's lr x 1/4 ... 4 (5 points, a factor 2 apart) and
+  up to 4 more points a factor 2 further while the best lr is at an end (tune_extend), by the lowest final
+  validation loss of proxy runs one quarter as long (seed 1000, no study seed);
 - metrics at the demo's settings (presets.DEMO_METRICS, 32 validation sequences), over every checkpoint
   (step 0 and 4 more); downstream: the embedded smoke task, as the demo.
 """
@@ -45,7 +46,7 @@ def size_overrides(hidden: int, intermediate: int, layers: int, heads: int) -> l
 
 def ladder(size: str) -> StudySpec:
     """The ladder's study at one size (a key of LADDER_SIZES)."""
-    from .presets import CPU_TUNE_GRID, DEMO_METRICS, PAPER_METHODS
+    from .presets import CPU_TUNE_EXTEND, CPU_TUNE_GRID, DEMO_METRICS, PAPER_METHODS
 
     hidden, intermediate, layers, heads = LADDER_SIZES[size]
     common = [f"model.vocab_size={VOCAB}", f"data.seq_len={ROW_TOKENS}", "data.val_tokens=8192",
@@ -57,10 +58,11 @@ def ladder(size: str) -> StudySpec:
         overrides=common + size_overrides(hidden, intermediate, layers, heads),
         metric_overrides=list(DEMO_METRICS), analysis_steps="all", sequences=32, eval_batch_size=32,
         downstream_tasks=["lens_mc"], downstream_seeds=[0], jobs=max(1, os.cpu_count() or 1),
-        tune=True, tune_grid=list(CPU_TUNE_GRID), tune_fraction=0.25,
+        tune=True, tune_grid=list(CPU_TUNE_GRID), tune_extend=CPU_TUNE_EXTEND, tune_fraction=0.25,
         notes=[f"CPU ladder, size {size}: hidden {hidden}, {layers} layers, vocab {VOCAB}, {n / 1e3:.1f}K parameters "
-               f"trained on {TOKENS_PER_PARAMETER} tokens per parameter; lr tuned per method (preset lr x 1/8 ... 8, "
-               f"proxies a quarter as long, seed 1000); low-rank methods at rank hidden/4. docs/results.md."])
+               f"trained on {TOKENS_PER_PARAMETER} tokens per parameter; lr tuned per method (preset lr x 1/4 ... 4 "
+               f"and up to {CPU_TUNE_EXTEND} points past an edge, proxies a quarter as long, seed 1000); low-rank "
+               f"methods at rank hidden/4. docs/results.md."])
 
 
 def ladder_presets() -> dict[str, object]:

@@ -40,10 +40,12 @@ DEMO_METRICS = [
 ]
 
 
-# The tune protocol of the CPU presets, fixed before any of them ran: the preset's lr x 1/8 ... 8, a factor 2
-# apart (7 points, not the default 5: the presets' lrs were set for 60m-1b models, and models this small are
-# expected to want larger steps, so the grid reaches further on both sides; a choice at its edge is flagged).
-CPU_TUNE_GRID = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+# The tune protocol of the CPU presets: the default grid (the preset's lr x 1/4 ... 4, a factor 2 apart) and up
+# to 4 more points past an edge (tune_extend): the presets' lrs were set for 60m-1b models, and models this
+# small may want steps several times larger (a pilot of the ladder's smallest size put every method at the top
+# of a x1/8 ... x8 grid), so the stage follows the optimum outward instead of stopping at the grid's end.
+CPU_TUNE_GRID = [0.25, 0.5, 1.0, 2.0, 4.0]
+CPU_TUNE_EXTEND = 4
 
 DEMO_TUNE_TABLE = "demo_tune.csv"
 """The demo-tune study's tune/tune.csv, shipped beside this module; regenerate it with
@@ -57,11 +59,11 @@ def demo_tuned_lrs() -> dict[str, float]:
 
 
 def demo_tune() -> StudySpec:
-    """The tune stage behind the demo's learning rates: the demo's runs, tuned over CPU_TUNE_GRID at full
-    length. Only its tune stage is meant to run (`lowrank-lens study demo-tune --stages tune`)."""
+    """The tune stage behind the demo's learning rates: the demo's runs, tuned over CPU_TUNE_GRID (and up to
+    CPU_TUNE_EXTEND points past an edge) at full length. Only its tune stage is meant to run (`lowrank-lens study demo-tune --stages tune`)."""
     base = _demo_spec(PAPER_METHODS, {})
     return dataclasses.replace(base, name="demo-tune", tune=True, tune_grid=list(CPU_TUNE_GRID),
-                               notes=["The tune stage that chose the demo's learning rates."])
+                               tune_extend=CPU_TUNE_EXTEND, notes=["The tune stage that chose the demo's learning rates."])
 
 
 def demo(methods: list[str] | None = None) -> StudySpec:
@@ -75,7 +77,8 @@ def demo(methods: list[str] | None = None) -> StudySpec:
 def _demo_spec(methods: list[str], lrs: dict[str, float]) -> StudySpec:
     untuned = [m for m in methods if m not in lrs]
     tuned_note = (f"Learning rates tuned for this shape by the demo-tune study (src/lowrank_lens/study/"
-                  f"{DEMO_TUNE_TABLE}: the lowest final validation loss over the preset lr x 1/8 ... 8, seed 1000)"
+                  f"{DEMO_TUNE_TABLE}: the lowest final validation loss over the preset lr x 1/4 ... 4 and up to "
+                  f"{CPU_TUNE_EXTEND} points past an edge, seed 1000)"
                   + (f"; {', '.join(untuned)} keep(s) the preset's lr (not in that table)." if untuned else "."))
     return StudySpec(
         name="demo", methods=methods, scales=["micro"], seeds=[0, 1, 2],

@@ -79,6 +79,9 @@ class StudySpec:
     """Multipliers of the method preset's lr that the tune stage tries (default: 5 points a factor 2 apart)."""
     tune_fraction: float = 1.0
     """Length of each proxy run as a fraction of the run's train.steps (its warmup scaled alike), in (0, 1]."""
+    tune_extend: int = 0
+    """Up to this many more lrs per (scale, method), one grid step at a time, past an end of the grid where
+    the best lr lies (0: the grid alone)."""
     tune_seed: int = 1000
     """train.seed of the proxy runs: by default one the study's seeds do not use."""
     notes: list[str] = field(default_factory=list)
@@ -119,7 +122,7 @@ class StudySpec:
                 raise LensError(f"study {what}_overrides name {what}(s) {stray} that the study does not train "
                                 f"({what}s: {', '.join(within)}); remove them or add them to {what}s")
         for name, low in (("sequences", 1), ("eval_batch_size", 1), ("gpus_per_run", 1), ("jobs", 1),
-                          ("downstream_limit", 0), ("tune_seed", 0)):
+                          ("downstream_limit", 0), ("tune_seed", 0), ("tune_extend", 0)):
             if getattr(self, name) < low:
                 raise LensError(f"study {name} must be >= {low}, got {getattr(self, name)}")
         bad = [s for s in self.downstream_seeds if not 0 <= s < DOWNSTREAM_SEED_LIMIT]

@@ -32,6 +32,8 @@ class JobArray:
     tasks: list[Any]
     processes: int = 1
     gpus: int = 0
+    after_previous: bool = False
+    """Start only after the stage's previous array ended well (the tune stage's rounds past an edge)."""
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,18 @@ def _tune(spec: StudySpec, out: Path) -> None:
 
 
 def _tune_jobs(spec: StudySpec, study_dir: Path, opts: Any) -> list[JobArray]:
+    """The grid's missing proxies as one array, then `tune_extend` rounds, one task per (scale, method) each,
+    every round after the previous: a task trains its point past an edge, or ends at once when it needs none."""
     from .submit import TrainTask
-    from .tune import MISSING, plan_proxies, proxy_runs_dir, proxy_state
+    from .tune import MISSING, groups, plan_proxies, proxy_runs_dir, proxy_state
 
     todo = [p for p in plan_proxies(spec) if proxy_state(p, proxy_runs_dir(study_dir)) == MISSING]
-    return [JobArray([TrainTask(str(study_dir), p.run.run_name, "tune") for p in todo])] if todo else []
+    arrays = [JobArray([TrainTask(str(study_dir), p.run.run_name, "tune") for p in todo])] if todo else []
+    open_groups = [key for key, g in groups(spec, study_dir).items() if todo or g.next is not None or g.pending]
+    for _ in range(spec.tune_extend if open_groups else 0):
+        arrays.append(JobArray([TrainTask(str(study_dir), f"{scale}/{method}", "tune-round")
+                                for scale, method in open_groups], after_previous=bool(arrays)))
+    return arrays
 
 
 # ---- train -----------------------------------------------------------------------------------------------

@@ -92,19 +92,23 @@ def study_status(folder: str | Path) -> str:
 
 
 def _tune_state(spec: Any, folder: Path, status: dict[str, dict[str, Any]]) -> str:
-    """How many proxy runs are done or diverged; when all are, the chosen lr of each (scale, method)."""
-    from .tune import DIVERGED_STATE, MISSING, plan_proxies, proxy_runs_dir, proxy_state, tuned_lrs
+    """How many proxy runs are done or diverged, what is left; when settled, the chosen lr of each (scale, method)."""
+    from .tune import DIVERGED_STATE, groups, tuned_lrs
 
-    states = [proxy_state(p, proxy_runs_dir(folder)) for p in plan_proxies(spec)]
-    failed = [r for u, r in status.items() if u.startswith("tune/") and r["state"] == "failed"]
+    failed = [r for u, r in status.items() if u.startswith(("tune/", "tune-round/")) and r["state"] == "failed"]
     if failed:
         return "failed: " + "; ".join(f"{r['unit']}: {r.get('error', '')} (log {r.get('log', '')})" for r in failed)
-    diverged = f", {states.count(DIVERGED_STATE)} diverged" if DIVERGED_STATE in states else ""
-    if MISSING in states:
-        return f"{len(states) - states.count(MISSING)} of {len(states)} proxy runs done{diverged}"
     try:
-        chosen = tuned_lrs(spec, folder) or {}
+        found = groups(spec, folder)
     except LensError as e:  # every proxy of one (scale, method) diverged
         return str(e)
-    return (f"done ({len(states)} proxy runs{diverged}); lr " +
-            ", ".join(f"{scale} {method} {lr:g}" for (scale, method), lr in chosen.items()))
+    rows = [r for g in found.values() for r in g.rows]
+    pending = sum(len(g.pending or []) for g in found.values())
+    extending = sum(g.next is not None for g in found.values())
+    diverged = sum(r["status"] == DIVERGED_STATE for r in rows)
+    counts = f"{len(rows) - pending} proxy runs" + (f", {diverged} diverged" if diverged else "")
+    if pending or extending:
+        return f"{counts} done" + (f", {pending} of the grid to do" if pending else "") + \
+            (f", {extending} lr(s) past an edge to try" if extending else "")
+    chosen = tuned_lrs(spec, folder) or {}
+    return f"done ({counts}); lr " + ", ".join(f"{scale} {method} {lr:g}" for (scale, method), lr in chosen.items())

@@ -234,6 +234,12 @@ def _trainer(spec: StudySpec, study_dir: Path, stage: str, run_name: str) -> Cal
         for p in plan_proxies(spec):
             if p.run.run_name == run_name:
                 return lambda: train_proxy(p, proxy_runs_dir(study_dir))
+    elif stage == "tune-round":  # one round past an edge of the grid for one (scale, method)
+        from .tune import extend_once
+
+        scale, _, method = run_name.partition("/")
+        if scale in spec.scales and method in spec.methods:
+            return lambda: extend_once(spec, study_dir, scale, method)
     else:
         from ..train import train
         from .runner import study_plan
@@ -308,10 +314,13 @@ def submit_study(spec: StudySpec, study_dir: Path, opts: SubmitOptions) -> dict[
             continue
         after = [i for s in stage.after for i in submitted.get(s, [])]
         submitted[stage.name] = []
+        previous: list[str] = []
         for array in stage.jobs(spec, study_dir, opts):
-            ex = _executor(opts, study_dir, f"{spec.name}-{stage.name}", array.processes, array.gpus, after)
+            ex = _executor(opts, study_dir, f"{spec.name}-{stage.name}", array.processes, array.gpus,
+                           previous if array.after_previous else after)
             jobs = _submit_batch(ex, array.tasks)
-            submitted[stage.name] += _array_id(jobs)
+            previous = _array_id(jobs)
+            submitted[stage.name] += previous
             _finish(jobs, wait)
     write_json_atomic(study_dir / JOBS_DIR / "submitted.json", {"executor": opts.executor, "time": time.time(),
                                                                "jobs": submitted})

@@ -10,8 +10,10 @@ with the lowest final validation loss.
 - A proxy that diverges (a non-finite loss, gradient, weight or validation) is a data point, "diverged",
   recorded in its folder (diverged.json) so a rerun does not train it again; it is never chosen.
 - Ties (equal final losses, as floats) go to the lr closest to the preset's on the log scale, then to the
-  smaller one. A choice at either end of the grid is flagged "at the grid's edge" (the optimum may lie
-  outside: widen `tune_grid`). If every proxy of a (scale, method) diverged, the stage stops with one line.
+  smaller one. If every proxy of a (scale, method) diverged, the stage stops with one line.
+- Past an edge (`tune_extend` > 0): while the best lr is the largest (smallest) tried, one more point a
+  grid step further is trained, at most `tune_extend` of them per (scale, method), so a method whose optimum
+  lies outside the grid is not held at its edge. A choice still at an edge is flagged in the table.
 
 Layout: <study>/tune/runs/<scale>-<method>-lr<lr>/ (ordinary run folders), <study>/tune/tune.csv (one row
 per proxy, the chosen one marked) and <study>/tune/chosen.json. The train stage reads the choice
@@ -69,27 +71,81 @@ def _proxy_overrides(spec: StudySpec, base: PlannedRun, lr: float) -> list[str]:
     return ov
 
 
-def plan_proxies(spec: StudySpec) -> list[ProxyRun]:
-    """Every proxy run of the study's tune stage (none when `tune` is off), scale-major like plan_runs."""
-    if not spec.tune:
-        return []
+def _bases(spec: StudySpec) -> dict[tuple[str, str], PlannedRun]:
+    """One planned run per (scale, method): the config the proxies vary."""
+    return {(r.scale, r.method): r for r in plan_runs(spec) if r.seed == spec.seeds[0]}
+
+
+def make_proxy(spec: StudySpec, base: PlannedRun, multiplier: float) -> ProxyRun:
     from ..presets import build_config
 
-    bases = {(r.scale, r.method): r for r in plan_runs(spec)}
-    out = []
-    for (scale, method), base in bases.items():
-        centre = base.cfg.optim.lr
-        for m in spec.tune_grid:
-            lr = float(f"{centre * m:.6g}")  # a short, exact name and override for each grid point
-            ov = _proxy_overrides(spec, base, lr)
-            name = f"{scale}-{method}-lr{lr:g}"
-            try:
-                cfg = build_config(scale, method, ov)
-            except LensError as e:
-                raise LensError(f"study tune proxy {name}: {e}; change tune_grid") from None
-            out.append(ProxyRun(scale, method, lr, m, centre, PlannedRun(scale, method, spec.tune_seed, cfg, name,
-                                                                       tuple(ov))))
-    return out
+    centre = base.cfg.optim.lr
+    lr = float(f"{centre * multiplier:.6g}")  # a short, exact name and override for each grid point
+    ov = _proxy_overrides(spec, base, lr)
+    name = f"{base.scale}-{base.method}-lr{lr:g}"
+    try:
+        cfg = build_config(base.scale, base.method, ov)
+    except LensError as e:
+        raise LensError(f"study tune proxy {name}: {e}; change tune_grid") from None
+    return ProxyRun(base.scale, base.method, lr, multiplier, centre,
+                    PlannedRun(base.scale, base.method, spec.tune_seed, cfg, name, tuple(ov)))
+
+
+def plan_proxies(spec: StudySpec) -> list[ProxyRun]:
+    """The proxy runs of the grid (none when `tune` is off), scale-major like plan_runs; points past an edge
+    (`tune_extend`) are added as the results ask for them (`settle`)."""
+    if not spec.tune:
+        return []
+    return [make_proxy(spec, base, m) for base in _bases(spec).values() for m in spec.tune_grid]
+
+
+def _step(grid: list[float]) -> float:
+    """The factor between the grid's two outermost points on a side (2 for the default grid)."""
+    g = sorted(grid)
+    return g[1] / g[0] if len(g) > 1 else 2.0
+
+
+@dataclass
+class Group:
+    """One (scale, method)'s proxies so far and what the stage still needs from it."""
+
+    rows: list[dict[str, Any]]
+    next: ProxyRun | None = None
+    """The grid point past an edge to train next (tune_extend)."""
+    pending: list[str] | None = None
+    """Proxies of the grid not finished yet."""
+    note: str = ""
+
+
+def settle(spec: StudySpec, study_dir: Path, base: PlannedRun) -> Group:
+    """Walk one (scale, method): the grid's rows; then, while the best lr lies at an end of what was tried and
+    fewer than `tune_extend` points were added, the next point past that end (trained or still to train)."""
+    runs_dir = proxy_runs_dir(study_dir)
+    rows = [proxy_row(make_proxy(spec, base, m), runs_dir) for m in spec.tune_grid]
+    pending = [r["run"] for r in rows if r["status"] == MISSING]
+    if pending:
+        return Group(rows, pending=pending)
+    step, note = _step(spec.tune_grid), ""
+    for _ in range(spec.tune_extend):
+        best = choose(rows)
+        tried = sorted(r["multiplier"] for r in rows)
+        if best["multiplier"] not in (tried[0], tried[-1]) or len(tried) < 2:
+            break
+        m = tried[-1] * step if best["multiplier"] == tried[-1] else tried[0] / step
+        try:
+            proxy = make_proxy(spec, base, m)
+        except LensError:  # the next lr would leave (0, 1]
+            note = f"not extended past lr {best['lr']:g}: optim.lr must stay in (0, 1]"
+            break
+        row = proxy_row(proxy, runs_dir)
+        if row["status"] == MISSING:
+            return Group(rows, next=proxy)
+        rows.append(row)
+    return Group(rows, note=note)
+
+
+def groups(spec: StudySpec, study_dir: Path) -> dict[tuple[str, str], Group]:
+    return {key: settle(spec, study_dir, base) for key, base in _bases(spec).items()} if spec.tune else {}
 
 
 # ---- training the proxies --------------------------------------------------------------------------------
@@ -119,15 +175,32 @@ def train_proxy(proxy: ProxyRun, runs_dir: Path) -> str:
 
 
 def tune_all(spec: StudySpec, out: Path) -> list[dict[str, Any]]:
-    """The whole stage in this process (or `spec.jobs` workers): train the missing proxies, write the table."""
+    """The whole stage in this process (or `spec.jobs` workers): train the grid's missing proxies, then the
+    points past an edge round by round (tune_extend), and write the table."""
     from .runner import run_in_workers
 
-    proxies = plan_proxies(spec)
     runs_dir = proxy_runs_dir(out)
+    proxies = plan_proxies(spec)
     todo = [p for p in proxies if proxy_state(p, runs_dir) == MISSING]
-    log.info(f"tune: {len(proxies) - len(todo)} of {len(proxies)} proxy runs already finished, {len(todo)} to train")
+    log.info(f"tune: {len(proxies) - len(todo)} of {len(proxies)} grid proxy runs already finished, {len(todo)} "
+             f"to train")
     run_in_workers(_train_proxy_job, [(p, runs_dir) for p in todo], [p.run for p in todo], spec.jobs, "tune")
+    for round_ in range(1, spec.tune_extend + 1):
+        todo = [g.next for g in groups(spec, out).values() if g.next is not None]
+        if not todo:
+            break
+        log.info(f"tune: {len(todo)} best lr(s) at an edge of the grid: one more point each (round {round_} of at "
+                 f"most {spec.tune_extend})")
+        run_in_workers(_train_proxy_job, [(p, runs_dir) for p in todo], [p.run for p in todo], spec.jobs, "tune")
     return write_tune_table(spec, out)
+
+
+def extend_once(spec: StudySpec, study_dir: Path, scale: str, method: str) -> str:
+    """One round past an edge for one (scale, method) (a submitted task): train its next point, if any."""
+    group = settle(spec, study_dir, _bases(spec)[(scale, method)])
+    if group.next is None:
+        return "settled"
+    return train_proxy(group.next, proxy_runs_dir(study_dir))
 
 
 def _train_proxy_job(proxy: ProxyRun, runs_dir: Path) -> str:
@@ -172,7 +245,8 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
         notes.append(f"tied with lr {_lrs([r for r in ties if r is not best])}: nearest the "
                      f"preset's lr taken")
     if best["lr"] in (lrs[0], lrs[-1]) and len(lrs) > 1:
-        notes.append("at the grid's edge: the optimum may lie outside (widen tune_grid)")
+        notes.append("at the edge of the lrs tried: the optimum may lie outside (widen tune_grid or raise "
+                     "tune_extend)")
     diverged = [r for r in rows if r["status"] == DIVERGED_STATE]
     if diverged:
         notes.append(f"diverged: lr {_lrs(diverged)}")
@@ -184,22 +258,20 @@ def _lrs(rows: list[dict[str, Any]]) -> str:
 
 
 def tune_rows(spec: StudySpec, study_dir: Path) -> list[dict[str, Any]]:
-    """Every proxy's row with `chosen` set; LensError if a proxy has not finished."""
-    runs_dir = proxy_runs_dir(study_dir)
-    rows = [proxy_row(p, runs_dir) for p in plan_proxies(spec)]
-    missing = [r["run"] for r in rows if r["status"] == MISSING]
-    if missing:
-        raise LensError(f"the tune stage has not finished: {len(missing)} of {len(rows)} proxy runs have no final "
-                        f"checkpoint (e.g. {missing[0]}); run `lowrank-lens study {study_dir} --stages tune`")
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["scale"], r["method"]), []).append(r)
-    for group in groups.values():
-        best = choose(group)
-        for r in group:
-            r["chosen"] = r is best or r["run"] == best["run"]
-            r["note"] = best["note"] if r["chosen"] else ""
-    return rows
+    """Every proxy's row with `chosen` set; LensError if the stage has not finished."""
+    out = []
+    for group in groups(spec, study_dir).values():
+        missing = group.pending or ([group.next.run.run_name] if group.next else [])
+        if missing:
+            raise LensError(f"the tune stage has not finished: {missing[0]} has no final checkpoint; run "
+                            f"`lowrank-lens study {study_dir} --stages tune`")
+        best = choose(group.rows)
+        note = "; ".join(n for n in (best["note"], group.note) if n)
+        for r in sorted(group.rows, key=lambda r: r["lr"]):
+            r["chosen"] = r["run"] == best["run"]
+            r["note"] = note if r["chosen"] else ""
+            out.append(r)
+    return out
 
 
 def tuned_lrs(spec: StudySpec, study_dir: Path) -> dict[tuple[str, str], float] | None:
@@ -218,7 +290,8 @@ def write_tune_table(spec: StudySpec, study_dir: Path) -> list[dict[str, Any]]:
     chosen = [{k: r[k] for k in ("scale", "method", "lr", "preset_lr", "val_loss", "note")} for r in rows
               if r["chosen"]]
     write_json_atomic(tune_dir(study_dir) / "chosen.json", {"grid": list(spec.tune_grid), "seed": spec.tune_seed,
-                                                            "fraction": spec.tune_fraction, "chosen": chosen})
+                                                            "fraction": spec.tune_fraction,
+                                                            "extend": spec.tune_extend, "chosen": chosen})
     for c in chosen:
         log.info(f"tune: {c['scale']} {c['method']}: lr {c['lr']:g} (preset {c['preset_lr']:g}, final val_loss "
                  f"{c['val_loss']:.4f}){'; ' + c['note'] if c['note'] else ''}")
@@ -227,5 +300,6 @@ def write_tune_table(spec: StudySpec, study_dir: Path) -> list[dict[str, Any]]:
 
 def tune_note(spec: StudySpec, lr: float) -> str:
     steps = f"{spec.tune_fraction:g} of the run's steps" if spec.tune_fraction < 1 else "the run's own steps"
+    extend = f" + up to {spec.tune_extend} past an edge" if spec.tune_extend else ""
     return (f"optim.lr {lr:g} chosen by the study's tune stage (tune/tune.csv: lowest final validation loss over "
-            f"the preset lr x {', '.join(f'{m:g}' for m in spec.tune_grid)}, {steps}, seed {spec.tune_seed})")
+            f"the preset lr x {', '.join(f'{m:g}' for m in spec.tune_grid)}{extend}, {steps}, seed {spec.tune_seed})")
