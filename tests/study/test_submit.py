@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,8 +95,9 @@ def squeue_ids() -> set[str]:
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_study_through_slurm_requeues_a_signalled_task_and_ends_bitwise_equal(tmp_path, local_slurm):
-    # With the tune stage: 2 x 2 proxy runs of 8 steps as their own array, which training waits for (afterok).
-    path = spec_file(tmp_path, LONG_STEPS, tune=True, tune_grid=[1, 2], tune_fraction=0.02)
+    # With the tune stage: 2 x 2 proxy runs of 8 steps as their own array, then one round past an edge (an
+    # array after it, one task per method), all of which training waits for (afterok).
+    path = spec_file(tmp_path, LONG_STEPS, tune=True, tune_grid=[1, 2], tune_fraction=0.02, tune_extend=1)
     spec = StudySpec(**json.loads(path.read_text()))
     galore = next(r for r in plan_runs(spec) if r.method == "galore")
 
@@ -135,15 +137,17 @@ def test_study_through_slurm_requeues_a_signalled_task_and_ends_bitwise_equal(tm
     galore = next(r for r in plan_runs(spec, tuned) if r.method == "galore")
     assert load_run_config(run_dir).optim.lr == galore.cfg.optim.lr == tuned[("nano", "galore")]
     train_started = min(h["time"] for h in record["history"])
-    assert all(json.loads(p.read_text())["time"] <= train_started
-               for p in (folder / "jobs" / "status").glob("tune__*.json"))  # each tune task ended before
+    tune_records = [json.loads(p.read_text()) for p in (folder / "jobs" / "status").glob("tune*.json")]
+    assert len(tune_records) == 4 + 2 and all(r["state"] == "done" for r in tune_records), tune_records
+    assert all(r["time"] <= train_started for r in tune_records)  # every tune task ended before training
+    assert len(submitted["tune"]) == 2  # the grid's array and the round's
     with one_torch_thread():  # as the Slurm task (1 CPU): the same kernels, so bitwise comparable
         train(galore.cfg, tmp_path / "reference", run_name=galore.run_name)  # uninterrupted, in this process
     assert final_weights(run_dir) == final_weights(tmp_path / "reference" / galore.run_name)
     assert (folder / "report" / "index.html").is_file()
     status = lens("study", str(folder), "--status").stdout
     assert "runs: 2 done" in status and "report     done" in status and "analyze    done" in status, status
-    assert "tune       done (4 proxy runs)" in status, status
+    assert re.search(r"tune       done \([4-6] proxy runs\); lr nano full-rank", status), status
 
 
 @pytest.mark.slow

@@ -60,10 +60,12 @@ def demo_tuned_lrs() -> dict[str, float]:
 
 def demo_tune() -> StudySpec:
     """The tune stage behind the demo's learning rates: the demo's runs, tuned over CPU_TUNE_GRID (and up to
-    CPU_TUNE_EXTEND points past an edge) at full length. Only its tune stage is meant to run (`lowrank-lens study demo-tune --stages tune`)."""
+    CPU_TUNE_EXTEND points past an edge) at full length. Only its tune stage is meant to run
+    (`lowrank-lens study demo-tune --stages tune`)."""
     base = _demo_spec(PAPER_METHODS, {})
     return dataclasses.replace(base, name="demo-tune", tune=True, tune_grid=list(CPU_TUNE_GRID),
-                               tune_extend=CPU_TUNE_EXTEND, notes=["The tune stage that chose the demo's learning rates."])
+                               tune_extend=CPU_TUNE_EXTEND,
+                               notes=["The tune stage that chose the demo's learning rates."])
 
 
 def demo(methods: list[str] | None = None) -> StudySpec:
