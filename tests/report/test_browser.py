@@ -146,7 +146,7 @@ def test_first_screen_shows_the_findings(report_page: Path, tmp_path: Path):
     # Beside the verdicts, the setup's distance from the paper's protocol (study/setup.py), on screen too.
     setup = seen["setup"]
     assert setup and summary["top"] <= setup["top"] and setup["bottom"] <= seen["height"], seen
-    assert "tokens per parameter" in seen["setup_text"] and "paper" in seen["setup_text"], seen
+    assert "tokens/parameter" in seen["setup_text"] and "The paper: 58M-368M" in seen["setup_text"], seen
     shot = tmp_path / "first-screen.png"
     proc = subprocess.run([chromium(), *FLAGS, f"--screenshot={shot}", f"--window-size={width},{height}",
                            report_page.as_uri()], capture_output=True, text=True, timeout=120)

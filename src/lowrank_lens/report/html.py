@@ -109,7 +109,8 @@ margin:.4em 0 1.4em}
 section.summary h2{margin:.3em 0 0;border-bottom:none;font-size:1.35em}
 section.summary h3{margin:1em 0 .2em;font-size:1.05em}
 p.lede{margin:.1em 0 .5em}
-p.setup{margin:.1em 0 .5em;font-size:.9em}
+div.findings-head{display:flex;align-items:center;gap:1em}
+p.setup{margin:.3em 0 0;font-size:.85em}
 p.setup.far{border-left:4px solid #d9a400;padding-left:.6em;background:#fff8e1}
 table.setup-table{font-size:12.5px;margin:.3em 0 .8em}table.setup-table td{white-space:normal}
 table.verdicts{font-size:13px;width:100%}table.verdicts td{vertical-align:middle;white-space:normal}
@@ -165,10 +166,11 @@ TEMPLATE = r"""<!DOCTYPE html>
 read from the study's files only (no checkpoint is loaded, no metric computed).</p>
 
 <section id="summary" class="summary">
-<h2>Findings</h2>
+<div class="findings-head"><h2>Findings</h2>
+{%- if summary.setup %}<p id="setup-distance" class="setup{% if summary.setup.far %} far{% endif %}"
+ title="{{ summary.setup.line }}">{{ summary.setup.short }}
+<a href="#setup-table">Details</a></p>{% endif %}</div>
 <p class="lede">{{ summary.lede }}</p>
-{% if summary.setup %}<p id="setup-distance" class="setup{% if summary.setup.far %} far{% endif %}">
-{{ summary.setup.line }} <a href="#setup-table">Setup beside the paper's</a>.</p>{% endif %}
 {% if summary.claims %}
 <table class="verdicts" id="verdicts"><thead><tr><th>#</th><th>claim (docs/study.md &sect;5)</th><th>verdict</th>
 <th>what the verdict compared</th></tr></thead><tbody>
@@ -209,7 +211,8 @@ difference is not claimed. Every pair is in the <a href="#matched">matched-perpl
 {% endfor %}</ul></nav>
 
 <h2 id="overview">Overview</h2>
-{% if summary.setup %}<table id="setup-table" class="setup-table"><thead><tr><th>aspect</th><th>this study</th>
+{% if summary.setup %}<p class="note">{{ summary.setup.line }}</p>
+<table id="setup-table" class="setup-table"><thead><tr><th>aspect</th><th>this study</th>
 <th>the paper's protocol</th></tr></thead><tbody>
 {% for r in summary.setup.rows %}<tr><td>{{ r["aspect"] }}</td><td>{{ r["this study"] }}</td>
 <td>{{ r["the paper"] }}</td></tr>{% endfor %}</tbody></table>{% endif %}

@@ -258,12 +258,13 @@ def summary(study: Study, findings: Findings | None, claims: dict[str, Any], mat
     scales = sorted({str(r["scale"]) for r in records})
     seeds = study.seeds
     lede = (f"{len(records)} runs: {len(methods)} methods × {len(scales)} scale{'s' * (len(scales) > 1)} "
-            f"({', '.join(scales)}) × {len(seeds)} seed{'s' * (len(seeds) > 1)}, at each run's final checkpoint. "
-            f"A verdict compares seed means and 95% CIs (plots: dot = mean, bar = CI; hover for the numbers); "
-            f"ranges that overlap read 'inconclusive'."
+            f"({', '.join(scales)}) × {len(seeds)} seed{'s' * (len(seeds) > 1)}, final checkpoints; a verdict compares "
+            f"seed means and 95% CIs (dot, bar; hover), and overlapping ranges read 'inconclusive'."
             + (" One seed: points only, compared as they are." if len(seeds) < 2 else ""))
     head_ok = findings is not None and findings.status("headline").get("available")
     setup = findings.setup() if findings is not None else None
+    if setup is not None:
+        setup.setdefault("short", setup.get("line", ""))
     return {"lede": lede, "setup": setup,
             "claims": verdict_rows(claims.get("objects", [])) if claims.get("available") else [],
             "claims_message": "" if claims.get("available") else claims.get("message", ""),

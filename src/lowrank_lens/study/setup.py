@@ -92,4 +92,9 @@ def setup_distance(spec: dict[str, Any], runs: list[Any]) -> dict[str, Any]:
     if far:
         line += (" These verdicts describe this setup; they do not test the paper's claims, which were made at "
                  "the paper's protocol.")
-    return {"rows": rows, "line": line, "far": far}
+    # One line for the first screen, beside the verdicts: this setup, then the paper's.
+    short = (f"This setup: {ours['parameters']} parameters · {ours['tokens per parameter']} tokens/parameter · "
+             f"lr {'tuned' if lr_tuned else 'not tuned'} for this shape · {ours['seeds'].split(' ')[0]} "
+             f"seed{'s' * (len(seeds) != 1)}. The paper: 58M-368M · about 20 · official lrs · 1."
+             + (" Not a test of its claims." if far else ""))
+    return {"rows": rows, "line": line, "short": short, "far": far}
