@@ -1,6 +1,6 @@
 """Gather the ladder's three studies (scripts/ladder.sh) into the published folder docs/results/ladder/:
 
-    <size>/report/         the study's report (index.html, figures, tables), as rendered
+    <size>/report/         the study's report (index.html, figures, tables), as rendered (PNGs quantized)
     <size>/findings/       the findings stage's files (statistics, matched perplexity, claims, setup)
     <size>/tune.csv        every proxy run of the tune stage, the chosen lr marked
     ppl.csv                final validation perplexity per size and method (mean, 95% CI over seeds, rank)
@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,9 +43,20 @@ def copy_tree(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest)
 
 
+def shrink_figures(folder: Path) -> None:
+    """Quantize the report's PNGs (Debian's pngquant, when installed: about a third of the bytes, the
+    figures unchanged to the eye), so the published folder stays small."""
+    if shutil.which("pngquant") is None:
+        print("pngquant not found (apt-get install pngquant): figures copied as they are")
+        return
+    for png in folder.rglob("*.png"):
+        subprocess.run(["pngquant", "--quality", "65-90", "--skip-if-larger", "--force", "--ext", ".png", str(png)],
+                       check=False)
+
+
 def size_info(study: Path) -> dict:
     spec = json.loads((study / "study.json").read_text())["spec"]
-    run = next((study / "runs").iterdir())
+    run = study / "runs" / "micro-full-rank-seed0"  # the dense model: the size the ladder is matched on
     meta = sorted((run / "ckpt").glob("step_*"))[-1] / "meta.json"
     m = json.loads(meta.read_text())
     params = m["memory"]["params_total"]
@@ -60,6 +72,7 @@ def main(studies: Path, dest: Path) -> None:
         study = studies / f"ladder-{size}"
         info = size_info(study)
         copy_tree(study / "report", dest / size / "report")
+        shrink_figures(dest / size / "report")
         copy_tree(study / "findings", dest / size / "findings")
         shutil.copyfile(study / "tune" / "tune.csv", dest / size / "tune.csv")
         shutil.copyfile(study / "timings.json", dest / size / "timings.json")
@@ -93,9 +106,11 @@ def markdown(ppl, claims, matched, sizes, wall) -> str:
             for s, i in sizes]
     out += ["", "## Final validation perplexity (mean over 3 seeds, 95% CI), best first, with the tuned lr", ""]
     for s, _ in sizes:
-        out += [f"**{s}**", "", "| rank | method | val_ppl | 95% CI | lr (x preset) | tune note |", "|---|---|---|---|---|---|"]
-        out += [f"| {r['rank']} | {r['method']} | {r['val_ppl_mean']:.2f} | [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | "
-                f"{float(r['lr']):g} (x{float(r['lr_x_preset']):g}) | {r['tune_note']} |" for r in ppl if r["size"] == s]
+        out += [f"**{s}**", "", "| rank | method | val_ppl | 95% CI | lr (x preset) | tune note |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {r['rank']} | {r['method']} | {r['val_ppl_mean']:.2f} | [{r['ci_low']:.2f}, {r['ci_high']:.2f}] "
+                f"| {float(r['lr']):g} (x{float(r['lr_x_preset']):g}) | {r['tune_note']} |"
+                for r in ppl if r["size"] == s]
         out.append("")
     out += ["## Claims (docs/study.md §5) per size, beside the paper's", "",
             "| claim | " + " | ".join(s for s, _ in sizes) + " | paper (60m-350m) |",
