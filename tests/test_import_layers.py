@@ -109,4 +109,4 @@ def test_the_report_renders_and_imports_nothing_of_the_study():
 
 def test_the_graph_sees_function_level_imports():
     graph = import_graph()
-    assert "lowrank_lens.report" in graph["lowrank_lens.study.runner"]  # imported inside run_study
+    assert "lowrank_lens.report" in graph["lowrank_lens.study.stage_table"]  # imported inside _report
