@@ -100,7 +100,7 @@ def plan_proxies(spec: StudySpec) -> list[ProxyRun]:
 
 
 def _step(grid: list[float]) -> float:
-    """The factor between the grid's two outermost points on a side (2 for the default grid)."""
+    """One grid step: the factor between the grid's two smallest points (2 for the default grid)."""
     g = sorted(grid)
     return g[1] / g[0] if len(g) > 1 else 2.0
 
