@@ -1,7 +1,7 @@
 """Gather the ladder's three studies (scripts/ladder.sh) into the published folder docs/results/ladder/:
 
     <size>/report/         the study's report (index.html, figures, tables), as rendered (PNGs quantized)
-    <size>/findings/       the findings stage's files (statistics, matched perplexity, claims, setup)
+    <size>/findings/       the findings stage's records (claims, setup, headline; its tables are in report/tables)
     <size>/tune.csv        every proxy run of the tune stage, the chosen lr marked
     ppl.csv                final validation perplexity per size and method (mean, 95% CI over seeds, rank)
     claims.csv             each claim's verdict per size
@@ -73,7 +73,10 @@ def main(studies: Path, dest: Path) -> None:
         info = size_info(study)
         copy_tree(study / "report", dest / size / "report")
         shrink_figures(dest / size / "report")
-        copy_tree(study / "findings", dest / size / "findings")
+        # The findings' tables are in the report's tables/ already; keep the findings stage's own records.
+        (dest / size / "findings").mkdir(parents=True, exist_ok=True)
+        for name in ("findings.json", "claims.json", "setup.json", "headline.csv"):
+            shutil.copyfile(study / "findings" / name, dest / size / "findings" / name)
         shutil.copyfile(study / "tune" / "tune.csv", dest / size / "tune.csv")
         shutil.copyfile(study / "timings.json", dest / size / "timings.json")
         head = [r for r in read_csv(study / "findings" / "headline.csv") if r["column"] == "final_val_ppl"]
