@@ -165,10 +165,11 @@ def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES
 
     out = Path(out)
     write_study_record(spec, out)
+    chosen = set(stages) | {need for st in STAGE_TABLE if st.name in stages for need in st.needs}
     timings: dict[str, float] = {}
     result = out
     for stage in STAGE_TABLE:
-        if stage.name not in stages or not stage.applies(spec) or any(s in stages for s in stage.included_in):
+        if stage.name not in chosen or not stage.applies(spec):
             continue
         if stage.name == "report":
             _save_timings(out, timings)  # the report shows them

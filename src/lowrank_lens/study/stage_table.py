@@ -11,8 +11,8 @@ entry here.
     analyze     every metric over every checkpoint (shares of the units of work as jobs) -> analysis/
     downstream  zero-shot accuracy of every run's final checkpoint                       -> downstream/
     predict     downstream accuracy from perplexity vs perplexity + metrics               -> prediction/
-    findings    statistics, matched perplexity, claims                                    -> findings/
-    report      findings first, then the page                                             -> report/
+    findings    statistics, matched perplexity, claims, setup vs the paper's              -> findings/
+    report      the page (choosing it runs the findings first)                            -> report/
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ class Stage:
     after: tuple[str, ...] = ()
     """Stages whose jobs must end well first (Slurm afterok)."""
     applies: Callable[[StudySpec], bool] = field(default=lambda spec: True)
-    included_in: tuple[str, ...] = ()
-    """Stages that run this one themselves (the report computes the findings first)."""
+    needs: tuple[str, ...] = ()
+    """Stages that run before this one whenever it runs (the report recomputes the findings first)."""
     output: str = ""
     """What a finished stage leaves in the study folder (--status)."""
 
@@ -142,7 +142,6 @@ def _findings(spec: StudySpec, out: Path) -> Path:
 def _report(spec: StudySpec, out: Path) -> Path:
     from ..report import write_report
 
-    _findings(spec, out)
     return write_report(out)
 
 
@@ -159,8 +158,9 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage("downstream", _downstream, _share_jobs("downstream"), after=("train",),
           applies=lambda spec: bool(spec.downstream_tasks), output="downstream/downstream.csv"),
     Stage("predict", _predict, output="prediction"),
-    Stage("findings", _findings, included_in=("report",), output="findings/index.json"),
-    Stage("report", _report, _report_jobs, after=("analyze", "downstream"), output="report/index.html"),
+    Stage("findings", _findings, output="findings/findings.json"),
+    Stage("report", _report, _report_jobs, after=("analyze", "downstream"), needs=("findings",),
+          output="report/index.html"),
 )
 """In the order they run; runner.STAGES lists the same names."""
 
