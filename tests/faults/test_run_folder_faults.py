@@ -238,6 +238,28 @@ def test_a_second_trainer_of_the_same_run_is_refused(nano_run, tmp_path, capsys,
     assert code == 0  # released: the lock never outlives its holder
 
 
+def test_a_hard_linked_copy_of_a_run_locks_its_own_file_never_the_originals(nano_run, tmp_path):
+    """`cp -al A B; resume B` (issue 25 §4): B's lock neither writes through to A's .lock nor waits on A's
+    trainer, and still keeps a second trainer out of B."""
+    a = _copy(nano_run, tmp_path / "A")
+    held = RunLock(a)  # A is training
+    try:
+        subprocess.run(["cp", "-al", str(a), str(tmp_path / "B")], check=True)
+        b = tmp_path / "B"
+        assert os.stat(b / ".lock").st_ino == os.stat(a / ".lock").st_ino  # the copy shares A's lock file
+        before = ((a / ".lock").read_bytes(), os.stat(a / ".lock").st_ino)
+        lock_b = RunLock(b)  # not refused because of A's trainer
+        try:
+            assert ((a / ".lock").read_bytes(), os.stat(a / ".lock").st_ino) == before
+            assert os.stat(b / ".lock").st_ino != before[1] and os.stat(a / ".lock").st_nlink == 1
+            with pytest.raises(LensError, match="another process .* is training in"):
+                RunLock(b)
+        finally:
+            lock_b.release()
+    finally:
+        held.release()
+
+
 @pytest.mark.slow
 def test_two_trainers_started_together_one_wins_and_the_log_has_no_repeats(tmp_path):
     from lens_testutil import PYTHON, cli_env

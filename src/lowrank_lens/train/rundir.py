@@ -97,11 +97,18 @@ def forget_unused_run_dir(run_dir: Path) -> None:
 
 class RunLock:
     """Exclusive flock(2) on <run>/.lock, held until release() (or the process ends: the kernel drops it,
-    so a killed run never leaves a stale lock). On a file system without locks it warns and goes on."""
+    so a killed run never leaves a stale lock). On a file system without locks it warns and goes on.
+
+    A run folder copied with hard links (`cp -al A B`) shares A's .lock file: B's first lock replaces its own
+    name with a fresh file (under a brief lock on B's folder, so two starters in B agree on one file) and never
+    writes through to A's lock, nor waits on a process training A."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK
-        self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        self.fd: int | None = None
+        with _folder_lock(run_dir):
+            _unshare(self.path)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -120,6 +127,34 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor drops the lock
             self.fd = None
+
+
+class _folder_lock:
+    """A short flock on the run folder itself: serializes the unshare-and-open step of RunLock."""
+
+    def __init__(self, folder: Path) -> None:
+        self.fd = os.open(folder, os.O_RDONLY)
+
+    def __enter__(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError:  # no locks on this file system: RunLock warns about it just after
+            pass
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+
+def _unshare(path: Path) -> None:
+    """Give `path` its own inode when another name (a hard-linked copy of the run) shares it."""
+    try:
+        if os.stat(path).st_nlink <= 1:
+            return
+    except FileNotFoundError:
+        return
+    fresh = path.with_name(f"{path.name}.{os.getpid()}.new")
+    fresh.write_bytes(b"")
+    os.replace(fresh, path)
 
 
 def check_restartable(run_dir: Path) -> None:
