@@ -4,6 +4,9 @@
 #   bash scripts/ladder.sh [STUDIES_DIR]        (default: studies/; about an hour on 2 idle cores)
 set -euo pipefail
 out=${1:-studies}
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$out"
+: > "$out/ladder-wall.txt"
 start=$(date +%s)
 for size in xs s m; do
   t0=$(date +%s)
@@ -11,4 +14,4 @@ for size in xs s m; do
   echo "ladder-$size: $(( $(date +%s) - t0 )) s" | tee -a "$out/ladder-wall.txt"
 done
 echo "ladder: $(( $(date +%s) - start )) s in all" | tee -a "$out/ladder-wall.txt"
-python "$(dirname "$0")/ladder_results.py" "$out" docs/results/ladder
+python "$root/scripts/ladder_results.py" "$out" "$root/docs/results/ladder"

@@ -55,17 +55,16 @@ def shrink_figures(folder: Path) -> None:
 
 
 def size_info(study: Path) -> dict:
-    spec = json.loads((study / "study.json").read_text())["spec"]
     run = study / "runs" / "micro-full-rank-seed0"  # the dense model: the size the ladder is matched on
     meta = sorted((run / "ckpt").glob("step_*"))[-1] / "meta.json"
     m = json.loads(meta.read_text())
     params = m["memory"]["params_total"]
-    return {"spec": spec, "params": params, "tokens": m["tokens"], "tokens_per_param": m["tokens"] / params}
+    return {"params": params, "tokens": m["tokens"], "tokens_per_param": m["tokens"] / params}
 
 
 def main(studies: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    ppl, claims, matched, lrs = [], [], [], []
+    ppl, claims, matched, sizes = [], [], [], []
     wall = (studies / "ladder-wall.txt").read_text().strip().splitlines() if (studies / "ladder-wall.txt").is_file() \
         else []
     for size in SIZES:
@@ -94,12 +93,12 @@ def main(studies: Path, dest: Path) -> None:
                 matched.append({"size": size, "column": r["column"], "method_a": r["method_a"],
                                 "method_b": r["method_b"], "mean_a": r["mean_a"], "mean_b": r["mean_b"],
                                 "p_adjusted": r["p_adjusted"]})
-        lrs.append((size, info))
+        sizes.append((size, info))
     write_csv(ppl, dest / "ppl.csv")
     write_csv(claims, dest / "claims.csv")
     if matched:
         write_csv(matched, dest / "matched.csv")
-    (dest / "tables.md").write_text(markdown(ppl, claims, matched, lrs, wall))
+    (dest / "tables.md").write_text(markdown(ppl, claims, matched, sizes, wall))
     print(f"ladder results: {dest}")
 
 

@@ -129,8 +129,7 @@ def runs_section(study: Study, fig_dir: Path, fig_href: str, tables_dir: Path, h
         write_csv(tune_rows, tables_dir / "tune.csv")
         figs.append({"src": f"{fig_href}/{sensitivity.name}", "caption": "learning-rate sensitivity (the tune "
                      "stage): each proxy run's final validation loss vs its lr, one line per method; ring: the lr "
-                     f"the study trained with; cross: diverged. Every proxy: <a href=\"{href}/tune.csv\">tune.csv"
-                     "</a>"})
+                     f"the study trained with; cross: diverged. Every proxy: {href}/tune.csv"})
     note = PPL_NOTE + (" " + sources_note(cited) if cited else "")
     return {"note": note, "table": make_table(rows, cols, csv=f"{href}/runs.csv"), "figures": figs}
 

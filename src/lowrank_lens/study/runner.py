@@ -54,30 +54,28 @@ def train_command(run: PlannedRun, runs_dir: Path, gpus: int) -> str:
 
 
 def describe_plan(spec: StudySpec, out: Path) -> str:
-    runs = plan_runs(spec)
-    lines = [f"study {spec.name}: {len(runs)} runs ({len(spec.methods)} methods x {len(spec.scales)} scales x "
-             f"{len(spec.seeds)} seeds) in {out}", ""]
-    tuned = None
+    tuned, head = None, []
     if spec.tune:
         from ..errors import LensError
-        from .tune import plan_proxies, tuned_lrs
+        from .tune import plan_proxies, tune_protocol, tuned_lrs
 
-        proxies = plan_proxies(spec)
-        steps = f"{spec.tune_fraction:g} of the run's steps" if spec.tune_fraction < 1 else "the run's own steps"
-        grid = ", ".join(f"{m:g}" for m in spec.tune_grid)
-        lines += [f"tune: {len(proxies)} proxy runs first (the preset lr x {grid}, {steps}, seed {spec.tune_seed}); "
-                  f"each (scale, method) then trains with the lr of the lowest final validation loss", ""]
+        head = [f"tune: {len(plan_proxies(spec))} proxy runs first ({tune_protocol(spec)}); each (scale, method) then "
+                f"trains with the lr of the lowest final validation loss", ""]
         try:
             tuned = tuned_lrs(spec, out)
         except LensError:  # not tuned yet: the runs show the preset's lr, marked
             pass
+    runs = plan_runs(spec, tuned)
+    pending = spec.tune and not tuned
+    lines = [f"study {spec.name}: {len(runs)} runs ({len(spec.methods)} methods x {len(spec.scales)} scales x "
+             f"{len(spec.seeds)} seeds) in {out}", "", *head]
     lines.append(f"{'run':34s} {'steps':>7s} {'batch':>6s} {'lr':>8s}  status")
-    for r in plan_runs(spec, tuned) if tuned else runs:
+    for r in runs:
         status = "done" if is_finished(out / "runs" / r.run_name, r.cfg.train.steps) else "to train"
-        lr = f"{r.cfg.optim.lr:8.2g}" + ("*" if spec.tune and not tuned else " ")
+        lr = f"{r.cfg.optim.lr:8.2g}" + ("*" if pending else " ")
         lines.append(f"{r.run_name:34s} {r.cfg.train.steps:7d} {r.cfg.train.total_batch_size:6d} {lr} {status}")
-    if spec.tune and not tuned:
-        lines.append("* the preset's lr; the tune stage replaces it")
+    if pending:
+        lines.append("* the preset's lr; the tune stage replaces it (the commands below carry it once tuned)")
     lines += ["", "commands:"] + [train_command(r, out / "runs", spec.gpus_per_run) for r in runs]
     lines += ["", f"then: lowrank-lens study <this study> --out {out}  (skips finished runs; analyses, evaluates, "
                   f"reports)"]

@@ -251,16 +251,18 @@ def run_names(spec: StudySpec) -> list[str]:
     return [r.run_name for r in plan_runs(spec)] + [r.run_name for r in imported_runs(spec.imported)]
 
 
-def plan_runs(spec: StudySpec, tuned: dict[tuple[str, str], float] | None = None) -> list[PlannedRun]:
+def plan_runs(spec: StudySpec, tuned: dict[tuple[str, str], float] | None = None,
+              seeds: list[int] | None = None) -> list[PlannedRun]:
     """The resolved grid, scale-major (small scales first), then method, then seed. `tuned` ({(scale, method):
-    lr}, from the tune stage: study/tune.py) sets each run's optim.lr after the study's overrides."""
+    lr}, from the tune stage: study/tune.py) sets each run's optim.lr after the study's overrides; `seeds`
+    plans only those of the study's seeds."""
     from ..presets import build_config
     from ..run_files import run_name
 
     out = []
     for scale in spec.scales:
         for method in spec.methods:
-            for seed in spec.seeds:
+            for seed in spec.seeds if seeds is None else seeds:
                 lr = (tuned or {}).get((scale, method))
                 ov = (*spec.overrides, *spec.scale_overrides.get(scale, ()), *spec.method_overrides.get(method, ()),
                       *([f"optim.lr={lr!r}"] if lr is not None else []), f"train.seed={seed}")

@@ -83,17 +83,18 @@ def study_status(folder: str | Path) -> str:
     lines += ["", "runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), "stages:"]
     from .stage_table import STAGE_TABLE
 
-    for stage in STAGE_TABLE:
-        if stage.name == "tune" and spec.tune:
-            lines.append(f"  {'tune':10s} {_tune_state(spec, folder, status)}")
-        elif stage.output and stage.jobs and stage.name != "tune" and stage.applies(spec):
-            lines.append(f"  {stage.name:10s} {_stage_state(folder, stage.name, status, folder / stage.output)}")
+    for stage in STAGE_TABLE:  # the stages that run as their own jobs and leave an output (runs: listed above)
+        if stage.jobs is None or not stage.output or not stage.applies(spec):
+            continue
+        state = (_tune_state(spec, folder, status) if stage.name == "tune"
+                 else _stage_state(folder, stage.name, status, folder / stage.output))
+        lines.append(f"  {stage.name:10s} {state}")
     return "\n".join(lines)
 
 
 def _tune_state(spec: Any, folder: Path, status: dict[str, dict[str, Any]]) -> str:
     """How many proxy runs are done or diverged, what is left; when settled, the chosen lr of each (scale, method)."""
-    from .tune import DIVERGED_STATE, groups, tuned_lrs
+    from .tune import DIVERGED_STATE, choose, groups
 
     failed = [r for u, r in status.items() if u.startswith(("tune/", "tune-round/")) and r["state"] == "failed"]
     if failed:
@@ -110,5 +111,5 @@ def _tune_state(spec: Any, folder: Path, status: dict[str, dict[str, Any]]) -> s
     if pending or extending:
         return f"{counts} done" + (f", {pending} of the grid to do" if pending else "") + \
             (f", {extending} lr(s) past an edge to try" if extending else "")
-    chosen = tuned_lrs(spec, folder) or {}
-    return f"done ({counts}); lr " + ", ".join(f"{scale} {method} {lr:g}" for (scale, method), lr in chosen.items())
+    return f"done ({counts}); lr " + ", ".join(f"{scale} {method} {choose(g.rows)['lr']:g}"
+                                              for (scale, method), g in found.items())

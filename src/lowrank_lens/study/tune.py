@@ -73,7 +73,7 @@ def _proxy_overrides(spec: StudySpec, base: PlannedRun, lr: float) -> list[str]:
 
 def _bases(spec: StudySpec) -> dict[tuple[str, str], PlannedRun]:
     """One planned run per (scale, method): the config the proxies vary."""
-    return {(r.scale, r.method): r for r in plan_runs(spec) if r.seed == spec.seeds[0]}
+    return {(r.scale, r.method): r for r in plan_runs(spec, seeds=spec.seeds[:1])}
 
 
 def make_proxy(spec: StudySpec, base: PlannedRun, multiplier: float) -> ProxyRun:
@@ -159,7 +159,6 @@ def proxy_state(proxy: ProxyRun, runs_dir: Path) -> str:
 
 def train_proxy(proxy: ProxyRun, runs_dir: Path) -> str:
     """Train (or resume) one proxy; a divergence is recorded, not raised. Returns its state."""
-    from ..atomic import write_json_atomic as write
     from ..train import train
 
     state = proxy_state(proxy, runs_dir)
@@ -168,7 +167,7 @@ def train_proxy(proxy: ProxyRun, runs_dir: Path) -> str:
     try:
         train(proxy.run.cfg, runs_dir, run_name=proxy.run.run_name, resume=True)
     except TrainingDiverged as e:
-        write(runs_dir / proxy.run.run_name / DIVERGED, {"step": e.step, "error": str(e)})
+        write_json_atomic(runs_dir / proxy.run.run_name / DIVERGED, {"step": e.step, "error": str(e)})
         log.info(f"tune: {proxy.run.run_name} diverged at step {e.step} (a data point, not an error)")
         return DIVERGED_STATE
     return OK
@@ -298,8 +297,14 @@ def write_tune_table(spec: StudySpec, study_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def tune_note(spec: StudySpec, lr: float) -> str:
+def tune_protocol(spec: StudySpec) -> str:
+    """The stage's rule in a phrase: grid, extension, proxy length, selection seed."""
     steps = f"{spec.tune_fraction:g} of the run's steps" if spec.tune_fraction < 1 else "the run's own steps"
     extend = f" + up to {spec.tune_extend} past an edge" if spec.tune_extend else ""
+    grid = ", ".join(f"{m:g}" for m in spec.tune_grid)
+    return f"the preset lr x {grid}{extend}, {steps}, seed {spec.tune_seed}"
+
+
+def tune_note(spec: StudySpec, lr: float) -> str:
     return (f"optim.lr {lr:g} chosen by the study's tune stage (tune/tune.csv: lowest final validation loss over "
-            f"the preset lr x {', '.join(f'{m:g}' for m in spec.tune_grid)}{extend}, {steps}, seed {spec.tune_seed})")
+            f"{tune_protocol(spec)})")
