@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from ..data.cache import load_token_rows
 from ..errors import LensError
+from ..progress import Progress
 from ..train.loading import LoadedCheckpoint, dense_model, load_checkpoint, parse_device
 from .maths.loss import prepare_batches
 from .subjects import CheckpointRef, RunRef
@@ -27,7 +27,7 @@ from .subjects import CheckpointRef, RunRef
 log = logging.getLogger("lowrank_lens")
 
 PROGRESS_AFTER_S = 5.0
-"""Loops shorter than this log no progress lines."""
+"""Loops shorter than this show no progress (no bar, no line)."""
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 VAL_TOKENS_FIX = ("training writes it once from the data cache: restore it, or evaluate on other rows with "
                   "--token-file FILE.npy")
@@ -68,6 +68,7 @@ class Context:
         self._max_loaded = max_loaded
         self._rows: dict[tuple[str, int], np.ndarray] = {}
         self._batches: dict[str, list[dict[str, torch.Tensor]]] = {}
+        self._progress: Progress | None = None
 
     # ---- evaluation tokens ---------------------------------------------------------------------
     def rows(self, run: RunRef) -> np.ndarray:
@@ -134,12 +135,20 @@ class Context:
 
     # ---- progress ------------------------------------------------------------------------------
     def progress(self, desc: str, done: int, total: int, start: float) -> None:
-        """One log line per ~10% of a loop that has been running for PROGRESS_AFTER_S (and at its end); quick
-        loops stay silent, so a study's log shows progress, not a line per Hessian-vector product."""
-        if total <= 0:
-            return
-        every = max(1, total // 10)
-        elapsed = time.perf_counter() - start
-        if elapsed >= PROGRESS_AFTER_S and (done == total or done % every == 0):
-            eta = elapsed / max(done, 1) * (total - done)
-            log.info(f"    {desc}: {done}/{total} ({elapsed:.1f}s, eta {eta:.1f}s)")
+        """`done` of the `total` items of the loop `desc` that began at `start` (time.perf_counter()) are done.
+
+        Quick loops (under PROGRESS_AFTER_S) stay silent; a longer one draws a bar on a terminal and logs at
+        most progress.MAX_LINES lines elsewhere, whatever its length (progress.py), so a study's log shows
+        progress, not a line per Hessian-vector product. A call for another loop, reaching `total`, or
+        end_progress() ends the current one."""
+        p = self._progress
+        if p is None or p.closed or (p.desc, p.total, p.start) != (desc, max(0, total), start):
+            self.end_progress()
+            p = self._progress = Progress(desc, total, start=start, after_s=PROGRESS_AFTER_S)
+        p.update(done)
+
+    def end_progress(self) -> None:
+        """Close the current loop's progress (its bar), e.g. a loop that stopped before its total."""
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None

@@ -77,11 +77,11 @@ def run_metric(metric: Metric, runs: list[RunRef], steps: list[int] | None, refe
     t0 = time.perf_counter()
     for i, subject in enumerate(subjects, 1):
         result, how = cached_or_computed(metric, subject, ctx, force, cache_dir)
-        if how == "cached":
+        if how == "cached":  # counted in the metric's summary line, not one line per subject
             out.cached += 1
         else:
             out.computed += 1
-        log.info(f"[{metric.name} {i}/{len(subjects)}] {_where(subject)}: {how}")
+            log.info(f"[{metric.name} {i}/{len(subjects)}] {_where(subject)}: {how}")
         out.results.append(result)
         row = {"metric": metric.name, **result.subject}
         if result.skipped:
@@ -112,7 +112,10 @@ def cached_or_computed(metric: Metric, subject: Subject, ctx: Context, force: bo
         how = f"combined from {len(pieces)} pieces"
     else:
         start = time.perf_counter()
-        result = metric.compute(subject, ctx)
+        try:
+            result = metric.compute(subject, ctx)
+        finally:
+            ctx.end_progress()  # a loop that stopped before its total (Lanczos breakdown) keeps no bar open
         result.info.setdefault("seconds", time.perf_counter() - start)
         how = f"skipped ({result.skipped})" if result.skipped else f"{result.info['seconds']:.1f}s"
     _provenance(result, metric, ctx)
@@ -140,7 +143,10 @@ def compute_unit(unit: Unit, ctx: Context, force: bool = False, cache_dir: str |
     elif store.get(metric.name, key) is not None or store.get(metric.name, part_key) is not None:
         return False
     start = time.perf_counter()
-    piece = metric.compute_part(subject, ctx, unit.part, unit.parts)
+    try:
+        piece = metric.compute_part(subject, ctx, unit.part, unit.parts)
+    finally:
+        ctx.end_progress()
     piece.info["seconds"] = time.perf_counter() - start
     store.put(part_key, piece)
     log.info(f"[{metric.name} piece {unit.part + 1}/{unit.parts}] {_where(subject)}: {piece.info['seconds']:.1f}s")
