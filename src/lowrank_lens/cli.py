@@ -24,7 +24,7 @@ from .cli_options import (
     resolve_config,
     writable_folder,
 )
-from .errors import LensError
+from .errors import LensError, Terminated
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train LLaMA-style models with full-rank and low-rank methods; study the solutions.")
@@ -352,7 +352,17 @@ def list_things() -> None:
         typer.echo(f"  {name:22s} [{m.dimension}, {m.subject_kind}] {m.definition}")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main() -> None:
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig, handler in before.items():  # clean up as for Ctrl-C, instead of dying mid-write
+        if handler is signal.SIG_DFL:  # not under nohup, nor a caller's own handler
+            signal.signal(sig, _terminate)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("httpx", "datasets", "huggingface_hub", "filelock", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -362,6 +372,12 @@ def main() -> None:
         # One line whatever the message quotes (a library's multi-line text): scripts grep for `error: `.
         typer.echo("error: " + " ".join(str(e).split("\n")), err=True)
         sys.exit(2)
+    except Terminated as e:
+        typer.echo(f"stopped by signal {e.signum}: finished files kept, half-written ones removed", err=True)
+        sys.exit(128 + e.signum)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,12 @@ DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 """What train/distributed.py resolve_device understands."""
 INT_LIMIT = 2**63
 """Every int field fits int64, the integer type torch and numpy hand these values to."""
+MODEL_LIMITS = {"hidden_size": 2**16, "intermediate_size": 2**18, "num_layers": 2**10, "num_heads": 2**10,
+                "vocab_size": 2**20, "max_seq_len": 2**24}
+"""Upper bounds of the model's sizes, far past any real run (the largest published models have hidden 16 384,
+intermediate 53 248, 126 layers, 128 heads, vocabularies of 262 144 and 10M-token contexts): a value beyond
+one is a typo, refused before a tokenizer, an embedding or a layer table is built for it. Whether a config
+within them fits the device is train/fits.py's check, also made before anything is allocated."""
 TRAIN_SEED_LIMIT = 2**30
 """train.seed bound: the loop seeds each micro-batch with (seed * 1_000_003 + step) * 10_007 + index
 (train/loop.py `_micro_seed`), and torch.manual_seed takes at most 2**64 - 1; 2**30 leaves room for
@@ -110,8 +116,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
-        for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "vocab_size", "max_seq_len"):
-            _check(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
+        for name, limit in MODEL_LIMITS.items():
+            value = getattr(self, name)
+            _check(0 < value <= limit, f"model.{name} must be in [1, {limit}] (no real model needs more), got "
+                                       f"{_show(value)}")
         _check(self.hidden_size % self.num_heads == 0,
                f"model.hidden_size {self.hidden_size} is not divisible by model.num_heads {self.num_heads}")
         # RoPE rotates pairs of coordinates: an odd head dimension fails inside the first forward pass.

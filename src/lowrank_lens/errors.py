@@ -18,6 +18,16 @@ class TrainingDiverged(LensError):
         self.step = step
 
 
+class Terminated(BaseException):
+    """SIGTERM (or SIGHUP) arrived: raised in the main thread like KeyboardInterrupt, so every `finally` and
+    `except BaseException` cleans up (a half-built import or report is removed) before the CLI exits 128 +
+    the signal's number. A BaseException, so no `except Exception` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception's text (a library's message may span several), for one-line errors."""
     text = str(e).strip()

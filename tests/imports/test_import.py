@@ -121,10 +121,11 @@ def test_an_unknown_architecture_needs_its_target_patterns(tmp_path, tokenizer):
 
 def test_bad_sources_fail_in_one_line_and_leave_nothing(series, tmp_path):
     cases = []
-    bare = tmp_path / "bare"  # weights without a tokenizer: the default rows cannot be built
+    bare = tmp_path / "bare"  # weights without a tokenizer: a text --tokens file cannot be tokenized
     shutil.copytree(series["gpt2"] / "checkpoint-0", bare / "checkpoint-0",
                     ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*"))
-    cases.append((str(bare), {}, "has no tokenizer files"))
+    (tmp_path / "text.txt").write_text("some text\n\nmore text\n")
+    cases.append((str(bare), {"tokens": str(tmp_path / "text.txt")}, "has no tokenizer files"))
     unnamed = tmp_path / "unnamed"
     shutil.copytree(series["gpt2"] / "checkpoint-0", unnamed / "final")
     cases.append((str(unnamed), {}, "cannot tell the training step of final"))

@@ -15,6 +15,7 @@ DIR/<run-id>/<metric>/ with the same keys: the run folder is then only read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -27,6 +28,7 @@ import numpy as np
 
 from ..atomic import atomic_path, write_json_atomic
 from ..errors import LensError
+from ..locks import FileLock
 from .base import Result
 
 ANALYSIS_DIR = "analysis"
@@ -62,6 +64,15 @@ class ResultStore:
             return None  # unreadable entry: recompute (it is rewritten atomically)
         return Result(metric=d["metric"], subject=d["subject"], scalars=d["scalars"], arrays=arrays,
                       info=d["info"], skipped=d.get("skipped", ""))
+
+    def lock(self, metric: str, key: str, what: str) -> FileLock | contextlib.nullcontext:
+        """Held while this process computes the result `key`: a second process asking for it waits, then
+        reads it from the cache instead of computing it again. Where no lock file can be made (a read-only
+        cache) there is nothing to share: compute, and let put() say what is wrong."""
+        try:
+            return FileLock(self.root / metric / f"{key}.lock", wait=True, what=what)
+        except OSError:
+            return contextlib.nullcontext()
 
     def put(self, key: str, result: Result) -> Path:
         meta_path, arr_path = self._paths(result.metric, key)

@@ -85,6 +85,13 @@ class Context:
             self._rows[key] = np.ascontiguousarray(rows[: self.settings.sequences])
         return self._rows[key]
 
+    def missing_rows(self, run: RunRef) -> str:
+        """Why `run` has no evaluation rows to read ('' when it has them): an import of a checkpoint without a
+        tokenizer keeps no val_tokens.npy, and the metrics that evaluate say what to pass instead."""
+        if self.settings.token_file or run.data.get("rows") != 0 or (run.run_dir / "val_tokens.npy").exists():
+            return ""
+        return "no evaluation rows: imported without a tokenizer; pass --token-file ROWS.npy"
+
     def token_key(self, run: RunRef) -> str:
         """Content hash of the evaluation rows and how they are batched and scored."""
         rows = self.rows(run)

@@ -96,15 +96,27 @@ def run_metric(metric: Metric, runs: list[RunRef], steps: list[int] | None, refe
 def cached_or_computed(metric: Metric, subject: Subject, ctx: Context, force: bool = False,
                        cache_dir: str | Path | None = None) -> tuple[Result, str]:
     """(result, how): from the cache, combined from the pieces other processes cached (plan.py), or computed
-    here; a new result is cached. `how` is 'cached' or a note for the progress line."""
+    here; a new result is cached. `how` is 'cached' or a note for the progress line. A metric that evaluates,
+    on a run without evaluation rows, is skipped (not cached), its reason naming what to pass."""
+    missing = ctx.missing_rows(subject.home) if metric.needs_tokens else ""
+    if missing:
+        return Result(metric.name, subject.describe(), skipped=missing), f"skipped ({missing})"
     key = cache_key(metric, subject, ctx)
     store = ResultStore(subject.home.run_dir, cache_dir)
     result = None if force else store.get(metric.name, key)
-    if result is not None:
-        # Identical checkpoints (e.g. step 0 of methods without surgery) share a cache entry; the result
-        # describes the subject asked for, not the one that first computed it.
-        result.subject = subject.describe()
-        return result, "cached"
+    if result is None:  # another analyze computing the same result: wait for it, then read its result
+        with store.lock(metric.name, key, f"{metric.name} of {_where(subject)}"):
+            result = None if force else store.get(metric.name, key)
+            if result is None:
+                return _compute(metric, subject, ctx, store, key, force)
+    # Identical checkpoints (e.g. step 0 of methods without surgery) share a cache entry; the result
+    # describes the subject asked for, not the one that first computed it.
+    result.subject = subject.describe()
+    return result, "cached"
+
+
+def _compute(metric: Metric, subject: Subject, ctx: Context, store: ResultStore, key: str,
+             force: bool) -> tuple[Result, str]:
     pieces = None if force else store.complete_pieces(metric.name, key)
     if pieces:
         result = metric.combine(subject, pieces)
@@ -135,6 +147,8 @@ def compute_unit(unit: Unit, ctx: Context, force: bool = False, cache_dir: str |
     metric, subject = unit.metric, unit.subject
     if unit.parts == 1:
         return cached_or_computed(metric, subject, ctx, force, cache_dir)[1] != "cached"
+    if metric.needs_tokens and ctx.missing_rows(subject.home):
+        return False  # the merge's cached_or_computed records the skip and its reason
     key = cache_key(metric, subject, ctx)
     store = ResultStore(subject.home.run_dir, cache_dir)
     part_key = piece_key(key, unit.part, unit.parts)

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,14 @@ from ..errors import LensError
 from ..methods import get_method, method_names
 from ..methods.pretrained import HF_CONFIG_DIR
 from ..run_files import run_config_from_dict
+from ..tempdirs import finish_temp_dir, make_temp_dir, sweep_stale
 from ..train.checkpoint import file_sha256, step_dir_name
+from ..train.fits import check_loadable
 from ..train.rundir import MARKER
+from .checks import check_checkpoint, parameter_count, reading
 from .layouts import convert, detect_layout, layouts, llama_shape, read_state, weight_keys
 from .sources import Snapshot, hub_series, local_series, looks_like_repo_id
-from .tokens import evaluation_rows
+from .tokens import TOKENIZER_FILES, evaluation_rows
 
 log = logging.getLogger("lowrank_lens")
 _VOLATILE = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures")
@@ -73,17 +75,22 @@ class ImportOptions:
                 raise LensError(f"{flag} {value} is out of range; it must be at least 1")
 
 
-def _series(source: str, opts: ImportOptions) -> list[Snapshot]:
+def _series(source: str, opts: ImportOptions) -> tuple[list[Snapshot], Path]:
+    """The checkpoints, and the folder their files may link into: the folder the user named, or for the hub
+    the repo's cache folder (a snapshot's files are links into its blobs/)."""
     if opts.revisions or looks_like_repo_id(source):
-        return hub_series(source, list(opts.revisions), opts.hub_cache or None)
-    return local_series(Path(source))
+        series = hub_series(source, list(opts.revisions), opts.hub_cache or None)
+        return series, series[0].folder.parents[1]
+    return local_series(Path(source)), Path(source)
 
 
-def _same_config(series: list[Snapshot]) -> dict[str, Any]:
+def _checked_config(series: list[Snapshot], root: Path) -> dict[str, Any]:
+    """The series' one model config, after every checkpoint folder passed imports/checks.py."""
     def load(s: Snapshot) -> dict[str, Any]:
-        return {k: v for k, v in json.loads((s.folder / "config.json").read_text()).items() if k not in _VOLATILE}
+        return {k: v for k, v in check_checkpoint(s.folder, root).items() if k not in _VOLATILE}
 
     first = load(series[0])
+    check_loadable(parameter_count(first), f"{series[0].folder / 'config.json'}")
     for s in series[1:]:
         if load(s) != first:
             raise LensError(f"{s.origin} has another model config than {series[0].origin}; a run is one model's "
@@ -216,6 +223,29 @@ def _meta_extra(folder: Path) -> dict[str, Any]:
     return {}
 
 
+NO_TOKENS_NOTE = ("imported without evaluation rows (no tokenizer files and no --tokens): the metrics that read "
+                  "only weights run; the others need --token-file ROWS.npy, or a re-import with --tokens")
+
+
+def _evaluation_rows(opts: ImportOptions, hf_dir: Path, model: ModelConfig) -> tuple[np.ndarray | None, dict]:
+    """The run's evaluation rows and data fingerprint; (None, a fingerprint saying so) for a checkpoint with
+    no tokenizer and no --tokens: its weights import all the same (spectra need no tokens)."""
+    if not opts.tokens and not any((hf_dir / f).is_file() for f in TOKENIZER_FILES):
+        log.info(f"import: {NO_TOKENS_NOTE}")
+        return None, {"imported": True, "tokenizer": None, "pad_id": 0, "rows": 0, "note": NO_TOKENS_NOTE}
+    given = bool(opts.tokens) and Path(opts.tokens).suffix == ".npy"
+    cut = not given and opts.seq_len > model.max_seq_len  # rows no longer than the model's positions
+    rows, fingerprint = evaluation_rows(dataclasses.replace(opts, seq_len=model.max_seq_len) if cut else opts, hf_dir,
+                                        model.vocab_size)
+    if rows.shape[1] > model.max_seq_len:
+        raise LensError(f"--tokens rows have {rows.shape[1]} tokens, more than the model's {model.max_seq_len} "
+                        f"positions; cut them")
+    why = (f"as given in {opts.tokens}" if given else
+           f"--seq-len {opts.seq_len} cut to the model's {model.max_seq_len} positions" if cut else "packed")
+    log.info(f"import: evaluation rows: {rows.shape[0]} of {rows.shape[1]} tokens ({why})")
+    return rows, fingerprint
+
+
 def import_series(source: str, out: Path, opts: ImportOptions | None = None) -> Path:
     """Import the checkpoint series at `source` into the new run directory `out` (see the module docstring)."""
     from ..train.distributed import DistEnv
@@ -229,19 +259,21 @@ def import_series(source: str, out: Path, opts: ImportOptions | None = None) -> 
         raise LensError(f"--out {out} already exists and is not empty; pass a new folder (imports never overwrite)")
     if opts.layout not in ("auto", *layouts()):
         raise LensError(f"--layout {opts.layout!r} is not one of auto, {', '.join(layouts())}")
-    series = _series(source, opts)
-    hf = _same_config(series)
-    keys = weight_keys(series[0].folder)
-    layout = detect_layout(series[0].folder, keys) if opts.layout == "auto" else opts.layout
-    fields = convert(layout, series[0].folder, read_state(series[0].folder))[1] if layout != "hf" else {}
+    series, root = _series(source, opts)
+    hf = _checked_config(series, root)
+    with reading(series[0].folder):
+        keys = weight_keys(series[0].folder)
+        layout = detect_layout(series[0].folder, keys) if opts.layout == "auto" else opts.layout
+        fields = convert(layout, series[0].folder, read_state(series[0].folder))[1] if layout != "hf" else {}
     label = opts.label or (layout if layout != "hf" else "imported")
     # the baseline: asked for, or the label is the registered baseline method (full-rank)
     baseline = opts.baseline or (label in method_names() and get_method(label).is_baseline)
     log.info(f"import: {len(series)} checkpoint(s) of {source} ({layout} layout, {hf.get('model_type')}), "
              f"steps {series[0].step}..{series[-1].step}, as method {label!r}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    for done in sweep_stale(out.parent):
+        log.info(f"import: {done}")
+    tmp = make_temp_dir(out.parent, out.name)
     try:
         (tmp / MARKER).write_text("This folder is a lowrank-lens run directory (imported).\n")
         hf_dir = tmp / HF_CONFIG_DIR
@@ -256,36 +288,39 @@ def import_series(source: str, out: Path, opts: ImportOptions | None = None) -> 
         names = next((c for c in changes.values() if c is not None), ((), ()))
         if names != ((), ()):  # the files keep their names: the plugin renames when it reads them
             cfg = _run_config(layout, hf, series, opts, {"renames": names[0], "dropped": names[1]})
-        if opts.seq_len > cfg.model.max_seq_len:  # rows no longer than the model's positions
-            log.info(f"import: evaluation rows of {cfg.model.max_seq_len} tokens (the model's positions), not "
-                     f"{opts.seq_len}")
-            opts = dataclasses.replace(opts, seq_len=cfg.model.max_seq_len)
-        rows, fingerprint = evaluation_rows(opts, hf_dir, cfg.model.vocab_size)
-        if rows.shape[1] > cfg.model.max_seq_len:
-            raise LensError(f"--tokens rows have {rows.shape[1]} tokens, more than the model's "
-                            f"{cfg.model.max_seq_len} positions; cut them")
+        rows, fingerprint = _evaluation_rows(opts, hf_dir, cfg.model)
         record = {"label": label, "source": str(source), "layout": layout, "model_type": hf.get("model_type"),
                   "baseline": bool(baseline), "revisions": list(opts.revisions),
                   "checkpoints": [s.origin for s in series]}
         write_json_atomic(tmp / "config.json", {**cfg.to_dict(), "format_version": 1, "imported": record,
                                                 "provenance": provenance(1, torch.device("cpu")),
                                                 "data_fingerprint": fingerprint})
-        write_atomic(tmp / "val_tokens.npy", lambda p: np.save(p, rows))
+        if rows is not None:
+            write_atomic(tmp / "val_tokens.npy", lambda p: np.save(p, rows))
         for snap in series:
             ck = tmp / "ckpt" / step_dir_name(snap.step)
             ck.mkdir(parents=True)
-            how = _place_weights(snap, layout, ck, expected, link=changes[snap.step] == names)
+            with reading(snap.folder):
+                how = _place_weights(snap, layout, ck, expected, link=changes[snap.step] == names)
             meta = {"step": snap.step, **_meta_extra(snap.folder), "method": cfg.method, "seed": opts.seed,
                     "imported_from": snap.origin, "weights": how, "format_version": 1,
                     "model_sha256": file_sha256(ck / "model.safetensors")}
             write_json_atomic(ck / "meta.json", meta)
             torch.save({"imported_from": snap.origin, "note": "no optimizer state: trained elsewhere"}, ck / "state.pt")
-            loaded = load_checkpoint(ck)  # the real reader: what fails here would fail in every metric
+            with reading(snap.folder):
+                loaded = load_checkpoint(ck)  # the real reader: what fails here would fail in every metric
+            if rows is None:
+                log.info(f"import: step {snap.step}: {how.split(' (')[0]}; no evaluation rows, no val_ppl")
+                continue
             val = evaluate(loaded.model, rows, int(fingerprint["pad_id"]), opts.batch_size, DistEnv())
             write_json_atomic(ck / "meta.json", {**meta, "val": val})
             log.info(f"import: step {snap.step}: {how.split(' (')[0]}; val_ppl {val['val_ppl']:.2f}")
+        finish_temp_dir(tmp)
         tmp.rename(out)
-    except BaseException:
+    except LensError as e:  # name the user's folders, not the temporary one removed below
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LensError(str(e).replace(str(tmp), str(out))) from None
+    except BaseException:  # SIGTERM too (cli.py turns it into Terminated)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out

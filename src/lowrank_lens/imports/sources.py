@@ -24,6 +24,8 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 _STEP_NAME = re.compile(r"^(?:checkpoint|step|model|iter|global_step|ckpt)[-_]?(\d+)$", re.IGNORECASE)
 _STEP_REVISION = re.compile(r"(\d+)")
+STEP_LIMIT = 2**62
+"""A step number beyond this (a folder checkpoint-99999999999999999999) is a name, not a step."""
 HUB_FILES = ["*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.tiktoken"]
 
 
@@ -72,6 +74,10 @@ def local_series(source: Path) -> list[Snapshot]:
     if unnamed:
         raise LensError(f"cannot tell the training step of {', '.join(unnamed[:3])} in {source}: name checkpoint "
                         f"folders checkpoint-N / step_N / model_N, or give each a trainer_state.json")
+    huge = next((d for d, s in steps.items() if s >= STEP_LIMIT), None)
+    if huge is not None:
+        raise LensError(f"{huge} says step {steps[huge]:.3g}, past any training run (steps are below 2**62); "
+                        f"rename the folder with its real step (checkpoint-N)")
     by_step: dict[int, Path] = {}
     for d, s in steps.items():
         if s in by_step:
@@ -103,6 +109,9 @@ def hub_series(repo_id: str, revisions: list[str], cache_dir: str | None = None)
                             f"{first_line(e)[:160]}); {hint}") from None
         m = _STEP_REVISION.search(rev)
         step = int(m.group(1)) if m else i
+        if step >= STEP_LIMIT:
+            raise LensError(f"--revisions {rev} says step {step:.3g}, past any training run; name revisions by their "
+                            f"step (step1000)")
         if any(s.step == step for s in out):
             raise LensError(f"revisions {revs} give step {step} twice; name revisions by their step (step1000)")
         out.append(Snapshot(step, Path(folder), f"hub {repo_id}@{rev}"))

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import datetime
 import logging
+import shutil
 from pathlib import Path
 
 from ..atomic import write_text_atomic
+from ..errors import LensError
+from ..tempdirs import make_temp_dir, replace_dir, sweep_stale
 from .build import dimensions, downstream_section, overview, prediction_section, provenance, runs_section
 from .collect import load_study, run_records
-from .figures import fresh_dir
+from .figures import REPORT_FILE_SUFFIXES, fresh_dir
 from .findings_files import load_findings, missing_message
 from .html import render
 from .sections import claims_section, matched_section, statistics_section
@@ -48,13 +51,46 @@ def _version() -> str:
 
 
 def write_report(study_dir: Path) -> Path:
-    """Write <study_dir>/report/index.html (atomically) with its figures and CSV tables; returns its path."""
+    """Write <study_dir>/report/index.html with its figures and CSV tables, built beside the old report and
+    swapped in whole (tempdirs.py): the folder holds the old complete report or the new one, never a mix.
+    Returns the page's path."""
     study_dir = Path(study_dir)
     study = load_study(study_dir)
     findings = load_findings(study_dir)
     if findings is None:
         log.warning(f"report: {missing_message(study_dir)}")
     out = study_dir / REPORT_DIR
+    if out.is_symlink():
+        raise LensError(f"report folder {out} is a symbolic link; refusing to replace it — remove the link")
+    for done in sweep_stale(study_dir):
+        log.info(f"report: {done}")
+    tmp = make_temp_dir(study_dir, REPORT_DIR)  # built beside the old report, swapped in whole at the end
+    try:
+        page = _build(study_dir, study, findings, tmp)
+        _keep_user_files(out, tmp)
+        replace_dir(tmp, out)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: the old report stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(f"report: {out / page.name}")
+    return out / page.name
+
+
+def _keep_user_files(old: Path, new: Path) -> None:
+    """Files a user put in the old report folder (not figures, tables or the page, which are rebuilt) move
+    into the new one, so a rebuild removes only what the report itself writes."""
+    if not old.is_dir():
+        return
+    for f in old.rglob("*"):
+        rel = f.relative_to(old)
+        if (f.is_file() or f.is_symlink()) and f.suffix.lower() not in REPORT_FILE_SUFFIXES and rel != Path(PAGE) \
+                and not (new / rel).exists():
+            (new / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, new / rel, follow_symlinks=False)
+
+
+def _build(study_dir: Path, study, findings, out: Path) -> Path:
+    """The page, figures and tables in the (new, empty) folder `out`."""
     figs = fresh_dir(out / "figures")
     tables = fresh_dir(out / "tables")
     fig_href, href = "figures", "tables"
@@ -86,7 +122,6 @@ def write_report(study_dir: Path) -> Path:
     ]
     page = out / PAGE
     write_text_atomic(page, render(context))
-    log.info(f"report: {page}")
     return page
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from ..analysis.base import Metric, Result
 from ..analysis.tables import read_csv
 from ..errors import LensError
+from ..tempdirs import is_hidden
 
 log = logging.getLogger("lowrank_lens")
 
@@ -157,7 +158,7 @@ def study_run_dirs(study_dir: Path) -> list[Path]:
     if meta and meta.get("runs"):
         return [study_dir / "runs" / name for name in meta["runs"]]
     runs = study_dir / "runs"
-    return sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    return sorted(p for p in runs.iterdir() if p.is_dir() and not is_hidden(p)) if runs.is_dir() else []
 
 
 def run_records(study_dir: Path) -> list[dict[str, Any]]:

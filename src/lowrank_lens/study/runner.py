@@ -27,6 +27,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from ..atomic import write_json_atomic
+from ..errors import LensError
+from ..locks import BusyError, FileLock
 from ..train.checkpoint import complete_checkpoints
 from .spec import PlannedRun, StudySpec, plan_runs, run_names
 
@@ -56,7 +58,6 @@ def train_command(run: PlannedRun, runs_dir: Path, gpus: int) -> str:
 def describe_plan(spec: StudySpec, out: Path) -> str:
     tuned, head = None, []
     if spec.tune:
-        from ..errors import LensError
         from .tune import plan_proxies, tune_protocol, tuned_lrs
 
         head = [f"tune: {len(plan_proxies(spec))} proxy runs first ({tune_protocol(spec)}); each (scale, method) then "
@@ -71,9 +72,9 @@ def describe_plan(spec: StudySpec, out: Path) -> str:
              f"{len(spec.seeds)} seeds) in {out}", "", *head]
     lines.append(f"{'run':34s} {'steps':>7s} {'batch':>6s} {'lr':>8s}  status")
     for r in runs:
-        status = "done" if is_finished(out / "runs" / r.run_name, r.cfg.train.steps) else "to train"
-        lr = f"{r.cfg.optim.lr:8.2g}" + ("*" if pending else " ")
-        lines.append(f"{r.run_name:34s} {r.cfg.train.steps:7d} {r.cfg.train.total_batch_size:6d} {lr} {status}")
+        status = "done" if is_finished(out / "runs" / r.run_name, r.shape.train.steps) else "to train"
+        lr = f"{r.shape.optim.lr:8.2g}" + ("*" if pending else " ")
+        lines.append(f"{r.run_name:34s} {r.shape.train.steps:7d} {r.shape.train.total_batch_size:6d} {lr} {status}")
     if pending:
         lines.append("* the preset's lr; the tune stage replaces it (the commands below carry it once tuned)")
     lines += ["", "commands:"] + [train_command(r, out / "runs", spec.gpus_per_run) for r in runs]
@@ -130,7 +131,7 @@ def _train_one(run: PlannedRun, runs_dir: Path) -> str:
 def train_all(spec: StudySpec, out: Path) -> list[Path]:
     """Train every unfinished run: in this process, or in `spec.jobs` worker processes at once."""
     runs = study_plan(spec, out)
-    todo = [r for r in runs if not is_finished(out / "runs" / r.run_name, r.cfg.train.steps)]
+    todo = [r for r in runs if not is_finished(out / "runs" / r.run_name, r.shape.train.steps)]
     log.info(f"training: {len(runs) - len(todo)} of {len(runs)} runs already finished, {len(todo)} to train")
     run_in_workers(_train_one, [(r, out / "runs") for r in todo], todo, spec.jobs, "train")
     from .imported import import_missing, imported_runs
@@ -144,10 +145,10 @@ def _prepare_data(runs: list[PlannedRun]) -> None:
 
     seen = set()
     for r in runs:
-        key = json.dumps([dataclasses.asdict(r.cfg.data), r.cfg.model.vocab_size], sort_keys=True)
+        key = json.dumps([dataclasses.asdict(r.shape.data), r.shape.model.vocab_size], sort_keys=True)
         if key not in seen:
             seen.add(key)
-            build_data(r.cfg.data, r.cfg.model.vocab_size, log=log.info)
+            build_data(r.shape.data, r.shape.model.vocab_size, log=log.info)
 
 
 def write_study_record(spec: StudySpec, out: Path) -> None:
@@ -156,25 +157,37 @@ def write_study_record(spec: StudySpec, out: Path) -> None:
     write_json_atomic(out / "study.json", {"spec": spec.to_dict(), "runs": run_names(spec)})
 
 
+def study_lock(out: Path) -> FileLock:
+    """The study folder's lock (<out>/.lock), held while a process runs or submits its stages: a second
+    `study` on the same folder says who holds it instead of doing the same work again."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return FileLock(out / ".lock", wait=False)
+    except BusyError as e:
+        raise LensError(f"another process (pid {e.holder}) is running the study in {out}; wait for it to finish "
+                        f"(`study --status` shows its progress), or pass another --out") from None
+
+
 def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES) -> Path:
     """Run the chosen stages of a study into `out`, in the order of the stage table (study/stage_table.py);
     returns the report path (or `out` without a report stage)."""
     from .stage_table import STAGE_TABLE
 
     out = Path(out)
-    write_study_record(spec, out)
-    chosen = set(stages) | {need for st in STAGE_TABLE if st.name in stages for need in st.needs}
-    timings: dict[str, float] = {}
-    result = out
-    for stage in STAGE_TABLE:
-        if stage.name not in chosen or not stage.applies(spec):
-            continue
-        if stage.name == "report":
-            _save_timings(out, timings)  # the report shows them
-        t = time.perf_counter()
-        result = stage.run(spec, out) or result
-        timings[stage.name] = time.perf_counter() - t
-    _save_timings(out, timings)
+    with study_lock(out):
+        write_study_record(spec, out)
+        chosen = set(stages) | {need for st in STAGE_TABLE if st.name in stages for need in st.needs}
+        timings: dict[str, float] = {}
+        result = out
+        for stage in STAGE_TABLE:
+            if stage.name not in chosen or not stage.applies(spec):
+                continue
+            if stage.name == "report":
+                _save_timings(out, timings)  # the report shows them
+            t = time.perf_counter()
+            result = stage.run(spec, out) or result
+            timings[stage.name] = time.perf_counter() - t
+        _save_timings(out, timings)
     log.info("study stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     return result
 

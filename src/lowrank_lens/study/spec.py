@@ -238,10 +238,26 @@ class PlannedRun:
     scale: str
     method: str
     seed: int
-    cfg: RunConfig
+    shape: RunConfig
+    """The run's config, or, where `exact` is False, its (scale, method)'s first planned seed's: equal to it in
+    everything but train.seed and the notes that list the overrides. Plans and --dry-run read only this."""
     run_name: str
     overrides: tuple[str, ...]
     """Every override on top of the preset (study-wide, per scale, per method, seed): the CLI line's --set."""
+    exact: bool = True
+    notes: tuple[str, ...] = ()
+    """Notes the plan adds after the build (where the lr came from), on every seed's config."""
+
+    @functools.cached_property
+    def cfg(self) -> RunConfig:
+        """The run's resolved config, built on first use: a study of 10 000 seeds plans in seconds."""
+        if self.exact:
+            return self.shape
+        from ..presets import build_config
+
+        cfg = build_config(self.scale, self.method, list(self.overrides))
+        cfg.notes.extend(self.notes)
+        return cfg
 
 
 def run_names(spec: StudySpec) -> list[str]:
@@ -262,20 +278,26 @@ def plan_runs(spec: StudySpec, tuned: dict[tuple[str, str], float] | None = None
     out = []
     for scale in spec.scales:
         for method in spec.methods:
+            first: RunConfig | None = None
+            notes: tuple[str, ...] = ()
             for seed in spec.seeds if seeds is None else seeds:
                 lr = (tuned or {}).get((scale, method))
                 ov = (*spec.overrides, *spec.scale_overrides.get(scale, ()), *spec.method_overrides.get(method, ()),
                       *([f"optim.lr={lr!r}"] if lr is not None else []), f"train.seed={seed}")
                 name = run_name(scale, method, seed)
+                if first is not None:  # the seed only sets train.seed (range-checked with the study's seeds)
+                    out.append(PlannedRun(scale, method, seed, first, name, tuple(ov), False, notes))
+                    continue
                 try:
-                    cfg = build_config(scale, method, list(ov))
+                    first = build_config(scale, method, list(ov))
                 except LensError as e:
                     raise LensError(f"study run {name}: {e}") from None
                 if lr is not None:
                     from .tune import tune_note
 
-                    cfg.notes.append(tune_note(spec, lr))
-                out.append(PlannedRun(scale, method, seed, cfg, name, tuple(ov)))
+                    notes = (tune_note(spec, lr),)
+                    first.notes.extend(notes)
+                out.append(PlannedRun(scale, method, seed, first, name, tuple(ov), True, notes))
     return out
 
 

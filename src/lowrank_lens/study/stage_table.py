@@ -88,7 +88,7 @@ def _train_jobs(spec: StudySpec, study_dir: Path, opts: Any) -> list[JobArray]:
 
     groups: dict[tuple[int, int], list[str]] = {}  # runs needing the same processes share one array
     for r in plan_runs(spec):  # names and sizes only: the tuned lr is read by each task when it starts
-        if not is_finished(study_dir / "runs" / r.run_name, r.cfg.train.steps):
+        if not is_finished(study_dir / "runs" / r.run_name, r.shape.train.steps):
             groups.setdefault(processes(r, spec, opts), []).append(r.run_name)
     return [JobArray([TrainTask(str(study_dir), name) for name in names], procs, gpus)
             for (procs, gpus), names in groups.items()]

@@ -69,7 +69,7 @@ def study_status(folder: str | Path) -> str:
     lines = [head, "", f"{'run':34s} {'state':9s} detail"]
     counts: dict[str, int] = {}
     for r in runs:
-        state, detail = _run_state(folder / "runs" / r.run_name, r.cfg.train.steps,
+        state, detail = _run_state(folder / "runs" / r.run_name, r.shape.train.steps,
                                    status.get(f"train/{r.run_name}"), submitted is not None)
         counts[state] = counts.get(state, 0) + 1
         lines.append(f"{r.run_name:34s} {state:9s} {detail}")

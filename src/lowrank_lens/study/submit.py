@@ -280,7 +280,7 @@ def _executor(opts: SubmitOptions, study_dir: Path, name: str, tasks: int = 1, g
 
 def processes(run: PlannedRun, spec: StudySpec, opts: SubmitOptions) -> tuple[int, int]:
     """(processes, GPUs) of one training run."""
-    if run.scale in CPU_SCALES or run.cfg.train.device == "cpu":
+    if run.scale in CPU_SCALES or run.shape.train.device == "cpu":
         return opts.processes_per_run or 1, 0
     gpus = opts.gpus_per_run or spec.gpus_per_run
     return gpus, gpus
@@ -298,9 +298,16 @@ def _array_id(jobs: list[Any]) -> list[str]:
 
 def submit_study(spec: StudySpec, study_dir: Path, opts: SubmitOptions) -> dict[str, list[str]]:
     """Submit (slurm) or run (local) the study's jobs; returns {stage: [job ids]}, also in jobs/submitted.json."""
-    from .runner import write_study_record
+    from .runner import study_lock
 
     study_dir = Path(study_dir).resolve()
+    with study_lock(study_dir):  # while submitting (slurm) or running the stages (local)
+        return _submit_study(spec, study_dir, opts)
+
+
+def _submit_study(spec: StudySpec, study_dir: Path, opts: SubmitOptions) -> dict[str, list[str]]:
+    from .runner import write_study_record
+
     write_study_record(spec, study_dir)
     from .imported import import_missing, imported_runs
 

@@ -10,6 +10,7 @@ method opens the same way and none of them needs the data pipeline or an optimiz
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,10 @@ from ..errors import LensError
 from ..methods import get_method
 from ..methods.base import Method
 from ..model import build_model
+from ..tempdirs import is_hidden, sweep_stale
 from .checkpoint import complete_checkpoints, load_model_state, read_meta
+
+log = logging.getLogger("lowrank_lens")
 
 
 @dataclass
@@ -52,7 +56,11 @@ def expand_runs(paths: Sequence[str | Path]) -> list[Path]:
         if (p / "config.json").is_file():
             out.append(p)
             continue
-        runs = sorted(d for d in p.iterdir() if (d / "config.json").is_file()) if p.is_dir() else []
+        for done in sweep_stale(p):  # an import or report a killed process left half-built
+            log.info(f"{p}: {done}")
+        # hidden folders are never runs: an import being built (.tmp-NAME-XXXX) is not one yet
+        runs = sorted(d for d in p.iterdir() if (d / "config.json").is_file() and not is_hidden(d)) \
+            if p.is_dir() else []
         if not runs:
             raise LensError(f"{p} is neither a run directory (with config.json) nor a folder of runs")
         out.extend(runs)

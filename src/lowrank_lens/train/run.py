@@ -30,6 +30,7 @@ from .checkpoint import (
     recover_interrupted_saves,
 )
 from .distributed import DistEnv, init_distributed, shutdown
+from .fits import check_fits
 from .logs import RunLogger
 from .loop import Trainer
 from .parallel import Replicated, make_parallel
@@ -131,6 +132,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
             log.info(f"{run_dir} is already complete ({t.steps} steps)")
             return run_dir
 
+    check_fits(cfg, env.device, env.world)  # before a tokenizer, a batch or a weight is allocated
     data = build_data(cfg.data, cfg.model.vocab_size, is_main=env.is_main, barrier=env.barrier, log=log.info)
     parallel = make_parallel(t.parallel, env)
     model, method, optimizer = build_components(cfg, env.device, parallel)
