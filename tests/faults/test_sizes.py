@@ -18,7 +18,7 @@ from lowrank_lens.errors import LensError
 from lowrank_lens.presets import build_config
 from lowrank_lens.train.fits import check_fits, estimate
 
-PAST_LIMITS = [(f"model.{name}", limit + 1) for name, limit in MODEL_LIMITS.items()] + [
+PAST_LIMITS = [(f"model.{name}", 2 * limit) for name, limit in MODEL_LIMITS.items()] + [
     ("model.vocab_size", 2_000_000_000), ("model.vocab_size", 40_000_000), ("model.num_layers", 100_000_000)]
 
 

@@ -107,11 +107,14 @@ def weight_files(folder: Path) -> list[Path]:
         path = folder / index
         if path.is_file():
             try:
-                wmap = json.loads(path.read_text(encoding="utf-8")).get("weight_map")
-            except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
-                raise LensError(f"{path} is not a JSON object with a weight_map ({first_line(e)[:80]})") from None
+                index = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                raise LensError(f"{path} is not readable JSON ({first_line(e)[:80]})") from None
+            wmap = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
                 raise LensError(f"{path} has no weight_map of tensor names to shard files")
+            if not isinstance(index.get("metadata"), dict):  # transformers reads it to load the shards
+                raise LensError(f"{path} has no metadata object, which a save_pretrained index has; re-copy it")
             shards = sorted(set(wmap.values()))
             for s in shards:
                 if Path(s).name != s or not (folder / s).is_file():
@@ -139,7 +142,7 @@ def reading(where: Path | str) -> Iterator[None]:
             yield
     except LensError:
         raise
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, RuntimeError) as e:
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, RuntimeError, KeyError) as e:
         what = ("holds objects other than tensors, which a weights-only load refuses (nothing in it was run)"
                 if isinstance(e, pickle.UnpicklingError) else f"cannot be read ({type(e).__name__}: "
                                                                  f"{first_line(e)[:120]})")
