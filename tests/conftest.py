@@ -79,6 +79,9 @@ LONGEST_FIRST = ("tests/train/test_resume_and_ddp.py", "tests/study/test_submit.
 ONE_WORKER_PACKAGES = ("tests/report/", "tests/analysis/metrics/")
 """Packages whose modules share expensive session fixtures (the report's tiny study, the tiny runs of every
 method): each goes to one worker whole, so the fixture is built once and not once per worker."""
+SAME_WORKER = {"slurm daemons": ("tests/study/test_submit.py", "tests/faults/test_local_slurm_helper.py")}
+"""Modules that must not run at the same time: the helper's tests start processes named slurmd, which the
+Slurm fixture's `local_slurm.sh up` would see as someone else's daemons and refuse to start beside."""
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:  # noqa: ARG001
@@ -90,7 +93,8 @@ def pytest_collection_modifyitems(session, config, items) -> None:  # noqa: ARG0
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """--dist loadscope (pyproject addopts), with a unit of work per module or per ONE_WORKER_PACKAGES entry.
+    """--dist loadscope (pyproject addopts), with a unit of work per module, per ONE_WORKER_PACKAGES entry or per
+    SAME_WORKER group.
     (Not xdist_group marks with --dist loadgroup: xdist 3.8 tags the node ids for it, which pytest 9.2's
     node ids ignore, so those marks group nothing there.)"""
     if config.getvalue("dist") != "loadscope":
@@ -100,6 +104,7 @@ def pytest_xdist_make_scheduler(config, log):
     class ModuleOrPackage(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::")[0]
-            return next((p for p in ONE_WORKER_PACKAGES if path.startswith(p)), path)
+            group = next((name for name, paths in SAME_WORKER.items() if path in paths), None)
+            return group or next((p for p in ONE_WORKER_PACKAGES if path.startswith(p)), path)
 
     return ModuleOrPackage(config, log)
