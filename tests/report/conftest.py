@@ -18,7 +18,7 @@ from lowrank_lens.analysis.runner import analyze
 from lowrank_lens.analysis.tables import write_csv
 from lowrank_lens.presets import build_config
 from lowrank_lens.report import run_records, write_report
-from lowrank_lens.study.findings import write_findings
+from lowrank_lens.study.findings_stage import write_findings
 from lowrank_lens.study.presets import PAPER_METHODS
 from lowrank_lens.study.spec import StudySpec
 from lowrank_lens.train import train

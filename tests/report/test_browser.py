@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lowrank_lens.study.claims import claim_texts
+from lowrank_lens.findings.claims import claim_texts
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACT = REPO / "test-artifacts" / "report.png"
@@ -143,7 +143,7 @@ def test_first_screen_shows_the_findings(report_page: Path, tmp_path: Path):
     assert 0 <= summary["top"] < height / 4, f"the summary starts below the first quarter of the screen: {seen}"
     assert verdicts["bottom"] <= seen["height"], f"the verdict table runs past the first screen: {seen}"
     assert seen["rows"] == len(claim_texts()), seen
-    # Beside the verdicts, the setup's distance from the paper's protocol (study/setup.py), on screen too.
+    # Beside the verdicts, the setup's distance from the paper's protocol (findings/setup.py), on screen too.
     setup = seen["setup"]
     assert setup and summary["top"] <= setup["top"] and setup["bottom"] <= seen["height"], seen
     assert "tokens/parameter" in seen["setup_text"] and "The paper: 58M-368M" in seen["setup_text"], seen

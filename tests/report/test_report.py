@@ -31,7 +31,7 @@ from lowrank_lens.report.sections import (
     statistics_section,
     verdict_class,
 )
-from lowrank_lens.study.findings import write_findings
+from lowrank_lens.study.findings_stage import write_findings
 from lowrank_lens.study.presets import PAPER_METHODS
 
 SECTIONS = ("overview", "settings", "runs", "statistics", "matched", "claims", "downstream", "prediction",
@@ -148,7 +148,7 @@ def test_findings_parts_that_fail_render_not_available(tiny_study: Path, tmp_pat
                     statistics_section(loaded, None, tmp_path, "tables"),
                     matched_section(loaded, None, tmp_path, "tables", tmp_path, "figures")):
         assert section["available"] is False and "--stages report" in section["message"]
-    monkeypatch.setitem(sys.modules, "lowrank_lens.study.claims", None)  # its import raises ImportError
+    monkeypatch.setitem(sys.modules, "lowrank_lens.findings.claims", None)  # its import raises ImportError
     write_findings(study)
     findings = load_findings(study)
     assert findings.status("claims")["available"] is False and "not installed" in findings.status("claims")["message"]

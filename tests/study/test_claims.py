@@ -1,4 +1,4 @@
-"""The claims check (study/claims.py; docs/study.md §5): each claim on synthetic runs built to satisfy it
+"""The claims check (findings/claims.py; docs/study.md §5): each claim on synthetic runs built to satisfy it
 ('holds'), built to contradict it ('does not hold'), and with its data missing or inside the seed spread
 ('inconclusive').
 
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from lowrank_lens.errors import LensError
+from lowrank_lens.findings.claims import FAILS, HOLDS, UNSURE, check_claims, claim_texts
+from lowrank_lens.findings.prediction import Improvement, PredictionResult
 from lowrank_lens.methods import method_names
-from lowrank_lens.study.claims import FAILS, HOLDS, UNSURE, check_claims, claim_texts
-from lowrank_lens.study.predict import Improvement, PredictionResult
 
 METHODS = ("base", "m1", "m2", "m3")
 SCALES = ("s", "l")

@@ -1,4 +1,5 @@
-"""Downstream prediction from perplexity vs perplexity + metrics (study/predict.py; docs/study.md §3.3, §5 item 7).
+"""Downstream prediction from perplexity vs perplexity + metrics (findings/prediction.py; docs/study.md §3.3, §5
+item 7).
 
 Synthetic units with a planted relation, target = 0.9 - 0.15 log(ppl) + 0.03 good + small noise, check
 that the metric that drives the target gains R^2 over perplexity alone with a small permutation p-value,
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from lowrank_lens.errors import LensError
-from lowrank_lens.study.predict import (
+from lowrank_lens.findings.prediction import (
     AUGMENTED,
     BASELINE,
     DEFAULT_ALPHAS,
@@ -28,7 +29,7 @@ from lowrank_lens.study.predict import (
     predict_downstream,
     select_alpha,
 )
-from lowrank_lens.study.predict_report import write_prediction_report
+from lowrank_lens.report.prediction import write_prediction_report
 
 N_PERM = 99
 

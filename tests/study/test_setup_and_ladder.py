@@ -1,4 +1,4 @@
-"""The setup's distance from the paper's protocol (study/setup.py), as the demo's first screen states it, and
+"""The setup's distance from the paper's protocol (findings/setup.py), as the demo's first screen states it, and
 the ladder presets' sizes (20 tokens per parameter, checked against the models training builds)."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from lowrank_lens.findings.setup import setup_distance
 from lowrank_lens.model.llama import build_model
 from lowrank_lens.report.collect import RunInfo
 from lowrank_lens.study.ladder import LADDER_SIZES, TOKENS_PER_PARAMETER, parameters
 from lowrank_lens.study.presets import study_presets
-from lowrank_lens.study.setup import setup_distance
 from lowrank_lens.study.spec import plan_runs
 
 

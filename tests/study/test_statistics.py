@@ -1,4 +1,4 @@
-"""Multi-seed statistics (study/statistics.py) and checkpoint matching (study/matched.py).
+"""Multi-seed statistics (findings/statistics.py) and checkpoint matching (findings/matched.py).
 
 Known answers: a Student-t CI computed by hand, Welch's t by its formula, an exact permutation p-value
 counted by hand (2 of 20 splits), Holm and Bonferroni adjustments computed by hand, and the closest
@@ -14,14 +14,14 @@ import pytest
 from scipy import stats
 
 from lowrank_lens.errors import LensError
-from lowrank_lens.study.matched import (
+from lowrank_lens.findings.matched import (
     describe_matches,
     equal_step_checkpoints,
     equal_token_checkpoints,
     matched_checkpoints,
     select_rows,
 )
-from lowrank_lens.study.statistics import (
+from lowrank_lens.findings.statistics import (
     INSUFFICIENT,
     SINGLE_SEED,
     Stats,
@@ -227,7 +227,7 @@ def test_select_rows_keeps_rows_at_matched_steps():
 
 
 def test_power_note_says_what_few_seeds_can_show():
-    from lowrank_lens.study.statistics import power_note
+    from lowrank_lens.findings.statistics import power_note
 
     assert "cannot reach p < 0.05" in power_note(3) and "0.1" in power_note(3)
     assert permutation_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.1)  # the bound power_note states

@@ -6,7 +6,7 @@
 
 It reads only the study's files (study/runner.py layout) and never loads a checkpoint, computes a metric or a
 statistic: the seed statistics, matched-perplexity comparison and claims are the study's findings stage's
-tables (study/findings.py writes <study>/findings/, findings_files.py reads it), rendered as they are.
+tables (study/findings_stage.py writes <study>/findings/, findings_files.py reads it), rendered as they are.
 Metrics come from the registry (name, dimension, definition, plot()), so a new metric plugin gets its own
 subsection with no report change. The page opens on a summary of the findings (summary.py: the claims'
 verdicts with their intervals, each method's headline metrics beside perplexity, the differences at matched

@@ -34,7 +34,7 @@ PREDICTION_TABLES = {
     "importance": "drop in CV R^2 (rise in MAE) when each metric is removed, ranked",
     "predictions": "actual and out-of-fold predicted target per unit, feature set and split",
 }
-"""What each table of study/predict_report.write_prediction_report holds (docs/study.md §3.3)."""
+"""What each table of report/prediction.py's write_prediction_report holds (docs/study.md §3.3)."""
 SPEC_FIELDS = ("name", "methods", "scales", "seeds", "overrides", "scale_overrides", "method_overrides", "metrics",
                "metric_overrides", "analysis_steps", "sequences", "eval_batch_size", "downstream_tasks",
                "downstream_seeds", "downstream_limit", "predict_features")

@@ -6,7 +6,7 @@ study.json, each run's config.json / log.jsonl / ckpt/step_*/meta.json, the cach
 downstream/, prediction/ and timings.json outputs.
 
 `run_records` is also the input format of the statistics, matched-perplexity and claims code
-(study/statistics.py, study/matched.py): one dict per run with run, method, scale, seed, is_baseline,
+(findings/statistics.py, findings/matched.py): one dict per run with run, method, scale, seed, is_baseline,
 final_val_ppl and checkpoints [{step, tokens, val_ppl, ...}].
 """
 

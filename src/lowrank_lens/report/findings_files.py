@@ -1,4 +1,4 @@
-"""The findings folder: what the study's findings stage (study/findings.py) writes and the report reads.
+"""The findings folder: what the study's findings stage (study/findings_stage.py) writes and the report reads.
 
     <study>/findings/findings.json              format, seeds, each part's status (available, or why not),
                                                 the statistics' alpha / CI level / power note, the matched
@@ -73,7 +73,7 @@ class Findings:
         return read_csv(p) if p is not None else []
 
     def setup(self) -> dict[str, Any] | None:
-        """setup.json: the study's distance from the paper's protocol (study/setup.py), or None."""
+        """setup.json: the study's distance from the paper's protocol (findings/setup.py), or None."""
         p = self.path(SETUP)
         return json.loads(p.read_text()) if p is not None else None
 

@@ -1,6 +1,6 @@
 """The report's analysis sections: seed statistics, matched perplexity and the claims check, rendered.
 
-Everything here was computed by the study's findings stage (study/findings.py) and is read from its folder
+Everything here was computed by the study's findings stage (study/findings_stage.py) and is read from its folder
 (findings_files.py); this module only lays it out, copies the tables beside the page and draws the
 matched-perplexity figure. A part the findings could not compute (or findings that were never computed)
 renders 'not available' with the reason, so the rest of the report stands. Differences smaller than the

@@ -2,7 +2,7 @@
 
 Three parts, each read from what the study's findings stage computed (nothing is computed or decided here):
   - the claims as a verdict table, with a small interval plot per claim (the seed means and the ranges its
-    verdict compared; study/claims.py's Claim.values), and a link to the claim's evidence below;
+    verdict compared; findings/claims.py's Claim.values), and a link to the claim's evidence below;
   - each method's headline metric columns (Metric.headline) beside its final validation perplexity,
     over seeds at each run's final step;
   - the pairwise differences at matched perplexity that the statistics claim (verdict 'different'), per
@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..findings.common import finite
 from .collect import Study, method_colour
 from .findings_files import HEADLINE, Findings
 from .html import fmt
@@ -79,10 +80,6 @@ def stats_leaves(values: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tupl
             yield from stats_leaves(v, (*path, str(k)))
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
 def _colours(name: str) -> tuple[str, str]:
     """(line, dot) colours of a row: a method's colour, or for a pair 'a | b' the line in a's colour and the
     dot in b's; grey when the name is no method."""
@@ -97,7 +94,7 @@ def interval_plot(claim_id: int, values: Any) -> IntervalPlot | None:
     """The claim's seed means and ranges (95% CI; the point with one seed) as plot coordinates, or None
     when its values hold no Stats."""
     focus, caption, zero = CLAIM_PLOTS.get(claim_id, (None, "", False))
-    leaves = [(p, s) for p, s in stats_leaves(values) if _finite(s.get("mean"))]
+    leaves = [(p, s) for p, s in stats_leaves(values) if finite(s.get("mean"))]
     if focus is not None and any(focus in p for p, _ in leaves):
         leaves = [(p, s) for p, s in leaves if focus in p]
     if not leaves:
@@ -111,8 +108,8 @@ def interval_plot(claim_id: int, values: Any) -> IntervalPlot | None:
     varying = [i for i in range(depth) if len({p[i] if i < len(p) else "" for p, _ in leaves}) > 1]
     spans = []
     for _, s in leaves:
-        lo, hi = (s["ci_low"], s["ci_high"]) if s.get("n", 0) >= 2 and _finite(s.get("ci_low")) \
-            and _finite(s.get("ci_high")) else (s["mean"], s["mean"])
+        lo, hi = (s["ci_low"], s["ci_high"]) if s.get("n", 0) >= 2 and finite(s.get("ci_low")) \
+            and finite(s.get("ci_high")) else (s["mean"], s["mean"])
         spans.append((float(lo), float(hi)))
     lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
     if zero:
@@ -168,7 +165,7 @@ def _cell(stats: dict[str, Any] | None) -> str:
     """'mean ± CI half-width' of one headline entry; the mean alone with one seed; '' for none."""
     if not stats or not stats.get("n"):
         return ""
-    mean, lo, hi = (float(stats[k]) if _finite(stats.get(k)) else math.nan for k in ("mean", "ci_low", "ci_high"))
+    mean, lo, hi = (float(stats[k]) if finite(stats.get(k)) else math.nan for k in ("mean", "ci_low", "ci_high"))
     if int(stats["n"]) < 2 or not math.isfinite(hi):
         return fmt(mean)
     return mean_pm(mean, (hi - lo) / 2)
@@ -237,7 +234,7 @@ def matched_summary(matched: dict[str, Any], seeds: int) -> dict[str, Any]:
     if not matched.get("available"):
         return {"rows": [], "lines": [f"Not available: {matched.get('message', '')}"]}
     lines = []
-    gaps = [m for m in matched.get("rows", []) if _finite(m.get("rel_gap"))]
+    gaps = [m for m in matched.get("rows", []) if finite(m.get("rel_gap"))]
     if gaps:
         worst = max(gaps, key=lambda m: abs(m["rel_gap"]))
         lines.append(f"Each run is read at its checkpoint closest to the worst final val_ppl of its scale and seed; "

@@ -9,7 +9,7 @@ metric / downstream results come from the content-hash cache. Layout:
          /analysis/          metric tables (CSV, Parquet) and figures
          /downstream/        zero-shot accuracy tables
          /prediction/        downstream-from-metrics regression tables and figure
-         /findings/          seed statistics, matched perplexity, claims (study/findings.py)
+         /findings/          seed statistics, matched perplexity, claims (study/findings_stage.py)
          /report/index.html  the report (reads only the files above)
 """
 

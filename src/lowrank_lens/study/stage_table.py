@@ -134,7 +134,7 @@ def _predict(spec: StudySpec, out: Path) -> None:
 
 
 def _findings(spec: StudySpec, out: Path) -> Path:
-    from .findings import write_findings
+    from .findings_stage import write_findings
 
     return write_findings(out)
 

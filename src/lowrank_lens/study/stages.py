@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.tables import read_csv
+from ..atomic import write_text_atomic
 from ..errors import LensError
+from ..findings.prediction import PredictionUnit, predict_downstream
+from ..report.prediction import write_prediction_report
 from ..train.checkpoint import complete_checkpoints, read_meta
 from .spec import StudySpec
 
@@ -87,7 +90,6 @@ def default_features(values: dict[str, dict[str, float]], run_ids: list[str]) ->
 def prediction_units(run_dirs: list[Path], analysis_dir: Path, downstream_csv: Path):
     """PredictionUnits (target = mean accuracy over tasks) and the per-run metric values."""
     from ..analysis.subjects import RunRef
-    from .predict import PredictionUnit
 
     if not downstream_csv.is_file():
         raise LensError(f"no downstream results at {downstream_csv}; run `lowrank-lens eval-downstream` first")
@@ -110,10 +112,8 @@ def prediction_units(run_dirs: list[Path], analysis_dir: Path, downstream_csv: P
 
 def run_prediction(run_dirs: list[Path], analysis_dir: Path, downstream_csv: Path, out: Path,
                    features: list[str] | None = None, n_perm: int = 200) -> list[Path]:
-    """Fit perplexity vs perplexity + metrics and write the prediction tables and figure into `out`."""
-    from .predict import predict_downstream
-    from .predict_report import write_prediction_report
-
+    """Fit perplexity vs perplexity + metrics (findings/prediction.py) and write the prediction tables and
+    figure into `out` (report/prediction.py)."""
     units, values = prediction_units(run_dirs, analysis_dir, downstream_csv)
     feats = features or default_features(values, [u.run_id for u in units])
     if not feats:
@@ -133,7 +133,5 @@ def predict_stage(spec: StudySpec, run_dirs: list[Path], out: Path) -> list[Path
     except LensError as e:
         log.warning(f"prediction skipped: {e}")
         (out / "prediction").mkdir(parents=True, exist_ok=True)
-        from ..atomic import write_text_atomic
-
         write_text_atomic(out / "prediction" / "skipped.txt", f"{e}\n")
         return []

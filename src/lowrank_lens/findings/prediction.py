@@ -23,7 +23,7 @@ module implements §3.3's INFERRED design, with every choice explicit and config
 - Which metrics carry the prediction: standardized coefficients of the full-data fit, and drop-column
   importance (CV R^2 of (b) minus CV R^2 of (b) without that metric).
 
-Pure numpy; tables and figures live in predict_report.py.
+Pure numpy; the tables and figure are written by report/prediction.py.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import LensError
+from .common import finite
 
 PERPLEXITY = "val_ppl"
 BASELINE = "perplexity"
@@ -250,7 +251,7 @@ def design_matrix(units: Sequence[PredictionUnit], features: Sequence[str],
     X = np.empty((len(units), len(features)))
     names = []
     for j, f in enumerate(features):
-        bad = [u.label for u in units if not _finite(u.features.get(f))]
+        bad = [u.label for u in units if not finite(u.features.get(f))]
         if bad:
             raise LensError(
                 f"feature {f!r} is missing or NaN for {len(bad)} of {len(units)} units ({_short(bad)}); "
@@ -266,13 +267,6 @@ def design_matrix(units: Sequence[PredictionUnit], features: Sequence[str],
         X[:, j] = col
         names.append(f"log({f})" if f in log_features else f)
     return X, names
-
-
-def _finite(v: object) -> bool:
-    try:
-        return v is not None and math.isfinite(float(v))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
 
 
 def _check_inputs(units: Sequence[PredictionUnit], metrics: Sequence[str], perplexity: str,
@@ -291,7 +285,7 @@ def _check_inputs(units: Sequence[PredictionUnit], metrics: Sequence[str], perpl
         k = f"{len(metrics)} metric" + ("s" if len(metrics) > 1 else "")
         raise LensError(f"only {n} units for {p} features (perplexity + {k}); need at least "
                         f"{max(4, p + 3)}: add runs or checkpoints, or use fewer metrics")
-    bad = [u.label for u in units if not _finite(u.target)]
+    bad = [u.label for u in units if not finite(u.target)]
     if bad:
         raise LensError(f"target is missing or NaN for {_short(bad)}; evaluate those runs downstream or drop them")
     y = np.array([float(u.target) for u in units])

@@ -1,61 +1,67 @@
-"""The findings stage: seed statistics, matched perplexity and the claims check, computed from the study's
-files and written as tables, before the report renders them (the report computes nothing: report/).
+"""Every part of a study's findings, each computed on its own from the study's tables already read.
 
-    write_findings(Path("studies/demo"))  ->  studies/demo/findings/findings.json
-                                                              /pairwise_differences.csv, ...
+    compute_findings(study)  ->  {"seed_summary": (value, status), "headline": ..., "statistics": ...,
+                                  "matched": ..., "claims": ..., "setup": ...}
 
-It reads what the earlier stages wrote (report/collect.py's Study: run records, metric rows, cached
-results, downstream and prediction tables) and writes report/findings_files.py's layout. Each part is
-computed on its own: a part that fails (or whose module is missing) is recorded as unavailable with the
-reason, and the other parts and the report still stand. The folder is replaced as a whole (written beside
-it, then swapped in), so a reader never sees one run's statistics beside another run's claims.
+`study` is what report/collect.py's load_study returns (run records, metric rows and cached results,
+downstream and prediction tables); these functions read only the attributes `StudyTables` names. A part
+that fails, or whose module cannot be imported, has status {'available': False, 'message': why}, and the
+other parts still stand. The study's findings stage (study/findings_stage.py) writes the values
+(layout: report/findings_files.py).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import shutil
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
-from ..analysis.tables import write_csv
-from ..atomic import write_json_atomic
 from ..errors import LensError
-from ..report.collect import Study, load_study
-from ..report.findings_files import (
-    CLAIMS,
-    FINDINGS_DIR,
-    FORMAT,
-    HEADLINE,
-    INDEX,
-    MATCHED_CHECKPOINTS,
-    MATCHED_METRICS,
-    MATCHED_PAIRWISE,
-    PAIRWISE,
-    SEED_SUMMARY_DIR,
-    SETUP,
-    json_safe,
-)
+from .common import final_rows, finite
 
 log = logging.getLogger("lowrank_lens")
 
 
-def final_rows(rows: Sequence[dict[str, Any]], kind: str | None = None) -> list[dict[str, Any]]:
-    """Each subject's computed row at its largest step (per run, other run and kind; only `kind` if given)."""
-    best: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        if r.get("skipped") or (kind is not None and r.get("kind") != kind):
-            continue
-        key = (r.get("run"), r.get("other_run"), r.get("kind"))
-        if key not in best or (r.get("step") or 0) > (best[key].get("step") or 0):
-            best[key] = r
-    return list(best.values())
+class MetricTable(Protocol):
+    """What the findings read of one metric (report.collect.MetricData)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def cls(self) -> Any:
+        """The metric's class: headline, subject_kind."""
+    @property
+    def rows(self) -> list[dict[str, Any]]: ...
+    @property
+    def results(self) -> list[Any]:
+        """Cached Results: subject, info, arrays, skipped."""
 
 
-def ppl_rows(study: Study) -> list[dict[str, Any]]:
+class StudyTables(Protocol):
+    """What the findings read of a study (report.collect.Study)."""
+
+    @property
+    def spec(self) -> dict[str, Any]: ...
+    @property
+    def runs(self) -> list[Any]:
+        """RunInfo: method, seed, config, checkpoints, final (setup.py)."""
+    @property
+    def metrics(self) -> Sequence[MetricTable]: ...
+    @property
+    def downstream(self) -> list[Any]:
+        """CSV tables: name, rows."""
+    @property
+    def prediction(self) -> list[Any]:
+        """CSV tables: name, rows."""
+    @property
+    def records(self) -> list[dict[str, Any]]: ...
+    @property
+    def seeds(self) -> list[Any]: ...
+
+
+def ppl_rows(study: StudyTables) -> list[dict[str, Any]]:
     """Final validation perplexity of each run as metric rows (metric 'val_ppl'), for the statistics."""
     return [{"metric": "val_ppl", "run": r["run"], "method": r["method"], "scale": r["scale"], "seed": r["seed"],
              "kind": "final", "step": r["final_step"], "val_ppl": r["final_val_ppl"],
@@ -80,9 +86,11 @@ def pairwise(rows: Sequence[dict[str, Any]], metric: str, columns: Sequence[str]
 
 
 # --------------------------------------------------------------------------- the parts
+# Each part imports the modules it computes with when it runs, so a module that cannot be imported fails
+# only its own part (recorded 'not installed' by _part), never the findings stage as a whole.
 
 
-def seed_summaries(study: Study) -> dict[str, list[dict[str, Any]]]:
+def seed_summaries(study: StudyTables) -> dict[str, list[dict[str, Any]]]:
     """{metric: seed_summary rows (mean, std, n, CI per group and column)} for metrics with >= 2 seeds."""
     from .statistics import DEFAULT_BY, seed_summary
 
@@ -104,7 +112,7 @@ def _summary_kind(rows: Sequence[dict[str, Any]], subject_kind: str) -> str | No
     return max(set(kinds), key=kinds.count) if kinds else None
 
 
-def headline(study: Study) -> list[dict[str, Any]]:
+def headline(study: StudyTables) -> list[dict[str, Any]]:
     """Per scale and method: the final val_ppl and each per-method metric's headline column at each run's
     final step, over seeds (mean, n, 95% CI). Metrics over pairs of methods (subject kind 'cross') have no
     per-method value and are left out."""
@@ -122,10 +130,10 @@ def headline(study: Study) -> list[dict[str, Any]]:
         for md in study.metrics:
             if not (md.cls.headline and md.rows and md.cls.subject_kind != "cross"):
                 continue
-            finals = final_rows(md.rows, _summary_kind(md.rows, md.cls.subject_kind))
+            finals = final_rows(md.rows, kind=_summary_kind(md.rows, md.cls.subject_kind))
             for method in dict.fromkeys(r["method"] for r in records):
                 vals = [float(r[md.cls.headline]) for r in finals if r.get("method") == method
-                        and str(r.get("scale")) == scale and _finite(r.get(md.cls.headline))]
+                        and str(r.get("scale")) == scale and finite(r.get(md.cls.headline))]
                 s = describe(vals)
                 if s.n:
                     out.append({"scale": scale, "method": method, "metric": md.name, "column": md.cls.headline,
@@ -133,7 +141,7 @@ def headline(study: Study) -> list[dict[str, Any]]:
     return out
 
 
-def statistics(study: Study) -> dict[str, Any]:
+def statistics(study: StudyTables) -> dict[str, Any]:
     """Pairwise method differences over seeds at each run's final step: final val_ppl (both definitions)
     and each metric's headline column, Welch tests with Holm correction per group."""
     from .statistics import ALPHA, LEVEL, power_note
@@ -147,7 +155,7 @@ def statistics(study: Study) -> dict[str, Any]:
             else ""}
 
 
-def matched(study: Study) -> dict[str, Any]:
+def matched(study: StudyTables) -> dict[str, Any]:
     """Each run's checkpoint at its group's worst final perplexity (per scale and seed), and the metrics'
     headline columns there: over seeds, and pairwise."""
     from .matched import describe_matches, matched_checkpoints, select_rows
@@ -175,7 +183,7 @@ def matched(study: Study) -> dict[str, Any]:
             "notes": notes}
 
 
-def per_layer_similarity(study: Study, quantity: str = "cka") -> dict[tuple[str, int], Any]:
+def per_layer_similarity(study: StudyTables, quantity: str = "cka") -> dict[tuple[str, int], Any]:
     """{(run, step): per-hidden-state `quantity`} from the activation-similarity results (claim 4)."""
     out: dict[tuple[str, int], Any] = {}
     for md in study.metrics:
@@ -190,7 +198,7 @@ def per_layer_similarity(study: Study, quantity: str = "cka") -> dict[tuple[str,
     return out
 
 
-def prediction_result(study: Study) -> Any:
+def prediction_result(study: StudyTables) -> Any:
     """What claim 7 reads of a PredictionResult (improvements, units), from the prediction CSVs; None
     when there is no prediction table."""
     tables = {t.name: t.rows for t in study.prediction}
@@ -202,7 +210,7 @@ def prediction_result(study: Study) -> Any:
     return SimpleNamespace(improvements=imps, units=units)
 
 
-def claims(study: Study) -> list[dict[str, Any]]:
+def claims(study: StudyTables) -> list[dict[str, Any]]:
     """The claims of docs/study.md §5 checked on this study's runs: id, text, verdict, evidence, values."""
     from .claims import check_claims
 
@@ -214,18 +222,14 @@ def claims(study: Study) -> list[dict[str, Any]]:
             for c in found]
 
 
-def setup(study: Study) -> dict[str, Any]:
-    """The setup's distance from the paper's protocol (study/setup.py), stated on the report's first screen."""
+def setup(study: StudyTables) -> dict[str, Any]:
+    """The setup's distance from the paper's protocol (setup.py), stated on the report's first screen."""
     from .setup import setup_distance
 
     return setup_distance(study.spec, study.runs)
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _part(name: str, compute, *args) -> tuple[Any, dict[str, Any]]:
+def _part(name: str, compute: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, Any]]:
     """(value, status) of one part: status {'available': True} or {'available': False, 'message': why}."""
     try:
         return compute(*args), {"available": True}
@@ -237,11 +241,11 @@ def _part(name: str, compute, *args) -> tuple[Any, dict[str, Any]]:
                                                       f"({type(e).__name__}: {e})"}
 
 
-# --------------------------------------------------------------------------- writing
+# --------------------------------------------------------------------------- all parts
 
 
-def compute_findings(study: Study) -> dict[str, Any]:
-    """Every part's value and status, in memory (write_findings writes them)."""
+def compute_findings(study: StudyTables) -> dict[str, Any]:
+    """Every part's value and status, in memory (study/findings_stage.py writes them)."""
     parts = {}
     for name, label, fn in (("seed_summary", "seed summaries", seed_summaries),
                             ("headline", "headline table", headline), ("statistics", "statistics", statistics),
@@ -249,57 +253,3 @@ def compute_findings(study: Study) -> dict[str, Any]:
                             ("claims", "claims check", claims), ("setup", "setup comparison", setup)):
         parts[name] = _part(label, fn, study)
     return parts
-
-
-def _write(folder: Path, parts: dict[str, Any], study: Study) -> None:
-    (summaries, _), (head, _), (stats, _), (match, _), (found, _), (distance, _) = (parts[k] for k in (
-        "seed_summary", "headline", "statistics", "matched", "claims", "setup"))
-    for name, rows in (summaries or {}).items():
-        write_csv(rows, folder / SEED_SUMMARY_DIR / f"{name}.csv")
-    match = match or {}
-    for rows, file in ((head, HEADLINE), ((stats or {}).get("rows"), PAIRWISE),
-                       (match.get("checkpoints"), MATCHED_CHECKPOINTS), (match.get("metrics"), MATCHED_METRICS),
-                       (match.get("pairwise"), MATCHED_PAIRWISE)):
-        if rows:
-            write_csv(rows, folder / file)
-    if found is not None:
-        write_json_atomic(folder / CLAIMS, json_safe({"claims": found}))
-    if distance is not None:
-        write_json_atomic(folder / SETUP, json_safe(distance))
-    index = {"format": FORMAT, "study": study.spec.get("name") or study.dir.name, "seeds": study.seeds,
-             "parts": {k: status for k, (_, status) in parts.items()}}
-    if stats is not None:
-        index["statistics"] = {k: stats[k] for k in ("alpha", "level", "power_note")}
-    if match:
-        index["matched"] = {k: match[k] for k in ("lines", "notes")}
-    write_json_atomic(folder / INDEX, json_safe(index))
-
-
-def write_findings(study_dir: Path) -> Path:
-    """Compute the findings of the study in `study_dir` and write <study_dir>/findings/ (replaced whole);
-    returns the folder."""
-    study_dir = Path(study_dir)
-    study = load_study(study_dir)
-    parts = compute_findings(study)
-    final = study_dir / FINDINGS_DIR
-    staging = study_dir / f".{FINDINGS_DIR}.partial"
-    old = study_dir / f".{FINDINGS_DIR}.old"
-    for leftover in (staging, old):  # from an interrupted earlier write
-        shutil.rmtree(leftover, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        _write(staging, parts, study)
-        if final.exists():
-            final.rename(old)
-        try:
-            staging.rename(final)
-        except OSError:
-            if old.exists():  # put the previous findings back: never leave the study without them
-                old.rename(final)
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    failed = [k for k, (_, s) in parts.items() if not s["available"]]
-    log.info(f"findings: {final}" + (f" (not available: {', '.join(failed)})" if failed else ""))
-    return final

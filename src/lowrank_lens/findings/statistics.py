@@ -11,7 +11,8 @@ module makes that explicit for the user's runs:
   difference of means (exact over all splits when there are few), corrected for multiple comparisons
   (Holm or Bonferroni) within each group or over the whole call. A difference smaller than the larger of
   the two seed stds is flagged 'within seed spread' and not claimed, whatever its p-value.
-- `Stats`, `describe`, `interval`, `order`: the small pieces the claims check (claims.py) reuses.
+- `Stats`, `describe`, `interval`, `order`: the small pieces the claims check (claims.py, verdicts.py)
+  reuses.
 
 Pure numpy + scipy.stats; no table library. Skipped rows and non-finite values are left out of every count.
 """
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LensError
+from .common import finite
 
 LEVEL = 0.95
 """Confidence level of every CI (two-sided Student t)."""
@@ -60,15 +62,11 @@ class Stats:
         return {"mean": self.mean, "std": self.std, "n": self.n, "ci_low": self.ci_low, "ci_high": self.ci_high}
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
 def describe(values: Iterable[float], level: float = LEVEL) -> Stats:
     """Stats of the finite values: mean +- t_{(1+level)/2, n-1} * std / sqrt(n)."""
     from scipy import stats
 
-    x = np.array([float(v) for v in values if _finite(v)])
+    x = np.array([float(v) for v in values if finite(v)])
     n = len(x)
     if n == 0:
         return Stats(math.nan, math.nan, 0, math.nan, math.nan)
@@ -110,7 +108,7 @@ def numeric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     seen: dict[str, None] = {}
     for row in rows:
         for k, v in row.items():
-            if k not in KEY_COLUMNS and _finite(v):
+            if k not in KEY_COLUMNS and finite(v):
                 seen.setdefault(k, None)
     return list(seen)
 
@@ -144,7 +142,7 @@ def seed_summary(rows: Sequence[dict[str, Any]], by: Sequence[str] = DEFAULT_BY,
     for key, group in _groups(rows, by).items():
         _one_per_seed(group, f"group {dict(zip(by, key, strict=True))}", by)
         for col in columns if columns is not None else numeric_columns(group):
-            vals = [(r.get("seed"), r.get(col)) for r in group if _finite(r.get(col))]
+            vals = [(r.get("seed"), r.get(col)) for r in group if finite(r.get(col))]
             if not vals:
                 continue
             s = describe([v for _, v in vals], level)
@@ -250,7 +248,7 @@ def pairwise_differences(rows: Sequence[dict[str, Any]], column: str, metric: st
     if family not in FAMILIES:
         raise LensError(f"family {family!r} is not one of {', '.join(FAMILIES)}")
     adjust([], correction)  # validates the name
-    chosen = [r for r in rows if r.get("metric") == metric and not r.get("skipped") and _finite(r.get(column))]
+    chosen = [r for r in rows if r.get("metric") == metric and not r.get("skipped") and finite(r.get(column))]
     if not chosen:
         raise LensError(f"no finite {column!r} values in the rows of metric {metric!r}; check the metric and "
                         f"column names (columns seen: {', '.join(numeric_columns(rows)) or 'none'})")

@@ -8,121 +8,45 @@ says n=1). An ordering whose ranges overlap is within the seed spread: 'inconclu
 A claim holds when every comparison it makes goes its way, does not hold when one goes decisively the
 other way, and is inconclusive otherwise or when its data are missing (the reason is the evidence).
 
-The claims' texts, and the methods claims 5 and 8 name, live in claims.json beside this module (method
+The claims' texts, and the methods claims 5 and 8 name, live in claims.json (verdicts.py reads it; method
 names stay out of code outside methods/, docs/design.md convention 2); `names` overrides the named methods.
 The baseline is whichever run says is_baseline. Inputs: metric rows (runner.analyze), run records
 (run, method, scale, seed, is_baseline, final_val_ppl, checkpoints), and optionally per-layer similarity
 arrays {(run, step): [L+1]} (claim 4), downstream rows (run, task, acc; claim 6) and a
-predict.PredictionResult (claim 7).
+prediction.PredictionResult (claim 7).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
 from ..errors import LensError
-from .statistics import ALPHA, Stats, describe, interval, order
+from .common import final_rows, finite
+from .statistics import ALPHA, interval, order
+from .verdicts import (
+    FAILS,
+    HOLDS,
+    UNSURE,
+    VERDICTS,
+    ZERO,
+    Claim,
+    baselines,
+    claim_texts,
+    combine,
+    expect,
+    fmt_stats,
+    method_absent,
+    missing,
+    stats_by_scale,
+    steps_text,
+)
 
-HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
-VERDICTS = (HOLDS, FAILS, UNSURE)
-ZERO = Stats(0.0, 0.0, 1, 0.0, 0.0, (0.0,))
-
-
-@dataclass
-class Claim:
-    id: int
-    text: str
-    verdict: str
-    evidence: str
-    values: dict[str, Any] = field(default_factory=dict)
-
-
-@cache
-def claim_texts() -> dict[int, dict[str, Any]]:
-    """claims.json: id -> {id, text, and the method a claim names (claims 5 and 8)}."""
-    try:
-        raw = (resources.files(__package__) / "claims.json").read_text(encoding="utf-8")
-    except (FileNotFoundError, OSError) as e:
-        raise LensError(f"claims.json is missing from the installed package ({e}); reinstall lowrank-lens") from e
-    return {int(c["id"]): c for c in json.loads(raw)["claims"]}
-
-
-def combine(verdicts: Sequence[str]) -> str:
-    """FAILS if any part fails; HOLDS if there are parts and all hold; UNSURE otherwise."""
-    if FAILS in verdicts:
-        return FAILS
-    return HOLDS if verdicts and all(v == HOLDS for v in verdicts) else UNSURE
-
-
-def _fmt(s: Stats, spread: str = "ci") -> str:
-    if s.n < 2:
-        return f"{s.mean:.4g} (n={s.n})"
-    lo, hi = interval(s, spread)
-    return f"{s.mean:.4g} [{lo:.4g}, {hi:.4g}] (n={s.n})"
-
-
-def _expect(a: Stats, b: Stats, rel: str, spread: str) -> str:
-    """HOLDS if a `rel` b beyond the spread, FAILS if decisively the other way, UNSURE inside the spread."""
-    o = order(a, b, spread)
-    return HOLDS if o == rel else (UNSURE if o == "~" else FAILS)
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def final_rows(rows: Sequence[dict[str, Any]], metric: str, skipped: bool = False) -> list[dict[str, Any]]:
-    """`metric`'s rows at each subject's largest step (per run, other run and kind); skipped rows only
-    with skipped=True, else only computed ones."""
-    best: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        if r.get("metric") != metric or bool(r.get("skipped")) != skipped:
-            continue
-        key = (r.get("run"), r.get("other_run"), r.get("kind"))
-        if key not in best or (r.get("step") or 0) > (best[key].get("step") or 0):
-            best[key] = r
-    return list(best.values())
-
-
-def _stats(rows: Sequence[dict[str, Any]], column: str, key=lambda r: r.get("method")) -> dict[str, dict[Any, Stats]]:
-    """scale -> key (method) -> Stats of `column` over the rows (one per seed)."""
-    vals: dict[str, dict[Any, list[float]]] = {}
-    for r in rows:
-        if _finite(r.get(column)):
-            vals.setdefault(str(r.get("scale")), {}).setdefault(key(r), []).append(float(r[column]))
-    return {sc: {k: describe(v) for k, v in d.items()} for sc, d in vals.items()}
-
-
-def _steps(rows: Sequence[dict[str, Any]]) -> str:
-    steps = sorted({r.get("step") for r in rows if r.get("step") is not None})
-    return "final step " + "/".join(map(str, steps)) if steps else "no step"
-
-
-def _baselines(runs: Sequence[dict[str, Any]]) -> set[str]:
-    return {str(r["method"]) for r in runs if r.get("is_baseline")}
-
-
-def _missing(cid: int, reason: str, **values: Any) -> Claim:
-    return Claim(cid, claim_texts()[cid]["text"], UNSURE, reason, dict(values))
-
-
-def _absent(cid: int, method: str, runs: Sequence[dict[str, Any]], **values: Any) -> Claim | None:
-    """Inconclusive with the reason when the method a claim names has no run in the study (a study of other
-    methods, e.g. a subset of the zoo), else None."""
-    present = sorted({str(r.get("method")) for r in runs})
-    if method in present:
-        return None
-    return _missing(cid, f"the claim names {method}, which has no run in this study (its methods: "
-                         f"{', '.join(present) or 'none'}); add {method} to the study's methods to test it", **values)
+__all__ = ["FAILS", "HOLDS", "UNSURE", "VERDICTS", "Claim", "check_claims", "claim_texts"]
 
 
 # --------------------------------------------------------------------------- claims 1, 2: sharpness
@@ -130,13 +54,13 @@ def _absent(cid: int, method: str, runs: Sequence[dict[str, Any]], **values: Any
 
 def _baseline_vs_lowrank(cid: int, rows, runs, metric: str, column: str, rel: str, spread: str) -> Claim:
     """Baseline `rel` every low-rank method on `column` at each scale (rel '>' claim 1, '<' claim 2)."""
-    base = _baselines(runs)
+    base = baselines(runs)
     if not base:
-        return _missing(cid, "no baseline run (is_baseline) among the runs")
-    fr = final_rows(rows, metric)
-    table = _stats(fr, column)
+        return missing(cid, "no baseline run (is_baseline) among the runs")
+    fr = final_rows(rows, metric=metric)
+    table = stats_by_scale(fr, column)
     if not table:
-        return _missing(cid, f"no {metric} rows with {column}; run `analyze` with metric {metric}")
+        return missing(cid, f"no {metric} rows with {column}; run `analyze` with metric {metric}")
     parts, lines, values = [], [], {}
     for scale, by_m in sorted(table.items()):
         b = next((by_m[m] for m in base if m in by_m), None)
@@ -147,12 +71,12 @@ def _baseline_vs_lowrank(cid: int, rows, runs, metric: str, column: str, rel: st
             continue
         bname = next(m for m in base if m in by_m)
         for m, s in sorted(others.items()):
-            v = _expect(b, s, rel, spread)
+            v = expect(b, s, rel, spread)
             parts.append(v)
-            lines.append(f"{scale}: {bname} {column} {_fmt(b, spread)} vs {m} {_fmt(s, spread)} -> {v}")
+            lines.append(f"{scale}: {bname} {column} {fmt_stats(b, spread)} vs {m} {fmt_stats(s, spread)} -> {v}")
     if not parts:
-        return _missing(cid, "; ".join(lines) or f"no scale with {column} for both sides", **values)
-    return Claim(cid, claim_texts()[cid]["text"], combine(parts), f"{column} at {_steps(fr)}: " + "; ".join(lines),
+        return missing(cid, "; ".join(lines) or f"no scale with {column} for both sides", **values)
+    return Claim(cid, claim_texts()[cid]["text"], combine(parts), f"{column} at {steps_text(fr)}: " + "; ".join(lines),
                  values)
 
 
@@ -161,24 +85,25 @@ def _baseline_vs_lowrank(cid: int, rows, runs, metric: str, column: str, rel: st
 
 def _claim3(rows, runs, spread: str) -> Claim:
     parts, lines, values = [], [], {"imib": {}, "distinct": {}, "final_val_ppl": {}}
-    im = final_rows(rows, "imib")
+    im = final_rows(rows, metric="imib")
     pair = lambda r: " | ".join(sorted((str(r.get("method")), str(r.get("other_method")))))  # noqa: E731
-    skipped = sorted({f"{r.get('scale')} {pair(r)}: {r['skipped']}" for r in final_rows(rows, "imib", True)})
-    table = _stats(im, "imib", pair)
+    skipped = sorted({f"{r.get('scale')} {pair(r)}: {r['skipped']}"
+                      for r in final_rows(rows, metric="imib", skipped=True)})
+    table = stats_by_scale(im, "imib", pair)
     if not table:
         parts.append(UNSURE)
         lines.append("no computed imib rows" + (" (all skipped)" if skipped else ""))
     for scale, by_p in sorted(table.items()):
         for p, s in sorted(by_p.items()):
-            v = _expect(s, ZERO, ">", spread)
+            v = expect(s, ZERO, ">", spread)
             parts.append(v)
             values["imib"].setdefault(scale, {})[p] = s.as_dict()
-            lines.append(f"{scale}: IMIB {p} {_fmt(s, spread)} > 0 -> {v}")
+            lines.append(f"{scale}: IMIB {p} {fmt_stats(s, spread)} > 0 -> {v}")
     if skipped:
         lines.append("skipped pairs: " + "; ".join(skipped))
-    base = _baselines(runs)
-    lr = [r for r in final_rows(rows, "landscape_random") if r.get("method") not in base]
-    es, dv = _stats(lr, "es"), _stats(lr, "dv")
+    base = baselines(runs)
+    lr = [r for r in final_rows(rows, metric="landscape_random") if r.get("method") not in base]
+    es, dv = stats_by_scale(lr, "es"), stats_by_scale(lr, "dv")
     if not es:
         parts.append(UNSURE)
         lines.append("no landscape_random rows (es, dv) for the low-rank methods")
@@ -189,7 +114,7 @@ def _claim3(rows, runs, spread: str) -> Claim:
             parts.append(HOLDS if apart else UNSURE)
             values["distinct"].setdefault(scale, {})[f"{a} | {b}"] = apart
             lines.append(f"{scale}: {a} vs {b} distinct on {', '.join(apart) if apart else 'neither es nor dv'}")
-    ppl = _stats([{**r, "ppl": r.get("final_val_ppl")} for r in runs], "ppl")
+    ppl = stats_by_scale([{**r, "ppl": r.get("final_val_ppl")} for r in runs], "ppl")
     values["final_val_ppl"] = {sc: {m: s.as_dict() for m, s in d.items()} for sc, d in ppl.items()}
     if ppl:
         per = (f"{sc} " + ", ".join(f"{m} {s.mean:.4g}" for m, s in sorted(d.items())) for sc, d in sorted(ppl.items()))
@@ -212,7 +137,7 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 def _claim4(rows, runs, per_layer, similarity: str, spread: str) -> Claim:
     info = {r["run"]: r for r in runs}
-    base = _baselines(runs)
+    base = baselines(runs)
     series: dict[str, dict[int, tuple[float, float]]] = {}  # run -> step -> (depth decrease, drop)
     if per_layer:
         source = f"per-layer {similarity}: depth = -Spearman(layer, similarity), drop = first - last layer"
@@ -224,12 +149,12 @@ def _claim4(rows, runs, per_layer, similarity: str, spread: str) -> Claim:
         mean, last = f"{similarity}_mean", f"{similarity}_last"
         source = f"no per-layer arrays; proxy from rows: depth = drop = {mean} - {last}"
         for r in rows:
-            if r.get("metric") == "activation_similarity" and not r.get("skipped") and _finite(r.get(mean)) \
-                    and _finite(r.get(last)) and r.get("run") in info and r.get("method") not in base:
+            if r.get("metric") == "activation_similarity" and not r.get("skipped") and finite(r.get(mean)) \
+                    and finite(r.get(last)) and r.get("run") in info and r.get("method") not in base:
                 d = float(r[mean]) - float(r[last])
                 series.setdefault(r["run"], {})[int(r["step"])] = (d, d)
     if not series:
-        return _missing(4, f"no activation similarity ({similarity}) of a low-rank run to the baseline")
+        return missing(4, f"no activation similarity ({similarity}) of a low-rank run to the baseline")
     per_run = []
     for run, by_step in series.items():
         steps = sorted(by_step)
@@ -237,16 +162,17 @@ def _claim4(rows, runs, per_layer, similarity: str, spread: str) -> Claim:
         per_run.append({"run": run, "method": info[run]["method"], "scale": info[run].get("scale"),
                         "depth": by_step[steps[-1]][0], "trend": trend, "step": steps[-1], "n_steps": len(steps)})
     parts, lines, values = [], [source], {}
-    depth, trend = _stats(per_run, "depth"), _stats(per_run, "trend")
+    depth, trend = stats_by_scale(per_run, "depth"), stats_by_scale(per_run, "trend")
     for scale in sorted(depth):
         for m in sorted(depth[scale]):
             d, t = depth[scale][m], trend.get(scale, {}).get(m)
-            vd = _expect(d, ZERO, ">", spread)
-            vt = _expect(t, ZERO, ">", spread) if t is not None else UNSURE
+            vd = expect(d, ZERO, ">", spread)
+            vt = expect(t, ZERO, ">", spread) if t is not None else UNSURE
             parts += [vd, vt]
             values.setdefault(scale, {})[m] = {"depth": d.as_dict(), "trend": t.as_dict() if t else None}
-            lines.append(f"{scale} {m}: decrease with depth {_fmt(d, spread)} > 0 -> {vd}; growth with step "
-                         + (f"Spearman {_fmt(t, spread)} > 0 -> {vt}" if t else "needs >= 2 steps -> inconclusive"))
+            growth = f"Spearman {fmt_stats(t, spread)} > 0 -> {vt}" if t else "needs >= 2 steps -> inconclusive"
+            lines.append(f"{scale} {m}: decrease with depth {fmt_stats(d, spread)} > 0 -> {vd}; growth with step "
+                         + growth)
     values["runs"] = per_run
     return Claim(4, claim_texts()[4]["text"], combine(parts), "; ".join(lines), values)
 
@@ -260,29 +186,29 @@ CLOSEST = (("cka_mean", ">"), ("cosine_mean", ">"), ("l2_mean", "<"), ("cka_last
 
 
 def _claim5(rows, runs, expected: str, spread: str) -> Claim:
-    absent = _absent(5, expected, runs, expected=expected)
+    absent = method_absent(5, expected, runs, expected=expected)
     if absent:
         return absent
-    base = _baselines(runs)
-    fr = [r for r in final_rows(rows, "activation_similarity") if r.get("method") not in base]
+    base = baselines(runs)
+    fr = [r for r in final_rows(rows, metric="activation_similarity") if r.get("method") not in base]
     if not fr:
-        return _missing(5, "no activation_similarity rows of low-rank runs vs the baseline")
+        return missing(5, "no activation_similarity rows of low-rank runs vs the baseline")
     parts, lines, values = [], [], {"expected": expected}
     for col, rel in CLOSEST:
-        for scale, by_m in sorted(_stats(fr, col).items()):
+        for scale, by_m in sorted(stats_by_scale(fr, col).items()):
             values.setdefault(col, {})[scale] = {m: s.as_dict() for m, s in by_m.items()}
             if expected not in by_m or len(by_m) < 2:
                 lines.append(f"{scale} {col}: needs {expected} and another low-rank method")
                 continue
             e = by_m[expected]
             ranks = sorted(by_m, key=lambda m: -by_m[m].mean if rel == ">" else by_m[m].mean)
-            vs = [_expect(e, s, rel, spread) for m, s in by_m.items() if m != expected]
+            vs = [expect(e, s, rel, spread) for m, s in by_m.items() if m != expected]
             parts.append(combine(vs))
-            lines.append(f"{scale} {col}: {expected} {_fmt(e, spread)}, order " + " > ".join(ranks)
+            lines.append(f"{scale} {col}: {expected} {fmt_stats(e, spread)}, order " + " > ".join(ranks)
                          + f" -> {combine(vs)}")
     if not parts:
-        return _missing(5, "; ".join(lines), **values)
-    return Claim(5, claim_texts()[5]["text"], combine(parts), f"{_steps(fr)}: " + "; ".join(lines), values)
+        return missing(5, "; ".join(lines), **values)
+    return Claim(5, claim_texts()[5]["text"], combine(parts), f"{steps_text(fr)}: " + "; ".join(lines), values)
 
 
 # --------------------------------------------------------------------------- claim 6: ppl vs downstream
@@ -292,7 +218,7 @@ def _claim6(runs, downstream, spread: str) -> Claim:
     from scipy import stats
 
     if not downstream:
-        return _missing(6, "no downstream results")
+        return missing(6, "no downstream results")
     info = {r["run"]: r for r in runs}
     by_scale: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
@@ -300,12 +226,12 @@ def _claim6(runs, downstream, spread: str) -> Claim:
     parts, lines, values = [], [], {}
     for scale, rs in sorted(by_scale.items()):
         accs = {r["run"]: {d["task"]: float(d["acc"]) for d in downstream
-                           if d.get("run") == r["run"] and _finite(d.get("acc"))} for r in rs}
+                           if d.get("run") == r["run"] and finite(d.get("acc"))} for r in rs}
         accs = {k: v for k, v in accs.items() if v}
         tasks = set.intersection(*(set(v) for v in accs.values())) if accs else set()
         units = [{"scale": scale, "method": info[k]["method"], "ppl": info[k].get("final_val_ppl"),
                   "acc": float(np.mean([v[t] for t in tasks]))} for k, v in accs.items() if tasks]
-        ppl, acc = _stats(units, "ppl").get(scale, {}), _stats(units, "acc").get(scale, {})
+        ppl, acc = stats_by_scale(units, "ppl").get(scale, {}), stats_by_scale(units, "acc").get(scale, {})
         methods = sorted(set(ppl) & set(acc))
         if len(methods) < 2:
             lines.append(f"{scale}: fewer than 2 methods with both final val_ppl and downstream accuracy")
@@ -326,7 +252,7 @@ def _claim6(runs, downstream, spread: str) -> Claim:
                      f"discordant pairs {', '.join(discord) or 'none'}"
                      + (f"; within spread {', '.join(undecided)}" if undecided else "") + f" -> mismatch {v}")
     if not parts:
-        return _missing(6, "; ".join(lines), **values)
+        return missing(6, "; ".join(lines), **values)
     verdict = HOLDS if HOLDS in parts else (FAILS if all(p == FAILS for p in parts) else UNSURE)
     return Claim(6, claim_texts()[6]["text"], verdict, "; ".join(lines), values)
 
@@ -339,13 +265,13 @@ def _claim7(prediction, alpha: float) -> Claim:
     does not hold when delta R^2 < 0 beyond it (p_r2_worse < alpha: worse than information-free metrics),
     inconclusive otherwise; the splits then combine as every claim's parts do."""
     if prediction is None or not getattr(prediction, "improvements", None):
-        return _missing(7, "no prediction result (run the predict stage with downstream results)")
+        return missing(7, "no prediction result (run the predict stage with downstream results)")
     parts, lines, values = [], [], {}
     for imp in prediction.improvements:
         worse = getattr(imp, "p_r2_worse", math.nan)
-        if imp.delta_r2 > 0 and _finite(imp.p_r2) and imp.p_r2 < alpha:
+        if imp.delta_r2 > 0 and finite(imp.p_r2) and imp.p_r2 < alpha:
             v = HOLDS
-        elif imp.delta_r2 < 0 and _finite(worse) and worse < alpha:
+        elif imp.delta_r2 < 0 and finite(worse) and worse < alpha:
             v = FAILS
         else:
             v = UNSURE
@@ -374,10 +300,10 @@ def _claim8(rows, runs, highest: str, no_dense: str, spread: str) -> Claim:
     says so, and counts imib's skips for the method as information only.
     """
     parts, lines, values = [], [], {"highest_loss_method": highest, "not_interpolable_method": no_dense}
-    absent = _absent(8, highest, runs, **values)
+    absent = method_absent(8, highest, runs, **values)
     if absent:
         return absent
-    ppl = _stats([{**r, "ppl": r.get("final_val_ppl")} for r in runs], "ppl")
+    ppl = stats_by_scale([{**r, "ppl": r.get("final_val_ppl")} for r in runs], "ppl")
     if not ppl:
         parts.append(UNSURE)
         lines.append("no final val_ppl in the run records")
@@ -387,11 +313,11 @@ def _claim8(rows, runs, highest: str, no_dense: str, spread: str) -> Claim:
             parts.append(UNSURE)
             lines.append(f"{scale}: needs {highest} and another method")
             continue
-        v = combine([_expect(by_m[highest], s, ">", spread) for m, s in by_m.items() if m != highest])
+        v = combine([expect(by_m[highest], s, ">", spread) for m, s in by_m.items() if m != highest])
         parts.append(v)
         top = max(by_m, key=lambda m: by_m[m].mean)
-        lines.append(f"{scale}: highest final val_ppl {top} {_fmt(by_m[top], spread)}; {highest} "
-                     f"{_fmt(by_m[highest], spread)} -> {v}")
+        lines.append(f"{scale}: highest final val_ppl {top} {fmt_stats(by_m[top], spread)}; {highest} "
+                     f"{fmt_stats(by_m[highest], spread)} -> {v}")
     involved = [r for r in rows if r.get("metric") == "imib" and no_dense in (r.get("method"), r.get("other_method"))]
     skipped = [r for r in involved if r.get("skipped")]
     values["skipped_imib"] = sorted({f"{r.get('method')}-{r.get('other_method')}: {r['skipped']}" for r in skipped})

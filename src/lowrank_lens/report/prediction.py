@@ -1,4 +1,5 @@
-"""Tables and the figure of the downstream-prediction study (predict.py; docs/study.md §3.3, §5 item 7).
+"""Tables and the figure of the downstream-prediction study (findings/prediction.py; docs/study.md §3.3, §5
+item 7), written by the study's predict stage (study/stages.py) and shown by the report's prediction section.
 
 `write_prediction_report(result, out_dir)` writes, each file atomically (temporary sibling, then rename,
 so an interrupted write never leaves half a file):
@@ -20,8 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path, write_text_atomic
-from .predict import PredictionResult
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..atomic import atomic_path, write_text_atomic  # noqa: E402
+from ..errors import LensError  # noqa: E402
+from ..findings.prediction import PredictionResult  # noqa: E402
 
 
 def _csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
@@ -37,10 +44,6 @@ def _csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Pa
 def _method_colours(methods: Sequence[str]) -> dict[str, str]:
     """The method's registered plot colour where it has one (same colours as every other figure),
     otherwise a distinct tab10 colour."""
-    import matplotlib
-
-    from ..errors import LensError
-
     try:
         from ..methods import get_method
     except ImportError:  # the method plugins need torch; the study tables do not
@@ -60,11 +63,6 @@ def _method_colours(methods: Sequence[str]) -> dict[str, str]:
 def plot_predicted_vs_actual(result: PredictionResult, path: Path, split: str | None = None) -> Path:
     """Scatter of out-of-fold predicted vs actual target, one panel per feature set, for `split`
     (default: "loo" when computed, else the first split)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     splits = [s.split for s in result.scores]
     split = split or ("loo" if "loo" in splits else splits[0])
     sets = list(result.columns)
