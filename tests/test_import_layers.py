@@ -1,7 +1,8 @@
 """The import graph of the package (every import statement, module-level or inside a function): config is
 the lowest layer and names no other module but errors; readers of run folders go through run_files, not
-the training code; no group of sub-packages imports itself in a circle; and the report imports nothing of the
-study (the study computes the findings, the report renders them)."""
+the training code; no group of sub-packages imports itself in a circle; the report imports nothing of the
+study (the study computes the findings, the report renders them); and the findings are pure functions, which
+import neither the training code, the study nor the report."""
 
 from __future__ import annotations
 
@@ -105,6 +106,29 @@ def test_the_report_renders_and_imports_nothing_of_the_study():
     for name, deps in graph.items():
         if name.startswith("lowrank_lens.report"):
             assert not [d for d in deps if d.startswith("lowrank_lens.study")], name
+
+
+def test_the_findings_import_neither_training_study_nor_report():
+    """findings/ computes over rows already read: nothing it imports, directly or not, trains, orchestrates a
+    study or renders (the study's findings stage reads the files and writes the tables)."""
+    graph = import_graph()
+    findings = [name for name in graph if name.startswith("lowrank_lens.findings")]
+    assert "lowrank_lens.findings.common" in findings
+    forbidden = ("lowrank_lens.train", "lowrank_lens.study", "lowrank_lens.report")
+    for name in findings:
+        assert not [d for d in _reachable(graph, name) if d.startswith(forbidden)], name
+
+
+def test_findings_study_and_report_share_each_helper():
+    """`finite` and `final_rows` are defined once, in findings/common.py, and every other module imports them."""
+    defined: dict[str, list[str]] = {}
+    for path in PKG.rglob("*.py"):
+        if path.relative_to(PKG).parts[0] not in ("findings", "study", "report"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.lstrip("_") in ("finite", "final_rows"):
+                defined.setdefault(node.name.lstrip("_"), []).append(_module_name(path))
+    assert defined == {"finite": ["lowrank_lens.findings.common"], "final_rows": ["lowrank_lens.findings.common"]}
 
 
 def test_the_graph_sees_function_level_imports():
