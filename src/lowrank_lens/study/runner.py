@@ -168,26 +168,33 @@ def study_lock(out: Path) -> FileLock:
                         f"(`study --status` shows its progress), or pass another --out") from None
 
 
-def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES) -> Path:
+def run_study(spec: StudySpec, out: str | Path, stages: tuple[str, ...] = STAGES, lock: bool = True) -> Path:
     """Run the chosen stages of a study into `out`, in the order of the stage table (study/stage_table.py);
-    returns the report path (or `out` without a report stage)."""
+    returns the report path (or `out` without a report stage). `lock=False` for a job that a submitting
+    process started, which holds the study's lock for it (study/submit.py)."""
+    out = Path(out)
+    if not lock:
+        return _run_stages(spec, out, stages)
+    with study_lock(out):
+        return _run_stages(spec, out, stages)
+
+
+def _run_stages(spec: StudySpec, out: Path, stages: tuple[str, ...]) -> Path:
     from .stage_table import STAGE_TABLE
 
-    out = Path(out)
-    with study_lock(out):
-        write_study_record(spec, out)
-        chosen = set(stages) | {need for st in STAGE_TABLE if st.name in stages for need in st.needs}
-        timings: dict[str, float] = {}
-        result = out
-        for stage in STAGE_TABLE:
-            if stage.name not in chosen or not stage.applies(spec):
-                continue
-            if stage.name == "report":
-                _save_timings(out, timings)  # the report shows them
-            t = time.perf_counter()
-            result = stage.run(spec, out) or result
-            timings[stage.name] = time.perf_counter() - t
-        _save_timings(out, timings)
+    write_study_record(spec, out)
+    chosen = set(stages) | {need for st in STAGE_TABLE if st.name in stages for need in st.needs}
+    timings: dict[str, float] = {}
+    result = out
+    for stage in STAGE_TABLE:
+        if stage.name not in chosen or not stage.applies(spec):
+            continue
+        if stage.name == "report":
+            _save_timings(out, timings)  # the report shows them
+        t = time.perf_counter()
+        result = stage.run(spec, out) or result
+        timings[stage.name] = time.perf_counter() - t
+    _save_timings(out, timings)
     log.info("study stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     return result
 

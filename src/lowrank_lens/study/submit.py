@@ -218,7 +218,10 @@ class ReportTask:
         spec = _setup_task(study_dir)
         mark(study_dir, "report", "running")
         try:
-            result = run_study(spec, study_dir, ("analyze", "downstream", "predict", "findings", "report"))
+            # the submitting process holds the study's lock while it waits (local); under Slurm it has returned,
+            # and this job is the only one running these stages
+            result = run_study(spec, study_dir, ("analyze", "downstream", "predict", "findings", "report"),
+                               lock=False)
         except BaseException as e:
             mark(study_dir, "report", "failed", error=f"{type(e).__name__}: {e}")
             raise
