@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ...errors import LensError
-from ...model.architectures import block_index
+from ...model.architectures import block_index, of_model
 from ..base import Metric, Result
 from ..context import Context
 from ..maths.spectra import ZERO_RULES, mean_metrics, singular_values, spectral_metrics
@@ -31,7 +31,6 @@ from . import register
 SPECTRAL_KEYS = ("rank", "rank_ratio", "effective_rank", "effective_rank_score", "stable_rank",
                  "stable_rank_ratio", "spectral_gap", "singular_value_ratio", "n_sv_above", "n_sv_above_ratio")
 VIEWS = ("dense", "stored")
-_STORED_MODULES = ("self_attn", "attn", "attention", "mlp")
 
 
 @dataclass
@@ -62,8 +61,8 @@ def analysed_matrices(ctx: Context, ckpt: CheckpointRef, view: str, max_elements
     """The matrices a spectral metric reads, in fp32, and the basis ('dense', 'factors' or 'stored')."""
     ck = ctx.load(ckpt, dtype=torch.float32)
     if view == "stored":
-        mats = {n: p.detach() for n, p in ck.model.named_parameters()
-                if p.ndim == 2 and block_index(n) >= 0 and any(f".{m}." in n for m in _STORED_MODULES)}
+        arch = of_model(ck.model)
+        mats = {n: p.detach() for n, p in ck.model.named_parameters() if p.ndim == 2 and arch.is_stored(n)}
         basis = "stored"
     else:
         dense = ck.method.dense_weights(ck.model)
@@ -82,7 +81,7 @@ def analysed_matrices(ctx: Context, ckpt: CheckpointRef, view: str, max_elements
 
 def layer_index(name: str) -> int:
     """Transformer block index of a parameter/module name ('model.layers.3.mlp...', 'transformer.h.3.attn...'
-    -> 3), -1 if none (model/architectures.block_index, for every architecture the metrics know)."""
+    -> 3), -1 if none (model/architectures.block_index: the blocks of every architecture the metrics know)."""
     return block_index(name)
 
 
