@@ -42,15 +42,15 @@ from typing import Any
 import torch
 
 from .galore_adamw import GaLoreAdamW
+from .limiter import check_gamma, limit_norm_growth
 from .projector import is_right, needs_refresh, project
 
 SCALE_TYPES = ("channel", "tensor")
 SEEDINGS = ("stable", "official")
 # The official random_projector.ADV_DEFAULT: next_seed draws this many int64s and keeps the last one.
 _SEED_ADVANCE = 0xF
-# Both 1e-8 constants are hard-coded in the official step (steps 3 and 4).
+# Hard-coded in the official step (step 3; the limiter's own, step 4, is in limiter.py).
 _FACTOR_EPS = 1e-8
-_LIMITER_EPS = 1e-8
 
 
 def next_seed(seed: int) -> int:
@@ -79,20 +79,6 @@ def scaling_factor(norm_low: torch.Tensor, low: torch.Tensor, right: bool, tenso
     dim = 1 if right else 0
     num = torch.linalg.vector_norm(norm_low, dim=dim, keepdim=True)
     return num / (torch.linalg.vector_norm(low, dim=dim, keepdim=True) + _FACTOR_EPS)
-
-
-def limit_norm_growth(state: dict[str, Any], update: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Fira's limiter on the whole update: ‖U‖ grows by at most γ per step over the previous limited norm."""
-    norm = torch.linalg.vector_norm(update)  # 0-dim, stays on the device (no host sync)
-    if "update_norm" not in state:
-        state["update_norm"] = norm  # the first step only records
-        return update
-    ratio = norm / (state["update_norm"] + _LIMITER_EPS)
-    # max(ratio, γ) / γ as the official code evaluates it: compared with γ in the update's dtype, and an
-    # unlimited step divides by exactly 1 (a clamp would divide by bf16(γ)/γ != 1 under pure bf16).
-    limiter = torch.where(ratio < gamma, torch.ones_like(ratio), ratio / gamma)
-    state["update_norm"] = norm / limiter
-    return update.div_(limiter)
 
 
 class ApolloAdamW(GaLoreAdamW):
@@ -137,8 +123,7 @@ class ApolloAdamW(GaLoreAdamW):
         group = self.param_groups[-1]  # torch has filled in the optimizer-wide settings by now
         if group["seeding"] not in SEEDINGS:
             raise ValueError(f"seeding {group['seeding']!r} is not one of {', '.join(SEEDINGS)}")
-        if group["gamma"] < 1.0:
-            raise ValueError(f"gamma must be >= 1 (the allowed growth factor), got {group['gamma']}")
+        check_gamma(group["gamma"])
         if "rank" in group and group["scale"] <= 0:
             raise ValueError(f"scale must be positive (the update is multiplied by its square root), got "
                              f"{group['scale']}")
@@ -167,7 +152,7 @@ class ApolloAdamW(GaLoreAdamW):
         if group["scale_front"]:
             update.mul_(root)
         if group["limiter"]:
-            update = limit_norm_growth(state, update, group["gamma"])
+            update = limit_norm_growth(state, update, group["gamma"], "update_norm")
         if not group["scale_front"]:
             update.mul_(root)
         return update

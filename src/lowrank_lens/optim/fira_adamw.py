@@ -28,12 +28,12 @@ from typing import Any
 import torch
 
 from .galore_adamw import GaLoreAdamW
+from .limiter import check_gamma, limit_norm_growth
 from .projector import is_right
 
 RESIDUAL_MODES = ("code", "paper")
-# Both 1e-8 constants are hard-coded in the official code (§3.2 steps 5 and 6).
+# Hard-coded in the official code (§3.2 step 5; the limiter's own is in limiter.py).
 _PHI_EPS = 1e-8
-_LIMITER_EPS = 1e-8
 
 
 class FiraAdamW(GaLoreAdamW):
@@ -60,8 +60,7 @@ class FiraAdamW(GaLoreAdamW):
         group = self.param_groups[-1]  # torch has filled in gamma and residual by now
         if group["residual"] not in RESIDUAL_MODES:
             raise ValueError(f"residual {group['residual']!r} is not one of {', '.join(RESIDUAL_MODES)}")
-        if group["gamma"] < 1.0:
-            raise ValueError(f"gamma must be >= 1 (the allowed growth factor), got {group['gamma']}")
+        check_gamma(group["gamma"])
 
     def _direction(self, state: dict[str, Any], grad: torch.Tensor, low: torch.Tensor,
                    norm_low: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
@@ -73,7 +72,7 @@ class FiraAdamW(GaLoreAdamW):
             back_low.mul_(alpha)  # the reference's project_back applies α, so only α·P·R is removed
         residual = grad - back_low  # S: m x n
         residual.mul_(self._phi(grad, low, norm_low))
-        residual = self._limit(state, residual, group["gamma"])
+        residual = limit_norm_growth(state, residual, group["gamma"], "residual_norm")  # the limiter, on S
         direction = self._back(state, norm_low, grad)  # P·N, m x n
         if code:
             return direction.mul_(alpha).add_(residual)
@@ -87,18 +86,3 @@ class FiraAdamW(GaLoreAdamW):
         dim = 1 if is_right(grad.shape) else 0
         phi = torch.linalg.vector_norm(norm_low, dim=dim, keepdim=True)
         return phi.div_(torch.linalg.vector_norm(low, dim=dim, keepdim=True).add_(_PHI_EPS))
-
-    @staticmethod
-    def _limit(state: dict[str, Any], residual: torch.Tensor, gamma: float) -> torch.Tensor:
-        """Norm-growth limiter: ‖S‖ grows by at most γ per step relative to the previous limited norm."""
-        norm = torch.linalg.vector_norm(residual)  # 0-dim, stays on the device (no host sync)
-        if "residual_norm" not in state:
-            state["residual_norm"] = norm  # the first step only records
-            return residual
-        ratio = norm / (state["residual_norm"] + _LIMITER_EPS)
-        # limiter = max(ratio, γ) / γ, evaluated as the reference does (comparison with γ and division in
-        # the gradient's dtype; an unlimited step divides by exactly 1), so pure-bf16 runs match it bitwise.
-        # A clamp(min=γ) instead would divide every unlimited step by bf16(γ)/γ = 0.998, amplifying S.
-        limiter = torch.where(ratio < gamma, torch.ones_like(ratio), ratio / gamma)
-        state["residual_norm"] = norm / limiter
-        return residual.div_(limiter)
