@@ -269,7 +269,7 @@ def test_module_table_matches_the_built_model(scale):
     """The rank bound reads the model's matrices from a table (no transformers import); it must be the model."""
     from torch import nn
 
-    from lowrank_lens.methods.base import model_modules
+    from lowrank_lens.methods.shapes import model_modules
     from lowrank_lens.model import build_model
 
     def kind(mod):

@@ -26,7 +26,9 @@ from lens_testutil import require_package
 
 from lowrank_lens.config import ModelConfig
 from lowrank_lens.methods import get_method
-from lowrank_lens.methods.base import DEFAULT_TARGETS, check_param_groups, stable_seed, target_modules
+from lowrank_lens.methods.base import DEFAULT_TARGETS
+from lowrank_lens.methods.schedule import stable_seed
+from lowrank_lens.methods.surgery import check_param_groups, target_modules
 from lowrank_lens.model import build_model, count_parameters
 from lowrank_lens.optim.apollo_adamw import ApolloAdamW, next_seed, random_projection
 from lowrank_lens.optim.limiter import limit_norm_growth

@@ -9,7 +9,8 @@ import torch
 from lowrank_lens.analysis.plotting import method_colour
 from lowrank_lens.errors import LensError
 from lowrank_lens.methods import get_method, method_names
-from lowrank_lens.methods.base import Method, check_param_groups, target_modules
+from lowrank_lens.methods.base import Method
+from lowrank_lens.methods.surgery import check_param_groups, target_modules
 from lowrank_lens.model import build_model
 from lowrank_lens.presets import build_config
 from lowrank_lens.train.checkpoint import load_model_state, save_checkpoint

@@ -26,7 +26,7 @@ from lens_testutil import require_package
 
 from lowrank_lens.config import ModelConfig
 from lowrank_lens.methods import get_method
-from lowrank_lens.methods.base import check_param_groups, target_modules
+from lowrank_lens.methods.surgery import check_param_groups, target_modules
 from lowrank_lens.model import build_model
 from lowrank_lens.optim.flora_adafactor import FloraAdafactor, down, next_seed, projection, up
 from lowrank_lens.presets import build_config

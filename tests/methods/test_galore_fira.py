@@ -25,7 +25,7 @@ from lens_testutil import require_package
 
 from lowrank_lens.config import ModelConfig
 from lowrank_lens.methods import get_method
-from lowrank_lens.methods.base import check_param_groups, target_modules
+from lowrank_lens.methods.surgery import check_param_groups, target_modules
 from lowrank_lens.model import build_model
 from lowrank_lens.optim import FiraAdamW, GaLoreAdamW
 from lowrank_lens.optim.projector import SVDFallbackWarning

@@ -19,7 +19,7 @@ import torch
 
 from lowrank_lens.config import ModelConfig
 from lowrank_lens.methods import get_method
-from lowrank_lens.methods.base import check_param_groups, target_modules
+from lowrank_lens.methods.surgery import check_param_groups, target_modules
 from lowrank_lens.model import build_model
 from lowrank_lens.optim.galore_adamw import GaLoreAdamW
 from lowrank_lens.optim.golore_adamw import GoLoreAdamW, draw_seed, random_basis

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from lowrank_lens.methods import get_method
-from lowrank_lens.methods.base import check_param_groups, warmup_cosine
 from lowrank_lens.methods.lora import LoRALinear
+from lowrank_lens.methods.schedule import warmup_cosine
+from lowrank_lens.methods.surgery import check_param_groups
 from lowrank_lens.model import build_model, count_parameters
 from lowrank_lens.presets import build_config
 from lowrank_lens.run_files import run_config_from_dict

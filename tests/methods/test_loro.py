@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from lowrank_lens.methods import get_method
-from lowrank_lens.methods.base import check_param_groups, warmup_cosine
 from lowrank_lens.methods.loro import LOROLinear, loro_schedule
+from lowrank_lens.methods.schedule import warmup_cosine
+from lowrank_lens.methods.surgery import check_param_groups
 from lowrank_lens.model import build_model, count_parameters
 from lowrank_lens.optim.loro_adamw import LOROAdamW, loro_exact_update
 from lowrank_lens.presets import build_config

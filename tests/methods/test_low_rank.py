@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from lowrank_lens.methods import get_method
-from lowrank_lens.methods.base import check_param_groups
 from lowrank_lens.methods.low_rank import LowRankLinear
+from lowrank_lens.methods.surgery import check_param_groups
 from lowrank_lens.model import build_model, count_parameters
 from lowrank_lens.presets import build_config
 from lowrank_lens.run_files import run_config_from_dict

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 
 from lowrank_lens.errors import LensError
 from lowrank_lens.methods import get_method
-from lowrank_lens.methods.base import check_param_groups, target_modules, warmup_cosine
 from lowrank_lens.methods.cola import CoLALinear
 from lowrank_lens.methods.relora import ReLoRALinear, jagged_cosine
+from lowrank_lens.methods.schedule import warmup_cosine
 from lowrank_lens.methods.sltrain import SLTrainLinear, SparseLowRankLinear, build_weight, sample_support
+from lowrank_lens.methods.surgery import check_param_groups, target_modules
 from lowrank_lens.model import build_model, count_parameters
 from lowrank_lens.presets import build_config
 from lowrank_lens.run_files import run_config_from_dict

@@ -18,7 +18,7 @@ import torch
 
 from lowrank_lens.config import ModelConfig
 from lowrank_lens.methods import get_method
-from lowrank_lens.methods.base import check_param_groups, target_modules
+from lowrank_lens.methods.surgery import check_param_groups, target_modules
 from lowrank_lens.model import build_model
 from lowrank_lens.optim.spam_adamw import SPAMAdamW, clips_at, reset_warmup_scale
 from lowrank_lens.presets import build_config

@@ -169,7 +169,7 @@ def _expected(cfg: RunConfig, run_dir: Path) -> dict[str, tuple[int, ...]]:
     """The tensors the run's plugin loads (names and shapes), from the model it builds for the run."""
     plugin = get_method(cfg.method)(cfg.method_cfg, cfg)
     with torch.random.fork_rng(devices=[]):
-        return plugin.state_shapes(plugin.prepare_model(plugin.base_model(run_dir)))
+        return plugin.reader.state_shapes(plugin.prepare_model(plugin.reader.base_model(run_dir)))
 
 
 def _name_changes_of(series: list[Snapshot], expected: dict[str, tuple[int, ...]]) -> dict[int, Any]:

@@ -2,8 +2,8 @@
 
 The official ReLoRA, CoLA and SLTrain scripts save their wrapped LLaMA with `save_pretrained` (folders
 `model_<step>/`), with each method's own tensors per target linear. Which layout a folder has, and how its
-tensors map onto the plugin's parameterization, is each plugin's knowledge (`Method.official_layout`,
-`Method.from_official` in methods/): this module only reads the files and asks the plugins, so it names no
+tensors map onto the plugin's parameterization, is each plugin's knowledge (its reader's `official_layout` and
+`from_official`, methods/reading.py): this module only reads the files and asks the plugins, so it names no
 method. The converted runs then load into that plugin, and `dense_weights` and `factors` work as on native
 runs.
 """
@@ -61,9 +61,7 @@ def read_state(folder: Path) -> dict[str, torch.Tensor]:
 
 def official_layouts() -> list[str]:
     """The methods whose plugin reads an official checkpoint layout."""
-    from ..methods.base import Method
-
-    return [m for m in method_names() if get_method(m).official_layout.__func__ is not Method.official_layout.__func__]
+    return [m for m in method_names() if get_method(m).Reader.reads_official_layout()]
 
 
 def layouts() -> list[str]:
@@ -72,7 +70,7 @@ def layouts() -> list[str]:
 
 def detect_layout(folder: Path, keys: list[str]) -> str:
     """The official layout a plugin recognises in the folder, else 'hf' (dense weights)."""
-    found = [m for m in official_layouts() if get_method(m).official_layout(folder, keys)]
+    found = [m for m in official_layouts() if get_method(m).Reader.official_layout(folder, keys)]
     if len(found) > 1:
         raise LensError(f"{folder} looks like the official layout of {' and '.join(found)}; pass --layout")
     return found[0] if found else "hf"
@@ -82,7 +80,7 @@ def convert(layout: str, folder: Path, state: dict[str, torch.Tensor]) -> tuple[
     """(state in the plugin's names, its method-config fields) of an official-layout checkpoint."""
     if layout not in official_layouts():
         raise LensError(f"unknown layout {layout!r}; choose from {', '.join(layouts())}")
-    return get_method(layout).from_official(folder, state)
+    return get_method(layout).Reader.from_official(folder, state)
 
 
 def llama_shape(hf: dict[str, Any], where: Path) -> ModelConfig:

@@ -18,6 +18,7 @@ official way at every redraw.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -26,18 +27,12 @@ from ..config import OptimConfig, RunConfig
 from ..errors import LensError
 from ..optim.apollo_adamw import SCALE_TYPES, ApolloAdamW
 from . import register
-from .base import (
-    BaseMethodConfig,
-    Footprint,
-    MethodPreset,
-    auto_rank,
-    model_parameters,
-    param_bytes,
-    stable_seed,
-    target_matrices,
-    target_modules,
-)
-from .galore import REFERENCE_SCALES, GaLore
+from .base import MethodPreset
+from .galore import REFERENCE_SCALES, GaLore, GaLoreConfig, check_gamma
+from .ranks import auto_rank
+from .schedule import stable_seed
+from .shapes import Footprint, model_parameters, param_bytes, target_matrices
+from .surgery import split_target_weights
 
 PROJECTION_SEEDS = ("run", "official")
 OFFICIAL_SCRIPTS = "zhuhanqing/APOLLO scripts/pretrain_c4"
@@ -49,7 +44,9 @@ CPU_PROJ_GAP = 10
 
 
 @dataclass
-class ApolloConfig(BaseMethodConfig):
+class ApolloConfig(GaLoreConfig):
+    """GaLore's fields and checks (methods/galore.py) with APOLLO's defaults, and APOLLO's own."""
+
     rank: int = 0
     """r: rows (right projection, out >= in) or columns (left, out < in) of the Gaussian projection, the rank
     of the moments; 0 = model.hidden_size // 4 (the official "1/4 of the original dim"), from the final shape."""
@@ -57,6 +54,8 @@ class ApolloConfig(BaseMethodConfig):
     """T: the projection is redrawn at per-parameter steps 0, T, 2T, ... (official --update_proj_gap)."""
     scale: float = 1.0
     """The official --apollo_scale: the update is multiplied by √scale (the paper's α = √scale)."""
+    eps: float = 1e-6
+    """Adam eps for all groups (the official AdamW's transformers-style default); optim.eps is not used."""
     scale_type: str = "channel"
     """'channel': one factor per channel (APOLLO); 'tensor': one per matrix (APOLLO-Mini)."""
     scale_front: bool = False
@@ -65,26 +64,16 @@ class ApolloConfig(BaseMethodConfig):
     """Fira's norm-growth limiter on the update (the official code's default; its disable_nl switches it off)."""
     gamma: float = 1.01
     """Limiter: the update norm may grow by at most this factor per step (hard-coded 1.01 upstream)."""
-    eps: float = 1e-6
-    """Adam eps for all groups (the official AdamW's transformers-style default); optim.eps is not used."""
     projection_seed: str = "run"
     """'run': projections from stable_seed(train.seed, layer name), drawn on the CPU (device-independent);
     'official': seeded by the parameter's 1-based optimizer index, drawn on the gradient's device."""
+    scale_meaning: ClassVar[str] = " (the update is multiplied by √scale)"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 0:
-            raise LensError(f"method.rank must be >= 0 (0 = hidden_size // 4), got {self.rank}")
-        if self.update_proj_gap < 1:
-            raise LensError(f"method.update_proj_gap must be >= 1, got {self.update_proj_gap}")
-        if self.scale <= 0:
-            raise LensError(f"method.scale must be positive (the update is multiplied by √scale), got {self.scale}")
         if self.scale_type not in SCALE_TYPES:
             raise LensError(f"method.scale_type {self.scale_type!r} is not one of {', '.join(SCALE_TYPES)}")
-        if not self.gamma >= 1.0:
-            raise LensError(f"method.gamma must be >= 1 (the limiter's allowed growth per step), got {self.gamma}")
-        if self.eps <= 0:  # with 0, a projected gradient entry that stays 0 makes its update 0 / 0
-            raise LensError(f"method.eps must be positive, got {self.eps}")
+        check_gamma(self.gamma)
         if self.projection_seed not in PROJECTION_SEEDS:
             raise LensError(f"method.projection_seed {self.projection_seed!r} is not one of "
                             f"{', '.join(PROJECTION_SEEDS)}")
@@ -156,8 +145,7 @@ class Apollo(GaLore):
 
     def projected_names(self, model: nn.Module) -> list[str]:
         """Module names of the projected weights, in the order GaLore.param_groups puts them in the group."""
-        return [name for name, mod in target_modules(model, self.cfg.targets)
-                if getattr(mod, "weight", None) is not None and mod.weight.requires_grad]
+        return list(split_target_weights(model, self.cfg.targets)[0])
 
 
 SEED_NOTE = ("method.projection_seed 'run': projections from stable_seed(train.seed, layer name) drawn on the CPU, "

@@ -23,28 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig
-from ..errors import LensError
 from . import register
-from .base import (
-    BaseMethodConfig,
-    Footprint,
-    MethodPreset,
-    RankedMethod,
-    adamw_state,
-    auto_rank,
-    drop_rope_buffers,
-    lowrank_factors,
-    model_parameters,
-    param_bytes,
-    refuse_keys,
-    replace_module,
-    side_json,
-    stable_seed,
-    target_matrices,
-    target_modules,
-    tensor_stems,
-)
+from .base import MethodPreset
 from .factored import FactoredLinear
+from .ranks import RankedConfig, RankedMethod, auto_rank
+from .reading import CheckpointReader, drop_rope_buffers, refuse_keys, side_json, tensor_stems
+from .schedule import stable_seed
+from .shapes import Footprint, adamw_footprint, factored_parameters
+from .surgery import replace_linears
 
 
 class CoLALinear(FactoredLinear):
@@ -55,17 +41,40 @@ class CoLALinear(FactoredLinear):
 
 
 @dataclass
-class CoLAConfig(BaseMethodConfig):
+class CoLAConfig(RankedConfig):
     rank: int = 0
     """r; 0 = model.hidden_size // 4 (ColaConfig's own default), resolved from the final shape."""
     only_lr_act: bool = True
     """Drop the MLP's outer SwiGLU SiLU: down(gate(x) * up(x)). ColaConfig's default; the official 60m and
     130m configs set it False."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.rank < 0:
-            raise LensError(f"method.rank must be >= 0 (0 = hidden_size // 4), got {self.rank}")
+
+class CoLAReader(CheckpointReader):
+    """Reads the official CoLA model's checkpoints too (`lowrank-lens import`)."""
+
+    @classmethod
+    def official_layout(cls, folder: Path, keys: list[str]) -> bool:
+        """The official CoLA model's save_pretrained: config.json with model_type 'cola', and per target
+        t.cola_a (in x r) and t.cola_b (r x out), stored transposed against nn.Linear."""
+        return side_json(folder, "config.json").get("model_type") == "cola" or any(k.endswith(".cola_a") for k in keys)
+
+    @classmethod
+    def from_official(cls, folder: Path, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        """A = cola_a^T (r x in), B = cola_b^T (out x r); rank and only_lr_act from config.json. A bias on a
+        factorised layer (attention_bias / mlp_bias) has no counterpart here and is refused."""
+        state, hf = drop_rope_buffers(state), side_json(folder, "config.json")
+        stems = tensor_stems(state, ".cola_a")
+        refuse_keys({k: v for k, v in state.items() if k.rpartition(".")[0] in stems}, ".bias", CoLA.name,
+                    "a bias on a factorised layer")
+        rename, out = {"cola_a": "A", "cola_b": "B"}, {}
+        for k, v in state.items():
+            stem, _, leaf = k.rpartition(".")
+            if leaf in rename:
+                out[f"{stem}.{rename[leaf]}"] = v.T.contiguous()
+            else:
+                out[k] = v
+        return out, {"rank": int(hf.get("rank") or state[f"{stems[0]}.cola_a"].shape[1]),
+                     "only_lr_act": bool(hf.get("only_lr_act", True))}
 
 
 _STUDY = {  # rank, only_lr_act, lr: docs/study.md §1.4 (60m/130m/350m) and docs/methods.md §4.3-4.4 (1b)
@@ -85,36 +94,13 @@ class CoLA(RankedMethod):
                    "with wd 0.01 on all parameters, clip 0.5")
     colour = "#d62728"
     Config = CoLAConfig
+    Reader = CoLAReader
     has_dense_view = False
     linear_targets_only = True
     no_dense_reason = ("CoLA puts a SiLU between its factors (y = B silu(A x)), so no matrix W with y = W x "
                        "exists (docs/methods.md §4.1); use CoLA.factors() for A and B")
 
     memory_formula = "E + L·r·(11h + 3i) trainable (A: r x in, B: out x r per target); state 2 x that + `step`s."
-
-    @classmethod
-    def official_layout(cls, folder: Path, keys: list[str]) -> bool:
-        """The official CoLA model's save_pretrained: config.json with model_type 'cola', and per target
-        t.cola_a (in x r) and t.cola_b (r x out), stored transposed against nn.Linear."""
-        return side_json(folder, "config.json").get("model_type") == "cola" or any(k.endswith(".cola_a") for k in keys)
-
-    @classmethod
-    def from_official(cls, folder: Path, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
-        """A = cola_a^T (r x in), B = cola_b^T (out x r); rank and only_lr_act from config.json. A bias on a
-        factorised layer (attention_bias / mlp_bias) has no counterpart here and is refused."""
-        state, hf = drop_rope_buffers(state), side_json(folder, "config.json")
-        stems = tensor_stems(state, ".cola_a")
-        refuse_keys({k: v for k, v in state.items() if k.rpartition(".")[0] in stems}, ".bias", cls.name,
-                    "a bias on a factorised layer")
-        rename, out = {"cola_a": "A", "cola_b": "B"}, {}
-        for k, v in state.items():
-            stem, _, leaf = k.rpartition(".")
-            if leaf in rename:
-                out[f"{stem}.{rename[leaf]}"] = v.T.contiguous()
-            else:
-                out[k] = v
-        return out, {"rank": int(hf.get("rank") or state[f"{stems[0]}.cola_a"].shape[1]),
-                     "only_lr_act": bool(hf.get("only_lr_act", True))}
 
     @classmethod
     def preset(cls, scale: str) -> MethodPreset:
@@ -143,27 +129,20 @@ class CoLA(RankedMethod):
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:
         """The targets' weights are gone; A and B of each target and every other parameter train with AdamW."""
-        targets = target_matrices(run.model, run.method_cfg.targets, linear_only=True)
-        rank = auto_rank(run.method_cfg.rank, run.model)
-        trainable = (*model_parameters(run.model, exclude=tuple(targets)).values(),
-                     *lowrank_factors(list(targets.values()), rank))
-        state, nbytes = adamw_state(trainable, param_bytes(run))
-        return Footprint(trainable=trainable, state=(state,), state_bytes=nbytes)
+        return adamw_footprint(run, factored_parameters(run, auto_rank(run.method_cfg.rank, run.model))[1])
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         cfg: CoLAConfig = self.cfg
         rank = auto_rank(cfg.rank, self.run.model)
-        parents: dict[str, nn.Module] = {}
-        for name, mod in target_modules(model, cfg.targets):
-            if not isinstance(mod, nn.Linear) or mod.bias is not None:
-                raise LensError(f"cola wraps bias-free nn.Linear layers; {name} is {type(mod).__name__}"
-                                f"{' with a bias' if isinstance(mod, nn.Linear) else ''}")
+
+        def wrap(name: str, mod: nn.Linear) -> CoLALinear:
             new = CoLALinear(mod.in_features, mod.out_features, rank, name, device=mod.weight.device,
                              dtype=mod.weight.dtype)
             new.reset_parameters(stable_seed(self.run.train.seed, "cola", name))
-            replace_module(model, name, new)
-            parent_name = name.rpartition(".")[0]
-            parents[parent_name] = model.get_submodule(parent_name) if parent_name else model
+            return new
+
+        parents = {p: model.get_submodule(p) if p else model
+                   for p in (name.rpartition(".")[0] for name in replace_linears(model, cfg.targets, self.name, wrap))}
         if cfg.only_lr_act:
             # Only MLPs whose projections were factorised lose their activation (LlamaMLP calls self.act_fn).
             for parent in parents.values():

@@ -17,7 +17,7 @@ from ..errors import LensError
 from ..optim.fira_adamw import RESIDUAL_MODES, FiraAdamW
 from . import register
 from .base import MethodPreset
-from .galore import GaLore, GaLoreConfig, shared_preset
+from .galore import GaLore, GaLoreConfig, check_gamma, shared_preset
 
 
 @dataclass
@@ -34,8 +34,7 @@ class FiraConfig(GaLoreConfig):
         super().__post_init__()
         if self.residual not in RESIDUAL_MODES:
             raise LensError(f"method.residual {self.residual!r} is not one of {', '.join(RESIDUAL_MODES)}")
-        if not self.gamma >= 1.0:
-            raise LensError(f"method.gamma must be >= 1, got {self.gamma}")
+        check_gamma(self.gamma)
 
 
 @register

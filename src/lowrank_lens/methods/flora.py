@@ -27,21 +27,14 @@ from ..config import OptimConfig, RunConfig
 from ..errors import LensError
 from ..optim.flora_adafactor import FloraAdafactor
 from . import register
-from .base import (
-    BaseMethodConfig,
-    Footprint,
-    MethodPreset,
-    RankedMethod,
-    auto_rank,
-    model_modules,
-    model_parameters,
-    target_matrices,
-    target_modules,
-)
+from .base import MethodPreset
+from .ranks import RankedConfig, RankedMethod, auto_rank
+from .shapes import Footprint, model_modules, model_parameters, target_matrices
+from .surgery import split_target_weights
 
 
 @dataclass
-class FloraConfig(BaseMethodConfig):
+class FloraConfig(RankedConfig):
     rank: int = 128
     """r (`tau` in the official configs): rows (m < n) or columns of the compressed momentum of an m x n target;
     0 = model.hidden_size // 4 (the 60m ratio), resolved from the final shape."""
@@ -61,8 +54,6 @@ class FloraConfig(BaseMethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 0:
-            raise LensError(f"method.rank must be >= 0 (0 = hidden_size // 4), got {self.rank}")
         if self.kappa < 1:
             raise LensError(f"method.kappa must be >= 1 (updates between projection re-draws), got {self.kappa}")
         if not 0 < self.decay_rate <= 1:
@@ -151,12 +142,9 @@ class Flora(RankedMethod):
 
     def build_optimizer(self, model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
         cfg: FloraConfig = self.cfg
-        targets = [mod.weight for _, mod in target_modules(model, cfg.targets)
-                   if getattr(mod, "weight", None) is not None and mod.weight.requires_grad]
-        ids = {id(p) for p in targets}
-        plain = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        targets, plain = split_target_weights(model, cfg.targets)
         groups = [{"params": plain},
-                  {"params": targets, "rank": auto_rank(cfg.rank, self.run.model), "kappa": cfg.kappa}]
+                  {"params": list(targets.values()), "rank": auto_rank(cfg.rank, self.run.model), "kappa": cfg.kappa}]
         return FloraAdafactor(groups, lr=optim.lr, betas=(optim.beta1, cfg.decay_rate), eps=cfg.eps,
                               eps_scale=cfg.eps_scale, clip_threshold=cfg.clip_threshold,
                               scale_parameter=cfg.scale_parameter, weight_decay=optim.weight_decay,

@@ -8,7 +8,7 @@ docs/methods.md §2 (update rule §2.2, script defaults §2.3, pitfalls §8 item
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -17,17 +17,10 @@ from ..config import OptimConfig, RunConfig
 from ..errors import LensError
 from ..optim.galore_adamw import GaLoreAdamW
 from . import register
-from .base import (
-    BaseMethodConfig,
-    Footprint,
-    MethodPreset,
-    RankedMethod,
-    auto_rank,
-    model_parameters,
-    param_bytes,
-    target_matrices,
-    target_modules,
-)
+from .base import MethodPreset
+from .ranks import RankedConfig, RankedMethod, auto_rank
+from .shapes import Footprint, model_parameters, param_bytes, target_matrices
+from .surgery import split_target_weights
 
 REFERENCE_SCALES = ("60m", "130m", "350m", "1b")
 # Rank per scale: the study's scripts (docs/study.md §1.4) for 60m-350m; 1b as in GaLore's Table 2 and
@@ -41,7 +34,10 @@ _CPU_PROJ_GAP = 10
 
 
 @dataclass
-class GaLoreConfig(BaseMethodConfig):
+class GaLoreConfig(RankedConfig):
+    """The GaLore family's projection settings and their checks: GaLore's, and through subclasses Fira's,
+    GoLore's, APOLLO's and APOLLO-Mini's (other defaults, more fields)."""
+
     rank: int = 128
     """r: rows of Vᵀ (right projector, out >= in) or columns of U (left projector, out < in) kept;
     0 = model.hidden_size // 4 (the 60m ratio), resolved from the final shape."""
@@ -54,16 +50,23 @@ class GaLoreConfig(BaseMethodConfig):
     """Adam eps of the GaLore/Fira optimizer for *all* groups (the reference's transformers-style 1e-6);
     optim.eps is not used by this method."""
 
+    scale_meaning: ClassVar[str] = ""
+    """What `scale` does, for its error message (APOLLO: the update is multiplied by √scale)."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 0:
-            raise LensError(f"method.rank must be >= 0 (0 = hidden_size // 4), got {self.rank}")
         if self.update_proj_gap < 1:
             raise LensError(f"method.update_proj_gap must be >= 1, got {self.update_proj_gap}")
         if self.scale <= 0:
-            raise LensError(f"method.scale must be positive, got {self.scale}")
-        if self.eps <= 0:  # with 0, a gradient entry that stays 0 makes its update 0 / 0
+            raise LensError(f"method.scale must be positive{self.scale_meaning}, got {self.scale}")
+        if self.eps <= 0:  # with 0, a (projected) gradient entry that stays 0 makes its update 0 / 0
             raise LensError(f"method.eps must be positive, got {self.eps}")
+
+
+def check_gamma(gamma: float) -> None:
+    """method.gamma of the norm-growth limiter (optim/limiter.py) of Fira and APOLLO."""
+    if not gamma >= 1.0:
+        raise LensError(f"method.gamma must be >= 1 (the limiter's allowed growth per step), got {gamma}")
 
 
 @register
@@ -115,15 +118,12 @@ class GaLore(RankedMethod):  # the projector keeps min(r, out, in) singular vect
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """[plain group, projected group]: the target linears' weights are projected; everything else
         trainable (embeddings, norms, lm_head, any bias) is plain AdamW at the same lr (docs/methods.md §2.1)."""
-        projected = [mod.weight for _, mod in target_modules(model, self.cfg.targets)
-                     if getattr(mod, "weight", None) is not None and mod.weight.requires_grad]
-        bad = [tuple(p.shape) for p in projected if p.dim() != 2]
+        targets, plain = split_target_weights(model, self.cfg.targets)
+        bad = [tuple(p.shape) for p in targets.values() if p.dim() != 2]
         if bad:
             raise LensError(f"method.targets selects non-matrix weights {bad[:3]}; target Linear layers only")
-        ids = {id(p) for p in projected}
-        plain = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         return [{"params": plain},
-                {"params": projected, "rank": auto_rank(self.cfg.rank, self.run.model),
+                {"params": list(targets.values()), "rank": auto_rank(self.cfg.rank, self.run.model),
                  "update_proj_gap": self.cfg.update_proj_gap,
                  "scale": self.cfg.scale}]
 

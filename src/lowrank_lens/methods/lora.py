@@ -27,18 +27,12 @@ from torch import nn
 from ..config import RunConfig
 from ..errors import LensError
 from . import register
-from .base import (
-    BaseMethodConfig,
-    Footprint,
-    MethodPreset,
-    RankedMethod,
-    auto_alpha,
-    auto_rank,
-    replace_module,
-    stable_seed,
-    target_modules,
-)
+from .base import MethodPreset
+from .ranks import RankedConfig, RankedMethod, auto_alpha, auto_rank
 from .relora import ReLoRALinear, frozen_base_footprint
+from .schedule import stable_seed
+from .shapes import Footprint
+from .surgery import replace_linears
 
 
 class LoRALinear(ReLoRALinear):
@@ -47,7 +41,7 @@ class LoRALinear(ReLoRALinear):
 
 
 @dataclass
-class LoRAConfig(BaseMethodConfig):
+class LoRAConfig(RankedConfig):
     rank: int = 0
     """r; 0 = model.hidden_size // 4 (the 60m ratio), resolved from the final shape."""
     alpha: float = 32.0
@@ -58,8 +52,6 @@ class LoRAConfig(BaseMethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 0:
-            raise LensError(f"method.rank must be >= 0 (0 = hidden_size // 4), got {self.rank}")
         if self.alpha < 0:
             raise LensError(f"method.alpha must be >= 0 (0 = rank / 4), got {self.alpha}")
         if not 0 <= self.dropout < 1:
@@ -114,13 +106,13 @@ class LoRA(RankedMethod):
         cfg: LoRAConfig = self.cfg
         rank = auto_rank(cfg.rank, self.run.model)
         alpha = auto_alpha(cfg.alpha, rank)
-        for name, mod in target_modules(model, cfg.targets):
-            if not isinstance(mod, nn.Linear) or mod.bias is not None:
-                raise LensError(f"{self.name} wraps bias-free nn.Linear layers; {name} is {type(mod).__name__}"
-                                f"{' with a bias' if isinstance(mod, nn.Linear) else ''}")
+
+        def wrap(name: str, mod: nn.Linear) -> LoRALinear:
             new = LoRALinear(mod, rank, alpha, cfg.dropout, name)
             new.reset_lora(stable_seed(self.run.train.seed, self.name, name))
-            replace_module(model, name, new)
+            return new
+
+        replace_linears(model, cfg.targets, self.name, wrap)
         return model
 
     def dense_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:

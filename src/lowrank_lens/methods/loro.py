@@ -27,19 +27,12 @@ from ..config import OptimConfig, RunConfig
 from ..errors import LensError
 from ..optim.loro_adamw import REFRESH_MODES, LOROAdamW
 from . import register
-from .base import (
-    Footprint,
-    MethodPreset,
-    auto_rank,
-    lowrank_factors,
-    model_parameters,
-    param_bytes,
-    replace_module,
-    stable_seed,
-    target_matrices,
-    target_modules,
-)
+from .base import MethodPreset
 from .low_rank import LowRank, LowRankConfig, LowRankLinear
+from .ranks import auto_rank
+from .schedule import stable_seed
+from .shapes import Footprint, lowrank_factors, model_parameters, param_bytes, target_matrices
+from .surgery import replace_linears
 
 SCHEDULES = ("loro", "cosine")
 _RESTART_EPS = 1e-6  # the official schedule's floor at the start of a re-warmup (its `eps` argument)
@@ -205,14 +198,14 @@ class LORO(LowRank):
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Low-Rank's surgery with LORO's layer and init: every target bias-free Linear becomes a LOROLinear."""
         rank = auto_rank(self.cfg.rank, self.run.model)
-        for name, mod in target_modules(model, self.cfg.targets):
-            if not isinstance(mod, nn.Linear) or mod.bias is not None:
-                raise LensError(f"{self.name} wraps bias-free nn.Linear layers; {name} is {type(mod).__name__}"
-                                f"{' with a bias' if isinstance(mod, nn.Linear) else ''}")
+
+        def wrap(name: str, mod: nn.Linear) -> LOROLinear:
             new = LOROLinear(mod.in_features, mod.out_features, rank, name, device=mod.weight.device,
                              dtype=mod.weight.dtype)
             new.reset_parameters(stable_seed(self.run.train.seed, self.name, name))
-            replace_module(model, name, new)
+            return new
+
+        replace_linears(model, self.cfg.targets, self.name, wrap)
         return model
 
     def build_optimizer(self, model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:

@@ -26,24 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig
-from ..errors import LensError
 from . import register
-from .base import (
-    BaseMethodConfig,
-    Footprint,
-    MethodPreset,
-    RankedMethod,
-    adamw_state,
-    auto_rank,
-    lowrank_factors,
-    model_parameters,
-    param_bytes,
-    replace_module,
-    stable_seed,
-    target_matrices,
-    target_modules,
-)
+from .base import MethodPreset
 from .factored import FactoredLinear
+from .ranks import RankedConfig, RankedMethod, auto_rank
+from .schedule import stable_seed
+from .shapes import Footprint, adamw_footprint, factored_parameters
+from .surgery import replace_linears
 
 
 class LowRankLinear(FactoredLinear):
@@ -59,14 +48,8 @@ class LowRankLinear(FactoredLinear):
 
 
 @dataclass
-class LowRankConfig(BaseMethodConfig):
-    rank: int = 0
-    """r; 0 = model.hidden_size // 4 (the 60m ratio 128 / 512), resolved from the final shape."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.rank < 0:
-            raise LensError(f"method.rank must be >= 0 (0 = hidden_size // 4), got {self.rank}")
+class LowRankConfig(RankedConfig):
+    """The targets and the rank r (RankedConfig: 0 = model.hidden_size // 4, the 60m ratio 128 / 512)."""
 
 
 # rank: GaLore Table 2's ranks for its low-rank baselines (docs/methods.md §2.4); lr: CoLA's official scripts at
@@ -109,23 +92,19 @@ class LowRank(RankedMethod):
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:
         """The targets' weights are gone; A and B of each target and every other parameter train with AdamW."""
-        targets = target_matrices(run.model, run.method_cfg.targets, linear_only=True)
-        trainable = (*model_parameters(run.model, exclude=tuple(targets)).values(),
-                     *lowrank_factors(list(targets.values()), auto_rank(run.method_cfg.rank, run.model)))
-        state, nbytes = adamw_state(trainable, param_bytes(run))
-        return Footprint(trainable=trainable, state=(state,), state_bytes=nbytes)
+        return adamw_footprint(run, factored_parameters(run, auto_rank(run.method_cfg.rank, run.model))[1])
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         cfg: LowRankConfig = self.cfg
         rank = auto_rank(cfg.rank, self.run.model)
-        for name, mod in target_modules(model, cfg.targets):
-            if not isinstance(mod, nn.Linear) or mod.bias is not None:
-                raise LensError(f"{self.name} wraps bias-free nn.Linear layers; {name} is {type(mod).__name__}"
-                                f"{' with a bias' if isinstance(mod, nn.Linear) else ''}")
+
+        def wrap(name: str, mod: nn.Linear) -> LowRankLinear:
             new = LowRankLinear(mod.in_features, mod.out_features, rank, name, device=mod.weight.device,
                                 dtype=mod.weight.dtype)
             new.reset_parameters(stable_seed(self.run.train.seed, self.name, name))
-            replace_module(model, name, new)
+            return new
+
+        replace_linears(model, cfg.targets, self.name, wrap)
         return model
 
     def dense_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from ..errors import LensError
 from ..model.architectures import architecture, target_weights
 from . import METHODS
 from .base import Method
+from .reading import CheckpointReader
 
 HF_CONFIG_DIR = "hf_config"
 """Folder of the run holding the HF config.json (and tokenizer files) every checkpoint shares."""
@@ -46,16 +47,8 @@ class PretrainedConfig:
         architecture(self.model_type, self.targets)  # an unknown architecture without targets: one clear error
 
 
-class Pretrained(Method):
-    name = "pretrained"
-    description = "a causal LM imported from elsewhere (lowrank-lens import), analysed as saved; never trained here"
-    Config = PretrainedConfig
-    colour = "#7f7f7f"
-    memory_formula = "imported: nothing is trained, so no optimizer state"
-
-    @classmethod
-    def check_config(cls, run: RunConfig) -> None:
-        architecture(run.method_cfg.model_type, run.method_cfg.targets)
+class PretrainedReader(CheckpointReader):
+    """Reads an imported run: the architecture of its saved HF config, the tensors as HF saved them."""
 
     def base_model(self, run_dir: Path | None) -> nn.Module:
         """The architecture from the run's saved HF config, randomly initialised (the checkpoint's tensors
@@ -85,6 +78,23 @@ class Pretrained(Method):
         drop = set(self.cfg.dropped)
         return {rename.get(k, k): v for k, v in state.items() if k not in drop}
 
+    def dense_module(self, model: nn.Module) -> nn.Module | None:
+        """The model is already its own dense view (it is the architecture that was saved)."""
+        return model
+
+
+class Pretrained(Method):
+    name = "pretrained"
+    description = "a causal LM imported from elsewhere (lowrank-lens import), analysed as saved; never trained here"
+    Config = PretrainedConfig
+    Reader = PretrainedReader
+    colour = "#7f7f7f"
+    memory_formula = "imported: nothing is trained, so no optimizer state"
+
+    @classmethod
+    def check_config(cls, run: RunConfig) -> None:
+        architecture(run.method_cfg.model_type, run.method_cfg.targets)
+
     def build_optimizer(self, model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
         raise LensError("an imported run is analysed, not trained: lowrank-lens trains runs it made itself "
                         "(lowrank-lens train)")
@@ -95,10 +105,6 @@ class Pretrained(Method):
     def dense_weights(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
         """Each target matrix as out x in (GPT-2's Conv1D transposed), keyed by module name."""
         return target_weights(model, architecture(self.cfg.model_type, self.cfg.targets))
-
-    def dense_module(self, model: nn.Module) -> nn.Module | None:
-        """The model is already its own dense view (it is the architecture that was saved)."""
-        return model
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Any:

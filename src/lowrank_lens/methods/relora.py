@@ -41,26 +41,12 @@ from ..config import RunConfig
 from ..errors import LensError
 from ..sharding import add_full_, full, is_sharded, local, set_full_
 from . import register
-from .base import (
-    BaseMethodConfig,
-    Footprint,
-    MethodPreset,
-    RankedMethod,
-    adamw_state,
-    auto_alpha,
-    auto_rank,
-    drop_rope_buffers,
-    lowrank_factors,
-    model_parameters,
-    param_bytes,
-    refuse_keys,
-    replace_module,
-    side_json,
-    stable_seed,
-    target_matrices,
-    target_modules,
-    tensor_stems,
-)
+from .base import MethodPreset
+from .ranks import RankedConfig, RankedMethod, auto_alpha, auto_rank
+from .reading import CheckpointReader, drop_rope_buffers, refuse_keys, side_json, tensor_stems
+from .schedule import stable_seed
+from .shapes import Footprint, adamw_footprint, factored_parameters
+from .surgery import replace_linears
 
 PRUNE_MODES = ("random", "magnitude")
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
@@ -153,16 +139,12 @@ def prune_(state: torch.Tensor, mode: str, ratio: float, generator: torch.Genera
 def frozen_base_footprint(run: RunConfig) -> Footprint:
     """ReLoRA's and LoRA's memory: the targets' W stay as frozen parameters; their LoRA factors and every
     other parameter train with AdamW."""
-    targets = target_matrices(run.model, run.method_cfg.targets, linear_only=True)
-    trainable = (*model_parameters(run.model, exclude=tuple(targets)).values(),
-                 *lowrank_factors(list(targets.values()), auto_rank(run.method_cfg.rank, run.model)))
-    state, nbytes = adamw_state(trainable, param_bytes(run))
-    return Footprint(trainable=trainable, frozen=tuple(m * n for m, n in targets.values()), state=(state,),
-                     state_bytes=nbytes)
+    targets, trainable = factored_parameters(run, auto_rank(run.method_cfg.rank, run.model))
+    return adamw_footprint(run, trainable, frozen=tuple(m * n for m, n in targets.values()))
 
 
 @dataclass
-class ReLoRAConfig(BaseMethodConfig):
+class ReLoRAConfig(RankedConfig):
     rank: int = 0
     """r; 0 = model.hidden_size // 4 (the 60m ratio), resolved from the final shape."""
     alpha: float = 32.0
@@ -185,8 +167,6 @@ class ReLoRAConfig(BaseMethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 0:
-            raise LensError(f"method.rank must be >= 0 (0 = hidden_size // 4), got {self.rank}")
         if self.prune not in PRUNE_MODES:
             raise LensError(f"method.prune {self.prune!r} is not one of {', '.join(PRUNE_MODES)}")
         if not 0 <= self.prune_ratio <= 1:
@@ -209,6 +189,34 @@ def restart_cycle(cfg: ReLoRAConfig, steps: int) -> tuple[int, int]:
     return every, warmup
 
 
+class ReLoRAReader(CheckpointReader):
+    """Reads the official ReLoRA script's checkpoints too (`lowrank-lens import`)."""
+
+    @classmethod
+    def official_layout(cls, folder: Path, keys: list[str]) -> bool:
+        """The official script's save_pretrained of its wrapped LLaMA: relora_config.json beside it, and per
+        target t.weight (frozen W), t.lora_A.weight (r x in), t.lora_B.weight (out x r)."""
+        return (folder / "relora_config.json").is_file() or any(k.endswith(".lora_A.weight") for k in keys)
+
+    @classmethod
+    def from_official(cls, folder: Path, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        """Our names (t.lora_A, t.lora_B); a trained scale (--train_scaling) or a lora_only run (no frozen W)
+        has no counterpart here and is refused. relora_config.json's r / lora_alpha become rank / alpha (its
+        lora_only and trainable_scaling entries are always false in the official code, so the tensors decide)."""
+        state, side = drop_rope_buffers(state), side_json(folder, "relora_config.json")
+        refuse_keys(state, ".scaling", ReLoRA.name, "a trained scale, --train_scaling")
+        stems = tensor_stems(state, ".lora_A.weight")
+        missing = [t for t in stems if f"{t}.weight" not in state]
+        if missing:
+            raise LensError(f"the official {ReLoRA.name} checkpoint has no frozen {missing[0]}.weight (a lora_only "
+                            f"run), which the {ReLoRA.name} plugin does not represent; it cannot be imported")
+        out = {k.removesuffix(".weight") if k.endswith((".lora_A.weight", ".lora_B.weight")) else k: v
+               for k, v in state.items()}
+        rank = int(side.get("r") or state[f"{stems[0]}.lora_A.weight"].shape[0])
+        return out, {"rank": rank, "alpha": float(side.get("lora_alpha", 32.0)),
+                     "dropout": float(side.get("lora_dropout", 0.1))}
+
+
 # rank, reset_every, restart_warmup_steps, lr, grad_clip: docs/study.md §1.4 (60m/130m/350m), docs/methods.md §6.7 (1b)
 _STUDY = {
     "60m": (128, 1000, 100, 1e-3, 1.0),
@@ -228,6 +236,7 @@ class ReLoRA(RankedMethod):
                    "with optimizer pruning and a jagged cosine")
     colour = "#9467bd"
     Config = ReLoRAConfig
+    Reader = ReLoRAReader
     linear_targets_only = True
     memory_formula = ("E + L·r·(11h + 3i) trainable; the frozen W, L(4h² + 3hi), has no gradient and no state; "
                       "state 2 x trainable + `step`s.")
@@ -247,30 +256,6 @@ class ReLoRA(RankedMethod):
     def check_config(cls, run: RunConfig) -> None:
         super().check_config(run)
         restart_cycle(run.method_cfg, run.train.steps)
-
-    @classmethod
-    def official_layout(cls, folder: Path, keys: list[str]) -> bool:
-        """The official script's save_pretrained of its wrapped LLaMA: relora_config.json beside it, and per
-        target t.weight (frozen W), t.lora_A.weight (r x in), t.lora_B.weight (out x r)."""
-        return (folder / "relora_config.json").is_file() or any(k.endswith(".lora_A.weight") for k in keys)
-
-    @classmethod
-    def from_official(cls, folder: Path, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
-        """Our names (t.lora_A, t.lora_B); a trained scale (--train_scaling) or a lora_only run (no frozen W)
-        has no counterpart here and is refused. relora_config.json's r / lora_alpha become rank / alpha (its
-        lora_only and trainable_scaling entries are always false in the official code, so the tensors decide)."""
-        state, side = drop_rope_buffers(state), side_json(folder, "relora_config.json")
-        refuse_keys(state, ".scaling", cls.name, "a trained scale, --train_scaling")
-        stems = tensor_stems(state, ".lora_A.weight")
-        missing = [t for t in stems if f"{t}.weight" not in state]
-        if missing:
-            raise LensError(f"the official {cls.name} checkpoint has no frozen {missing[0]}.weight (a lora_only "
-                            f"run), which the {cls.name} plugin does not represent; it cannot be imported")
-        out = {k.removesuffix(".weight") if k.endswith((".lora_A.weight", ".lora_B.weight")) else k: v
-               for k, v in state.items()}
-        rank = int(side.get("r") or state[f"{stems[0]}.lora_A.weight"].shape[0])
-        return out, {"rank": rank, "alpha": float(side.get("lora_alpha", 32.0)),
-                     "dropout": float(side.get("lora_dropout", 0.1))}
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:
@@ -315,13 +300,13 @@ class ReLoRA(RankedMethod):
         cfg: ReLoRAConfig = self.cfg
         rank = auto_rank(cfg.rank, self.run.model)
         alpha = auto_alpha(cfg.alpha, rank)
-        for name, mod in target_modules(model, cfg.targets):
-            if not isinstance(mod, nn.Linear) or mod.bias is not None:
-                raise LensError(f"relora wraps bias-free nn.Linear layers; {name} is {type(mod).__name__}"
-                                f"{' with a bias' if isinstance(mod, nn.Linear) else ''}")
+
+        def wrap(name: str, mod: nn.Linear) -> ReLoRALinear:
             new = ReLoRALinear(mod, rank, alpha, cfg.dropout, name)
             new.reset_lora(stable_seed(self.run.train.seed, "relora", 0, name), zero_a=cfg.zero_init_bug)
-            replace_module(model, name, new)
+            return new
+
+        replace_linears(model, cfg.targets, self.name, wrap)
         return model
 
     def lr_multiplier(self, step: int) -> float:

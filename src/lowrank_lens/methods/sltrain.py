@@ -28,26 +28,12 @@ from torch import nn
 from ..config import RunConfig, seed_field
 from ..errors import LensError
 from . import register
-from .base import (
-    BaseMethodConfig,
-    Footprint,
-    MethodPreset,
-    RankedMethod,
-    adamw_state,
-    auto_alpha,
-    auto_rank,
-    drop_rope_buffers,
-    lowrank_factors,
-    model_parameters,
-    param_bytes,
-    refuse_keys,
-    replace_module,
-    side_json,
-    stable_seed,
-    target_matrices,
-    target_modules,
-    tensor_stems,
-)
+from .base import MethodPreset
+from .ranks import RankedConfig, RankedMethod, auto_alpha, auto_rank
+from .reading import CheckpointReader, drop_rope_buffers, refuse_keys, side_json, tensor_stems
+from .schedule import stable_seed
+from .shapes import Footprint, adamw_footprint, factored_parameters, target_matrices
+from .surgery import replace_linears
 
 
 def sample_support(numel: int, nnz: int, generator: torch.Generator) -> torch.Tensor:
@@ -172,7 +158,7 @@ class SLTrainLinear(nn.Module):
 
 
 @dataclass
-class SLTrainConfig(BaseMethodConfig):
+class SLTrainConfig(RankedConfig):
     rank: int = 0
     """r; 0 = model.hidden_size // 4 (the 60m ratio), resolved from the final shape."""
     alpha: float = 32.0
@@ -186,12 +172,41 @@ class SLTrainConfig(BaseMethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 0:
-            raise LensError(f"method.rank must be >= 0 (0 = hidden_size // 4), got {self.rank}")
         if not 0 < self.density <= 1:
             raise LensError(f"method.density must be in (0, 1], got {self.density}")
         if self.alpha < 0:
             raise LensError(f"method.alpha must be >= 0 (0 = rank / 4), got {self.alpha}")
+
+
+class SLTrainReader(CheckpointReader):
+    """Reads the official SLTrain script's checkpoints too (`lowrank-lens import`)."""
+
+    @classmethod
+    def official_layout(cls, folder: Path, keys: list[str]) -> bool:
+        """The official script's save_pretrained of its wrapped LLaMA: splora_config.json beside it, and per
+        target t.lora_A (r x in), t.lora_B (out x r), t.sparse_value and t.sparse_index (int64, flat row-major
+        into out x in): this plugin's own names and encoding."""
+        return (folder / "splora_config.json").is_file() or any(k.endswith(".sparse_index") for k in keys)
+
+    @classmethod
+    def from_official(cls, folder: Path, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        """The tensors as they are; r / lora_alpha / sp_ratio become rank / alpha / density, which must give
+        each target's saved number of values (int(density·m·n), as both codes count). A trained scale
+        (--train_scaling) has no counterpart here and is refused."""
+        state, side = drop_rope_buffers(state), side_json(folder, "splora_config.json")
+        refuse_keys(state, ".scaling", SLTrain.name, "a trained scale, --train_scaling")
+        stems = tensor_stems(state, ".sparse_index")
+        first = stems[0]
+        m, n = state[f"{first}.lora_B"].shape[0], state[f"{first}.lora_A"].shape[1]
+        density = float(side.get("sp_ratio") or state[f"{first}.sparse_value"].numel() / (m * n))
+        for t in stems:
+            want = int(density * state[f"{t}.lora_B"].shape[0] * state[f"{t}.lora_A"].shape[1])
+            have = state[f"{t}.sparse_value"].numel()
+            if want != have:
+                raise LensError(f"the official {SLTrain.name} checkpoint's {t} has {have} sparse values, not the "
+                                f"{want} its density {density} gives; add sp_ratio to splora_config.json")
+        return dict(state), {"rank": int(side.get("r") or state[f"{first}.lora_A"].shape[0]),
+                             "alpha": float(side.get("lora_alpha", 32.0)), "density": density}
 
 
 _STUDY = {  # docs/study.md §1.4 (60m/130m/350m, the study's scripts) and docs/methods.md §5.2 (1b)
@@ -213,48 +228,18 @@ class SLTrain(RankedMethod):
                    "support; AdamW on everything")
     colour = "#e377c2"
     Config = SLTrainConfig
+    Reader = SLTrainReader
     linear_targets_only = True
     memory_formula = ("E + L·r·(11h + 3i) + Σ int(δ·out·in) sparse values trainable; state 2 x that + `step`s.")
-
-    @classmethod
-    def official_layout(cls, folder: Path, keys: list[str]) -> bool:
-        """The official script's save_pretrained of its wrapped LLaMA: splora_config.json beside it, and per
-        target t.lora_A (r x in), t.lora_B (out x r), t.sparse_value and t.sparse_index (int64, flat row-major
-        into out x in): this plugin's own names and encoding."""
-        return (folder / "splora_config.json").is_file() or any(k.endswith(".sparse_index") for k in keys)
-
-    @classmethod
-    def from_official(cls, folder: Path, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
-        """The tensors as they are; r / lora_alpha / sp_ratio become rank / alpha / density, which must give
-        each target's saved number of values (int(density·m·n), as both codes count). A trained scale
-        (--train_scaling) has no counterpart here and is refused."""
-        state, side = drop_rope_buffers(state), side_json(folder, "splora_config.json")
-        refuse_keys(state, ".scaling", cls.name, "a trained scale, --train_scaling")
-        stems = tensor_stems(state, ".sparse_index")
-        first = stems[0]
-        m, n = state[f"{first}.lora_B"].shape[0], state[f"{first}.lora_A"].shape[1]
-        density = float(side.get("sp_ratio") or state[f"{first}.sparse_value"].numel() / (m * n))
-        for t in stems:
-            want = int(density * state[f"{t}.lora_B"].shape[0] * state[f"{t}.lora_A"].shape[1])
-            if want != state[f"{t}.sparse_value"].numel():
-                raise LensError(f"the official {cls.name} checkpoint's {t} has {state[f'{t}.sparse_value'].numel()} "
-                                f"sparse values, not the {want} its density {density} gives; add sp_ratio to "
-                                f"splora_config.json")
-        return dict(state), {"rank": int(side.get("r") or state[f"{first}.lora_A"].shape[0]),
-                             "alpha": float(side.get("lora_alpha", 32.0)), "density": density}
 
     @classmethod
     def footprint(cls, run: RunConfig) -> Footprint:
         """The targets' dense weights are discarded; A, B and the sparse values of each target and every other
         parameter train with AdamW; the int64 support indices are buffers."""
         cfg: SLTrainConfig = run.method_cfg
-        targets = target_matrices(run.model, cfg.targets, linear_only=True)
+        targets, trainable = factored_parameters(run, auto_rank(cfg.rank, run.model))
         nnz = tuple(int(cfg.density * m * n) for m, n in targets.values())  # as SLTrainLinear counts them
-        trainable = (*model_parameters(run.model, exclude=tuple(targets)).values(),
-                     *lowrank_factors(list(targets.values()), auto_rank(cfg.rank, run.model)), *nnz)
-        state, nbytes = adamw_state(trainable, param_bytes(run))
-        return Footprint(trainable=trainable, buffers=nnz, buffer_bytes=8 * sum(nnz), state=(state,),
-                         state_bytes=nbytes)
+        return adamw_footprint(run, (*trainable, *nnz), buffers=nnz, buffer_bytes=8 * sum(nnz))
 
     @classmethod
     def check_config(cls, run: RunConfig) -> None:
@@ -289,15 +274,15 @@ class SLTrain(RankedMethod):
         cfg: SLTrainConfig = self.cfg
         rank = auto_rank(cfg.rank, self.run.model)
         alpha = auto_alpha(cfg.alpha, rank)
-        for name, mod in target_modules(model, cfg.targets):
-            if not isinstance(mod, nn.Linear) or mod.bias is not None:
-                raise LensError(f"sltrain wraps bias-free nn.Linear layers; {name} is {type(mod).__name__}"
-                                f"{' with a bias' if isinstance(mod, nn.Linear) else ''}")
+
+        def wrap(name: str, mod: nn.Linear) -> SLTrainLinear:
             new = SLTrainLinear(mod.in_features, mod.out_features, rank, alpha, cfg.density, name,
                                 device=mod.weight.device, dtype=mod.weight.dtype)
             new.reset_parameters(stable_seed(cfg.support_seed, name), stable_seed(self.run.train.seed, "sltrain", name))
-            replace_module(model, name, new)  # the dense N(0, 0.02^2) weight is discarded, as in the reference
-        return model
+            return new
+
+        replace_linears(model, cfg.targets, self.name, wrap)  # the dense N(0, 0.02^2) weights are discarded,
+        return model  # as in the reference
 
     def dense_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {m.layer_name: m.dense_weight() for m in model.modules() if isinstance(m, SLTrainLinear)}

@@ -26,16 +26,9 @@ from ..config import OptimConfig, RunConfig
 from ..errors import LensError
 from ..optim.spam_adamw import SPAMAdamW
 from . import register
-from .base import (
-    BaseMethodConfig,
-    Footprint,
-    Method,
-    MethodPreset,
-    model_parameters,
-    param_bytes,
-    target_matrices,
-    target_modules,
-)
+from .base import BaseMethodConfig, Method, MethodPreset
+from .shapes import Footprint, model_parameters, param_bytes, target_matrices
+from .surgery import split_target_weights
 
 
 @dataclass
@@ -132,11 +125,8 @@ class SPAM(Method):
 
     def build_optimizer(self, model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
         cfg: SPAMConfig = self.cfg
-        targets = [mod.weight for _, mod in target_modules(model, cfg.targets)
-                   if getattr(mod, "weight", None) is not None and mod.weight.requires_grad]
-        ids = {id(p) for p in targets}
-        plain = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        target_group = {"params": targets, "targets": True}
+        targets, plain = split_target_weights(model, cfg.targets)
+        target_group = {"params": list(targets.values()), "targets": True}
         if cfg.official_target_decay:
             target_group["weight_decay"] = 0.0
         return SPAMAdamW([{"params": plain}, target_group], lr=optim.lr, betas=(optim.beta1, optim.beta2),

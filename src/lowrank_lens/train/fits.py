@@ -83,7 +83,7 @@ class Need:
 def estimate(cfg: RunConfig, shards: int = 1) -> Need:
     """Lower bound of the bytes one process holds at its peak (`shards`: FSDP2 ranks sharing the state)."""
     from ..methods import get_method
-    from ..methods.base import param_bytes
+    from ..methods.shapes import param_bytes
 
     m, t = cfg.model, cfg.train
     fp = get_method(cfg.method).footprint(cfg)

@@ -97,12 +97,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype:
     cfg = load_run_config(ckpt.parent.parent)
     meta = read_meta(ckpt)
     method = get_method(cfg.method)(cfg.method_cfg, cfg)
-    model = method.base_model(ckpt.parent.parent)
+    reader = method.reader
+    model = reader.base_model(ckpt.parent.parent)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         model = method.prepare_model(model)
-    state = method.adapt_state(load_model_state(ckpt, verify=verify))
-    expected = method.state_shapes(model)
+    state = reader.adapt_state(load_model_state(ckpt, verify=verify))
+    expected = reader.state_shapes(model)
     _check_fit(ckpt, expected, {k: v.shape for k, v in state.items()})
     # strict unless the method stores fewer tensors than the module has (tied weights, stored once)
     model.load_state_dict(state, strict=len(expected) == len(model.state_dict()))
@@ -169,7 +170,7 @@ def parse_device(device: str, option: str = "--device") -> torch.device:
 def dense_state(ck: LoadedCheckpoint) -> dict[str, torch.Tensor] | None:
     """State dict of a plain LLaMA whose target layers hold the method's effective W; None without one
     (the own state of a model that is its own dense view, dense_module)."""
-    if ck.method.dense_module(ck.model) is not None:
+    if ck.method.reader.dense_module(ck.model) is not None:
         return {k: v.detach() for k, v in ck.model.state_dict().items()}
     dense = ck.method.dense_weights(ck.model)
     if dense is None:
@@ -190,7 +191,7 @@ def dense_state(ck: LoadedCheckpoint) -> dict[str, torch.Tensor] | None:
 
 def dense_model(ck: LoadedCheckpoint) -> LlamaForCausalLM | None:
     """A plain LlamaForCausalLM equivalent to the checkpoint, or None when no dense view exists (CoLA)."""
-    own = ck.method.dense_module(ck.model)
+    own = ck.method.reader.dense_module(ck.model)
     if own is not None:
         return own
     state = dense_state(ck)

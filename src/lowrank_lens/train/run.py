@@ -19,7 +19,8 @@ from ..config import RunConfig, flatten
 from ..data import build_data
 from ..errors import LensError
 from ..methods import get_method
-from ..methods.base import Method, check_param_groups
+from ..methods.base import Method
+from ..methods.surgery import check_param_groups
 from ..model import build_model
 from ..run_files import load_run_config, read_run_json  # noqa: F401  (re-exported: train.load_run_config)
 from .checkpoint import (
