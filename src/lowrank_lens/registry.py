@@ -44,6 +44,11 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove what `register` added under `name` (a plugin a test registered for its own duration)."""
+        del self._items[name]
+        self._unlisted.discard(name)
+
     def get(self, name: str) -> T:
         self._discover()
         if name not in self._items:
