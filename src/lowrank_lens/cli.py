@@ -107,8 +107,9 @@ def analyze(
     jobs: Annotated[int, typer.Option(help="Worker processes computing at once (CPU: one per core).")] = 1,
 ) -> None:
     """Compute the solution metrics of runs (cached by content; a re-run only computes what changed)."""
+    from .analysis import runner
     from .analysis.context import TOKEN_FILE_FIX, EvalSettings
-    from .analysis.runner import analyze as run_analyze
+    from .analysis.request import AnalysisRequest
     from .analysis.subjects import parse_steps
     from .data.cache import load_token_rows
     from .train.loading import expand_runs, parse_device
@@ -121,15 +122,15 @@ def analyze(
             load_token_rows(token_file, fix=TOKEN_FILE_FIX)
         except LensError as e:
             raise LensError(f"--token-file: {e}") from None
-    names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     settings = EvalSettings(sequences=sequences, batch_size=batch_size, token_file=token_file, device=device,
                             dtype=dtype)
     dirs = expand_runs(runs)
     if cache_dir is not None:
         writable_folder(cache_dir, "--cache-dir")
-    out = writable_folder(out or (cache_dir or dirs[0].parent) / "analysis", "--out")
-    run_analyze(dirs, names, chosen_steps, reference, set_ or [], settings, out, force, plots, jobs,
-                cache_dir=cache_dir)
+    req = AnalysisRequest(dirs, metrics=metrics, steps=chosen_steps, reference=reference, overrides=set_ or (),
+                          settings=settings, out=out, force=force, plots=plots, jobs=jobs, cache_dir=cache_dir)
+    writable_folder(req.out, "--out")  # the default folder too
+    runner.run_analysis(req)
 
 
 @app.command("eval-downstream")
@@ -160,30 +161,32 @@ def eval_downstream(
 ) -> None:
     """Zero-shot accuracy of checkpoints through lm-evaluation-harness (needs the `eval` extra installed)."""
     try:
-        from .downstream.evaluate import run_eval_downstream
+        from .downstream import evaluate
     except ImportError as e:
         raise LensError(f"downstream evaluation needs lm-eval ({e.name} is missing); install it with "
                         f"pip install 'lowrank-lens[eval]'") from None
-    from .downstream.evaluate import parse_step
+    from .downstream.request import DownstreamRequest, parse_step
     from .train.loading import expand_runs, parse_device
 
     seed_list = int_list(seeds, "--seeds")
-    parse_step(step)
+    chosen_step = parse_step(step)
     at_least(1, limit=limit, batch_size=batch_size)
     at_least(0, num_fewshot=num_fewshot, bootstrap_iters=bootstrap_iters)
     parse_device(device)
-    task_list = [t.strip() for t in tasks.split(",") if t.strip()]
     dirs = expand_runs(runs)
     if cache_dir is not None:
         writable_folder(cache_dir, "--cache-dir")
-    folder = out or (cache_dir or dirs[0].parent) / "downstream"
+    req = DownstreamRequest(dirs, tasks=tasks, step=chosen_step, seeds=seed_list, batch_size=batch_size, limit=limit,
+                            include_path=include_path, device=device, bootstrap_iters=bootstrap_iters,
+                            num_fewshot=num_fewshot, rebuild_tokenizer=rebuild_tokenizer, force=force,
+                            cache_dir=cache_dir, out=out)
+    folder = req.out
+    assert folder is not None
     if folder.suffix == ".csv" and not folder.is_dir():  # the table's own path
         writable_folder(folder.parent, "--out", target=folder)
     else:
         writable_folder(folder, "--out")
-    run_eval_downstream(dirs, task_list, step, seed_list, folder, include_path, limit, device,
-                        batch_size=batch_size, num_fewshot=num_fewshot, bootstrap_iters=bootstrap_iters,
-                        rebuild_tokenizer=rebuild_tokenizer, force=force, cache_dir=cache_dir)
+    evaluate.run_eval_downstream(req)
 
 
 @app.command()
@@ -286,8 +289,10 @@ def study(
     if executor != "inline":
         from .study.submit import SubmitOptions, submit_study
 
-        opts = SubmitOptions(executor, partition, account, time_min, gpus_per_run, processes_per_run,
-                             cpus_per_task, mem_gb, analysis_tasks, list(sbatch or []))
+        opts = SubmitOptions(executor=executor, partition=partition, account=account, time_min=time_min,
+                             gpus_per_run=gpus_per_run, processes_per_run=processes_per_run,
+                             cpus_per_task=cpus_per_task, mem_gb=mem_gb, analysis_tasks=analysis_tasks,
+                             sbatch=list(sbatch or []))
         jobs = submit_study(spec, folder, opts)
         typer.echo(f"study {spec.name}: " + "; ".join(f"{k} {' '.join(v) or '-'}" for k, v in jobs.items()))
         typer.echo(f"follow it with: lowrank-lens study {folder} --status")

@@ -78,9 +78,10 @@ def test_results_are_cached(nano_runs: dict[str, Path], monkeypatch: pytest.Monk
 
 def test_run_eval_downstream_writes_table(nano_runs: dict[str, Path], tmp_path: Path):
     from lowrank_lens.analysis.tables import read_csv
-    from lowrank_lens.downstream import run_eval_downstream
+    from lowrank_lens.downstream import DownstreamRequest, run_eval_downstream
 
-    csv = run_eval_downstream([nano_runs["sltrain"]], ["lens_mc"], "final", [0], tmp_path / "rep", None, 4, "cpu")
+    csv = run_eval_downstream(DownstreamRequest([nano_runs["sltrain"]], tasks="lens_mc", seeds=[0],
+                                                out=tmp_path / "rep", limit=4, device="cpu"))
     assert csv == tmp_path / "rep" / "downstream.csv"
     rows = read_csv(csv)
     assert len(rows) == 1 and rows[0]["task"] == "lens_mc" and rows[0]["method"] == "sltrain"

@@ -1,9 +1,13 @@
 """`lowrank-lens analyze`: enumerate subjects per metric, reuse cached results, compute the rest, and write
 tables (CSV, Parquet) and figures.
 
-    analyze(["runs/micro-galore-seed0", "runs/micro-full-rank-seed0"], metrics=["spectra"], steps=[-1])
+    run_analysis(AnalysisRequest(["runs/micro-galore-seed0", "runs/micro-full-rank-seed0"], metrics="spectra",
+                                 steps="final"))
+    analyze(["runs/micro-galore-seed0", "runs/micro-full-rank-seed0"], metrics=["spectra"], steps=[-1])  # same
 
-Metric options are overrides of the form `<metric>.<field>=<value>` (e.g. `landscape_random.directions=10`).
+The request (request.py) is built once, by the command line, the study or a Python caller, and passed whole
+to every function below (the workers and ranks get it pickled). Metric options are overrides of the form
+`<metric>.<field>=<value>` (e.g. `landscape_random.directions=10`).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from ..config import build_section
 from ..errors import LensError
 from .base import Metric, Result
 from .cache import ResultStore, content_key
-from .context import Context, EvalSettings
+from .context import Context
 from .metrics import get_metric, metric_names
 from .plan import Unit, piece_key, plan_units, share_of
+from .request import AnalysisRequest, from_call
 from .subjects import RunRef, Subject, check_steps
 from .tables import write_csv, write_parquet
 
@@ -174,11 +179,19 @@ def _where(subject: Subject) -> str:
     return f"{d['run']}{other} {span} ({d['kind']})"
 
 
-def analyze(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None, steps: list[int] | None = None,
-            reference: str | Path | None = None, overrides: Sequence[str] = (),
-            settings: EvalSettings | None = None, out: str | Path | None = None, force: bool = False,
-            plots: bool = True, jobs: int = 1, cache_dir: str | Path | None = None,
-            distributed: bool | None = None) -> dict[str, MetricOutcome]:
+ANALYZE_ORDER = ("runs", "metrics", "steps", "reference", "overrides", "settings", "out", "force", "plots", "jobs",
+                 "cache_dir", "distributed")
+"""The positional parameters analyze took before requests."""
+
+
+def analyze(*args: Any, **kwargs: Any) -> dict[str, MetricOutcome]:
+    """`run_analysis(AnalysisRequest(...))` from keywords (the fields of AnalysisRequest) or the positional order
+    this function had: (runs, metrics, steps, reference, overrides, settings, out, force, plots, jobs, cache_dir,
+    distributed)."""
+    return run_analysis(from_call(AnalysisRequest, ANALYZE_ORDER, args, kwargs))
+
+
+def run_analysis(req: AnalysisRequest) -> dict[str, MetricOutcome]:
     """Compute (or load) every selected metric on the runs; write `<out>/<metric>.csv|.parquet` and figures.
 
     jobs > 1 first computes the missing results in that many worker processes (each with cpu_count / jobs
@@ -188,79 +201,74 @@ def analyze(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None
     the units of work (plan.py), on its own GPU where there are GPUs, then rank 0 tabulates and plots from
     the cache; the other ranks return {}.
     """
+    distributed = req.distributed
     if distributed is None:
         distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
-        return _analyze_over_ranks(run_dirs, metrics, steps, reference, overrides, settings, out, force, plots,
-                                   cache_dir)
-    if not run_dirs:
-        raise LensError("no run directory given; pass one or more runs/<run-id> folders")
-    if jobs < 1:
-        raise LensError(f"jobs {jobs}: analysis needs at least one process (--jobs 1 computes in this one)")
-    runs = [RunRef.open(p) for p in run_dirs]
-    ref = RunRef.open(reference) if reference else None
+        return _analyze_over_ranks(req)
+    runs = [RunRef.open(p) for p in req.runs]
+    ref = RunRef.open(req.reference) if req.reference else None
+    steps = req.step_list
     check_steps(runs, steps)
-    if jobs > 1:
-        _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings, force, jobs, cache_dir)
+    force = req.force
+    if req.jobs > 1:
+        _compute_in_workers(req)
         force = False
-    chosen = build_metrics(metrics, overrides)
-    ctx = Context(settings)
-    out_dir = Path(out) if out else Path(run_dirs[0]).parent / "analysis"
+    chosen = build_metrics(req.metrics, req.overrides)
+    ctx = Context(req.settings)
+    assert req.out is not None  # resolved when the request was built
+    out_dir = req.out
     outcomes: dict[str, MetricOutcome] = {}
     for metric in chosen:
         log.info(f"== {metric.name} ({metric.dimension}) on {len(runs)} run(s)")
-        outcome = run_metric(metric, runs, steps, ref, ctx, force, cache_dir=cache_dir)
+        outcome = run_metric(metric, runs, steps, ref, ctx, force, cache_dir=req.cache_dir)
         outcomes[metric.name] = outcome
         if outcome.rows:
             write_csv(outcome.rows, out_dir / f"{metric.name}.csv")
             write_parquet(outcome.rows, out_dir / f"{metric.name}.parquet")
-        if plots and outcome.results:
+        if req.plots and outcome.results:
             metric.plot([r for r in outcome.results if not r.skipped], out_dir / "figures")
         log.info(f"   {metric.name}: {outcome.computed} computed, {outcome.cached} cached in {outcome.seconds:.1f}s")
     log.info(f"tables and figures in {out_dir}")
     return outcomes
 
 
-def compute_share(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None, steps: list[int] | None,
-                  reference: str | Path | None, overrides: Sequence[str], settings: EvalSettings | None,
-                  force: bool, share: tuple[int, int], cache_dir: str | Path | None = None) -> int:
+def compute_share(req: AnalysisRequest, share: tuple[int, int]) -> int:
     """One share (k, n) of an analysis (a worker process, a rank, a Slurm array task): compute and cache the
     k-th of every n units of work (plan.py); no tables. Returns how many results and pieces it computed."""
-    runs = [RunRef.open(p) for p in run_dirs]
-    ref = RunRef.open(reference) if reference else None
-    ctx = Context(settings)
-    units = share_of(plan_units(build_metrics(metrics, overrides), runs, steps, ref, share[1]), share)
-    return sum(compute_unit(u, ctx, force, cache_dir) for u in units)
+    runs = [RunRef.open(p) for p in req.runs]
+    ref = RunRef.open(req.reference) if req.reference else None
+    ctx = Context(req.settings)
+    units = share_of(plan_units(build_metrics(req.metrics, req.overrides), runs, req.step_list, ref, share[1]),
+                     share)
+    return sum(compute_unit(u, ctx, req.force, req.cache_dir) for u in units)
 
 
-def _compute_share_in_worker(*args: Any, threads: int) -> int:
+def _compute_share_in_worker(req: AnalysisRequest, share: tuple[int, int], threads: int) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    share = args[7]
     # Progress lines of the share ("[metric i/n] subject: ..."), tagged so interleaved workers stay readable.
     logging.basicConfig(level=logging.INFO, format=f"[analysis worker {share[0] + 1}/{share[1]}] %(message)s")
-    return compute_share(*args)
+    return compute_share(req, share)
 
 
-def _compute_in_workers(run_dirs, metrics, steps, reference, overrides, settings, force, jobs: int,
-                        cache_dir: str | Path | None = None) -> None:
+def _compute_in_workers(req: AnalysisRequest) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    build_metrics(metrics, overrides)  # bad names or options fail here, once, before any worker starts
+    build_metrics(req.metrics, req.overrides)  # bad names or options fail here, once, before any worker starts
+    jobs = req.jobs
     threads = max(1, (os.cpu_count() or 1) // jobs)
     t0 = time.perf_counter()
     log.info(f"analysis: computing in {jobs} worker processes ({threads} thread(s) each)")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_compute_share_in_worker, list(run_dirs), metrics, steps, reference, list(overrides),
-                               settings, force, (k, jobs), cache_dir, threads=threads) for k in range(jobs)]
+        futures = [pool.submit(_compute_share_in_worker, req, (k, jobs), threads) for k in range(jobs)]
         computed = sum(f.result() for f in futures)
     log.info(f"analysis: {computed} results computed by the workers in {time.perf_counter() - t0:.0f}s")
 
 
-def _analyze_over_ranks(run_dirs, metrics, steps, reference, overrides, settings, out, force, plots,
-                        cache_dir) -> dict[str, MetricOutcome]:
+def _analyze_over_ranks(req: AnalysisRequest) -> dict[str, MetricOutcome]:
     """torchrun ... -m lowrank_lens analyze: rank k computes its share of the units of work (plan.py); the
     results and pieces meet in the content-hash cache, which rank 0 then reads (combining pieces) to write the
     tables. A result does not depend on the process or the split that computed it (each subject's directions
@@ -275,15 +283,13 @@ def _analyze_over_ranks(run_dirs, metrics, steps, reference, overrides, settings
     if owns:  # gloo only carries the barriers; the metrics compute on each rank's own device
         dist.init_process_group("gloo")
     try:
-        build_metrics(metrics, overrides)  # bad names or options fail on every rank before any work
-        computed = compute_share(run_dirs, metrics, steps, reference, list(overrides), settings, force,
-                                 (rank, world), cache_dir)
+        build_metrics(req.metrics, req.overrides)  # bad names or options fail on every rank before any work
+        computed = compute_share(req, (rank, world))
         log.info(f"analysis rank {rank}/{world}: {computed} results computed")
         dist.barrier()
         outcomes = {}
         if rank == 0:
-            outcomes = analyze(run_dirs, metrics, steps, reference, overrides, settings, out, False, plots,
-                               cache_dir=cache_dir, distributed=False)
+            outcomes = run_analysis(dataclasses.replace(req, force=False, distributed=False))
         dist.barrier()
         return outcomes
     finally:

@@ -1,7 +1,8 @@
 """Downstream zero-shot accuracy of trained runs through lm-evaluation-harness (docs/study.md §1.6, issue 5).
 
-    rows = evaluate_downstream(["runs/micro-cola-seed0"], ["lens_mc"], seeds=(0, 1, 2))
-    run_eval_downstream([...], ["study"], "final", [0, 1, 2, 3, 4], Path("reports"), None, None, "auto")
+    rows = evaluate_runs(DownstreamRequest(["runs/micro-cola-seed0"], tasks="lens_mc", seeds=(0, 1, 2)))
+    run_eval_downstream(DownstreamRequest([...], tasks="study", seeds=range(5), out="reports"))  # -> the CSV
+    rows = evaluate_downstream(["runs/micro-cola-seed0"], ["lens_mc"], seeds=(0, 1, 2))  # the same, by keywords
 
 One result per (checkpoint, task, evaluation seed) is cached with the analysis cache (`ResultStore(run_dir)`,
 metric "downstream"; under <cache_dir>/<run-id>/ instead when a cache folder is given, so a read-only run
@@ -27,10 +28,11 @@ import torch
 
 from ..analysis.base import Result
 from ..analysis.cache import ResultStore, content_key
+from ..analysis.request import from_call
 from ..analysis.tables import write_csv, write_parquet
-from ..errors import LensError
 from ..train.checkpoint import checkpoint_sha256, read_meta
 from ..train.loading import expand_runs, load_checkpoint, parse_device, resolve_checkpoint
+from .request import DTYPE_NAMES, DownstreamRequest
 from .stats import bootstrap_stderr, chance_level, closed_form_stderr, over_seeds, unit_value
 from .taskspec import TaskSpec, resolve_tasks, task_manager
 from .tokenizer import load_run_tokenizer, run_fingerprint
@@ -40,7 +42,7 @@ log = logging.getLogger("lowrank_lens")
 METRIC = "downstream"
 VERSION = 1
 """Bump when what is computed changes, so cached results are recomputed."""
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def resolve_device(device: str) -> str:
@@ -70,20 +72,20 @@ class _Tasks:
         return task_dict, {s.name: self.loaded[s.name][1] for s in specs}
 
 
-def _evaluate_run(run_dir: Path, specs: list[TaskSpec], tasks: _Tasks, step: str | int, seeds: Sequence[int],
-                  settings: dict[str, Any], batch_size: int | str, device: str, rebuild_tokenizer: bool,
-                  force: bool, cache_dir: str | Path | None = None) -> dict[tuple[str, int], Result]:
+def _evaluate_run(run_dir: Path, specs: list[TaskSpec], tasks: _Tasks,
+                  req: DownstreamRequest) -> dict[tuple[str, int], Result]:
     """{(task, seed): Result} of one run's checkpoint, computing only what the cache lacks."""
     import lm_eval
 
     from ..analysis.subjects import RunRef
     from .harness import extract, make_lm, run_seed
 
+    seeds, settings, batch_size = req.seeds, req.score_settings, req.batch_size
     ref = RunRef.open(run_dir)
-    ckpt = resolve_checkpoint(run_dir, step)
+    ckpt = resolve_checkpoint(run_dir, req.step)
     meta = read_meta(ckpt)
     fp = run_fingerprint(run_dir)
-    store = ResultStore(run_dir, cache_dir)
+    store = ResultStore(run_dir, req.cache_dir)
     subject = {"kind": "checkpoint", "run": ref.run_id, "method": ref.method, "scale": ref.scale,
                "seed": ref.seed, "step": int(meta["step"]), "checkpoint": checkpoint_sha256(ckpt)}
     keys = {(s.name, seed): content_key({"metric": METRIC, "version": VERSION, "checkpoint": subject["checkpoint"],
@@ -92,15 +94,15 @@ def _evaluate_run(run_dir: Path, specs: list[TaskSpec], tasks: _Tasks, step: str
             for s in specs for seed in seeds}
     out: dict[tuple[str, int], Result] = {}
     for k, key in keys.items():
-        hit = None if force else store.get(METRIC, key)
+        hit = None if req.force else store.get(METRIC, key)
         if hit is not None:
             out[k] = hit
     missing = [k for k in keys if k not in out]
     if not missing:
         log.info(f"downstream: {ref.run_id} step {subject['step']}: {len(out)} cached results")
         return out
-    tok = load_run_tokenizer(run_dir, rebuild=rebuild_tokenizer)
-    dev = resolve_device(device)
+    tok = load_run_tokenizer(run_dir, rebuild=req.rebuild_tokenizer)
+    dev = resolve_device(req.device)
     ck = load_checkpoint(ckpt, device=dev, dtype=DTYPES[settings["dtype"]])
     lm = make_lm(ck.model, tok, batch_size, settings["max_length"] or ck.cfg.model.max_seq_len)
     for seed in seeds:
@@ -172,61 +174,39 @@ def _rows(results: dict[tuple[str, int], Result], specs: list[TaskSpec], seeds: 
     return rows
 
 
-def evaluate_downstream(run_dirs: Sequence[str | Path], tasks: Sequence[str], step: str | int = "final",
-                        seeds: Sequence[int] = (0,), batch_size: int | str = 16, limit: int | None = None,
-                        include_path: str | Path | Sequence[str | Path] | None = None, device: str = "auto",
-                        bootstrap_iters: int = 1000, *, num_fewshot: int | None = None, dtype: str = "float32",
-                        max_length: int | None = None, rebuild_tokenizer: bool = False,
-                        force: bool = False, cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """Evaluate each run's checkpoint at `step` on `tasks` for every seed; one row per (run, task unit).
-
-    `tasks`: lm-eval names, presets (study, commonsense), lens_mc, JSONL or YAML files (taskspec.py).
-    `limit`: first N documents of each task (smoke tests only). `max_length`: context window given to lm-eval
-    (default: the model's max_seq_len). `bootstrap_iters`: draws of the bootstrap standard error (0: none).
-    `force`: recompute even when cached. `cache_dir`: where results are cached (default: in each run folder).
-    Raises LensError (one line) for unknown or unreachable tasks and for settings out of range.
-    """
-    if dtype not in DTYPES:
-        raise LensError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    if not seeds:
-        raise LensError("give at least one evaluation seed")
-    for name, value, low in (("limit", limit, 1), ("num_fewshot", num_fewshot, 0), ("max_length", max_length, 1),
-                             ("bootstrap_iters", bootstrap_iters, 0)):
-        if value is not None and value < low:
-            raise LensError(f"{name} {value} is out of range: it must be at least {low}")
-    if isinstance(batch_size, int) and batch_size < 1:
-        raise LensError(f"batch_size {batch_size} is out of range: it must be at least 1")
-    resolve_device(device)  # a bad device fails before any work, even when every result is cached
-    specs = resolve_tasks(tasks, include_path)
-    settings = {"limit": limit, "num_fewshot": num_fewshot, "dtype": dtype, "max_length": max_length}
-    shared = _Tasks(specs, include_path)
+def evaluate_runs(req: DownstreamRequest) -> list[dict[str, Any]]:
+    """Evaluate each run's checkpoint at `req.step` on `req.tasks` for every seed; one row per (run, task unit),
+    computing only what the cache lacks. Raises LensError (one line) for unknown or unreachable tasks and
+    a device this machine lacks (the settings were checked when the request was built)."""
+    resolve_device(req.device)  # a bad device fails before any work, even when every result is cached
+    specs = resolve_tasks(req.tasks, req.include_path)
+    shared = _Tasks(specs, req.include_path)
     rows: list[dict[str, Any]] = []
-    for run_dir in expand_runs(run_dirs):
-        results = _evaluate_run(run_dir, specs, shared, step, seeds, settings, batch_size, device,
-                                rebuild_tokenizer, force, cache_dir)
-        rows += _rows(results, specs, seeds, bootstrap_iters, settings)
+    for run_dir in expand_runs(req.runs):
+        results = _evaluate_run(run_dir, specs, shared, req)
+        rows += _rows(results, specs, req.seeds, req.bootstrap_iters, req.score_settings)
     return rows
 
 
-def parse_step(step: str | int) -> str | int:
-    """'final' or a checkpoint step (a non-negative integer); else a LensError naming --step."""
-    text = str(step).strip()
-    if text == "final":
-        return text
-    if not text.isdigit():
-        raise LensError(f"--step {step!r}: pass 'final' or a checkpoint step such as 500")
-    return int(text)
+EVALUATE_DOWNSTREAM_ORDER = ("runs", "tasks", "step", "seeds", "batch_size", "limit", "include_path", "device",
+                             "bootstrap_iters")
+"""The positional parameters evaluate_downstream took before requests; the other fields go by name."""
 
 
-def run_eval_downstream(run_dirs: list[Path], tasks: list[str], step: str, seeds: list[int], out: Path,
-                        include_path: str | None, limit: int | None, device: str, **options: Any) -> Path:
+def evaluate_downstream(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """`evaluate_runs(DownstreamRequest(...))` from keywords (the fields of DownstreamRequest) or the positional
+    order this function had: (runs, tasks, step, seeds, batch_size, limit, include_path, device,
+    bootstrap_iters)."""
+    return evaluate_runs(from_call(DownstreamRequest, EVALUATE_DOWNSTREAM_ORDER, args, kwargs))
+
+
+def run_eval_downstream(req: DownstreamRequest) -> Path:
     """The `lowrank-lens eval-downstream` command: evaluate, write downstream.csv (+ .parquet with pyarrow)
-    under `out` (a folder, or the CSV path itself), log a method x task accuracy summary, return the CSV path.
-    `options` go to evaluate_downstream (batch_size, bootstrap_iters, num_fewshot, dtype, rebuild_tokenizer...).
-    """
-    rows = evaluate_downstream(run_dirs, tasks, parse_step(step), seeds, limit=limit, include_path=include_path,
-                               device=device, **options)
-    out = Path(out)
+    under `req.out` (a folder, or the CSV path itself), log a method x task accuracy summary, return the CSV
+    path."""
+    rows = evaluate_runs(req)
+    assert req.out is not None  # resolved when the request was built
+    out = req.out
     csv_path = out if out.suffix == ".csv" else out / "downstream.csv"
     write_csv(rows, csv_path)
     write_parquet(rows, csv_path.with_suffix(".parquet"))

@@ -96,14 +96,9 @@ def _train_jobs(spec: StudySpec, study_dir: Path, opts: Any) -> list[JobArray]:
 
 # ---- analyze and downstream ------------------------------------------------------------------------------
 def _analyze(spec: StudySpec, out: Path) -> None:
-    from ..analysis.context import EvalSettings
-    from ..analysis.runner import analyze
-    from ..analysis.subjects import parse_steps
-    from .runner import study_run_dirs
+    from .stages import analyze_stage
 
-    settings = EvalSettings(sequences=spec.sequences, batch_size=spec.eval_batch_size)
-    analyze(study_run_dirs(spec, out), spec.metrics or None, parse_steps(spec.analysis_steps), None,
-            spec.metric_overrides, settings, out / "analysis", jobs=spec.jobs)
+    analyze_stage(spec, out)
 
 
 def _share_jobs(stage: str) -> Callable[[StudySpec, Path, Any], list[JobArray]]:
@@ -119,10 +114,9 @@ def _share_jobs(stage: str) -> Callable[[StudySpec, Path, Any], list[JobArray]]:
 
 
 def _downstream(spec: StudySpec, out: Path) -> None:
-    from .runner import study_run_dirs
     from .stages import downstream_stage
 
-    downstream_stage(spec, study_run_dirs(spec, out), out)
+    downstream_stage(spec, out)
 
 
 # ---- predict, findings, report ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The downstream and prediction stages of a study, and the `predict` command's input gathering.
+"""The analyze and downstream stages of a study (each from one request built from the study file), the
+prediction stage, and the `predict` command's input gathering.
 
 Prediction units are runs at their final checkpoint (docs/study.md §3.3, inferred design): the target is the
 mean zero-shot accuracy over the evaluated tasks, the features are the final validation perplexity plus
@@ -13,7 +14,7 @@ import logging
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..analysis.tables import read_csv
 from ..atomic import write_text_atomic
@@ -23,6 +24,10 @@ from ..report.prediction import write_prediction_report
 from ..train.checkpoint import complete_checkpoints, read_meta
 from .spec import StudySpec
 
+if TYPE_CHECKING:
+    from ..analysis.request import AnalysisRequest
+    from ..downstream.request import DownstreamRequest
+
 log = logging.getLogger("lowrank_lens")
 
 # Which row of a metric stands for a run: its final checkpoint, its pair with the reference at the final
@@ -30,11 +35,39 @@ log = logging.getLogger("lowrank_lens")
 PER_RUN_KINDS = ("checkpoint", "pair", "init-final", "run")
 
 
-def downstream_stage(spec: StudySpec, run_dirs: list[Path], out: Path) -> Path:
+def analysis_request(spec: StudySpec, study_dir: Path) -> AnalysisRequest:
+    """The study's analysis, built once from the study file: every run, the study's metrics, options, steps
+    and evaluation settings -> <study>/analysis (the inline stage; each job of a split one takes a share)."""
+    from ..analysis.context import EvalSettings
+    from ..analysis.request import AnalysisRequest
+    from .runner import study_run_dirs
+
+    return AnalysisRequest(study_run_dirs(spec, study_dir), metrics=spec.metrics or None, steps=spec.analysis_steps,
+                           overrides=spec.metric_overrides, out=study_dir / "analysis", jobs=spec.jobs,
+                           settings=EvalSettings(sequences=spec.sequences, batch_size=spec.eval_batch_size))
+
+
+def downstream_request(spec: StudySpec, study_dir: Path) -> DownstreamRequest:
+    """The study's downstream evaluation: every run's final checkpoint on the study's tasks and seeds ->
+    <study>/downstream/downstream.csv (each job of a split one takes a share of the runs)."""
+    from ..downstream.request import DownstreamRequest
+    from .runner import study_run_dirs
+
+    return DownstreamRequest(study_run_dirs(spec, study_dir), tasks=spec.downstream_tasks, step="final",
+                             seeds=spec.downstream_seeds, limit=spec.downstream_limit or None,
+                             include_path=spec.include_path or None, out=study_dir / "downstream")
+
+
+def analyze_stage(spec: StudySpec, study_dir: Path) -> None:
+    from ..analysis.runner import run_analysis
+
+    run_analysis(analysis_request(spec, study_dir))
+
+
+def downstream_stage(spec: StudySpec, study_dir: Path) -> Path:
     from ..downstream.evaluate import run_eval_downstream
 
-    return run_eval_downstream(run_dirs, list(spec.downstream_tasks), "final", list(spec.downstream_seeds),
-                               out / "downstream", spec.include_path or None, spec.downstream_limit or None, "auto")
+    return run_eval_downstream(downstream_request(spec, study_dir))
 
 
 def final_val_ppl(run_dir: Path) -> float:

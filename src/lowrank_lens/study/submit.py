@@ -21,6 +21,7 @@ bitwise the uninterrupted one (exact resume). Every task records its state in <s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +35,8 @@ from typing import Any
 from ..atomic import write_json_atomic
 from ..errors import LensError
 from .runner import CPU_SCALES
-from .spec import PlannedRun, StudySpec, load_spec, run_names
+from .spec import PlannedRun, StudySpec, load_spec
+from .stages import analysis_request, downstream_request
 
 log = logging.getLogger("lowrank_lens")
 
@@ -178,31 +180,20 @@ class ShareTask:
         unit = f"{self.stage}/{self.k + 1}of{self.n}"
         mark(study_dir, unit, "running")
         try:
-            run_dirs = [str(study_dir / "runs" / name) for name in run_names(spec)]
             if self.stage == "analyze":
-                done = _analysis_share(spec, run_dirs, self.k, self.n)
-            else:
-                mine = run_dirs[self.k::self.n]
-                from ..downstream.evaluate import evaluate_downstream
+                from ..analysis.runner import compute_share
 
-                done = len(evaluate_downstream(mine, list(spec.downstream_tasks), "final",
-                                               list(spec.downstream_seeds), limit=spec.downstream_limit or None,
-                                               include_path=spec.include_path or None))
+                done = compute_share(analysis_request(spec, study_dir), (self.k, self.n))
+            else:
+                from ..downstream.evaluate import evaluate_runs
+
+                req = downstream_request(spec, study_dir)
+                done = len(evaluate_runs(dataclasses.replace(req, runs=req.runs[self.k::self.n])))
         except BaseException as e:
             mark(study_dir, unit, "failed", error=f"{type(e).__name__}: {e}")
             raise
         mark(study_dir, unit, "done", results=done)
         return done
-
-
-def _analysis_share(spec: StudySpec, run_dirs: list[str], k: int, n: int) -> int:
-    from ..analysis.context import EvalSettings
-    from ..analysis.runner import compute_share
-    from ..analysis.subjects import parse_steps
-
-    settings = EvalSettings(sequences=spec.sequences, batch_size=spec.eval_batch_size)
-    return compute_share(run_dirs, spec.metrics or None, parse_steps(spec.analysis_steps), None,
-                         list(spec.metric_overrides), settings, False, (k, n))
 
 
 class ReportTask:

@@ -3,6 +3,8 @@ whole result, and shares computed apart (as Slurm array tasks or ranks do) tabul
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from test_metric_contract import SETTINGS, quick_overrides
@@ -11,6 +13,7 @@ from lowrank_lens.analysis.base import Metric, part_range
 from lowrank_lens.analysis.context import Context
 from lowrank_lens.analysis.metrics import get_metric, metric_names
 from lowrank_lens.analysis.plan import plan_units, share_of
+from lowrank_lens.analysis.request import AnalysisRequest
 from lowrank_lens.analysis.runner import analyze, build_metrics, compute_share
 from lowrank_lens.analysis.subjects import RunRef
 
@@ -77,12 +80,13 @@ def test_shares_computed_apart_tabulate_to_one_process(tiny_runs, tmp_path):
     names = ["spectra", "landscape_random", "curvature"]
     overrides = [o for n in names for o in quick_overrides(n)]
     split = tmp_path / "split-cache"
-    done = [compute_share(runs, names, [-1], None, overrides, SETTINGS, False, (k, 3), split) for k in range(3)]
+    req = AnalysisRequest(runs, metrics=names, steps=[-1], overrides=overrides, settings=SETTINGS, cache_dir=split)
+    done = [compute_share(req, (k, 3)) for k in range(3)]
     assert all(d > 0 for d in done), done  # one checkpoint, yet each of the three shares had work
     pieces = sorted(p.name for p in split.rglob("*of3.json"))
     assert len(pieces) == 6, pieces  # landscape_random and curvature in three pieces each
     # A share computed again finds its pieces cached.
-    assert compute_share(runs, names, [-1], None, overrides, SETTINGS, False, (1, 3), split) == 0
+    assert compute_share(req, (1, 3)) == 0
     parts = analyze(runs, names, [-1], overrides=overrides, settings=SETTINGS, out=tmp_path / "a", plots=False,
                     cache_dir=split)
     whole = analyze(runs, names, [-1], overrides=overrides, settings=SETTINGS, out=tmp_path / "b", plots=False,
@@ -99,6 +103,6 @@ def test_shares_computed_apart_tabulate_to_one_process(tiny_runs, tmp_path):
     assert all(o.cached == len(o.results) and o.computed == 0 for o in again.values())
     # --force in a split analysis: the whole results that would hide the new pieces are dropped.
     wholes = {p.name for p in split.rglob("*.json")}
-    assert compute_share(runs, names, [-1], None, overrides, SETTINGS, True, (0, 3), split) == 3
+    assert compute_share(dataclasses.replace(req, force=True), (0, 3)) == 3
     left = {p.name for p in split.rglob("*.json")}
     assert len(wholes - left) == 2 and len([n for n in left if n.endswith("of3.json")]) == 2
