@@ -106,7 +106,7 @@ def paper() -> StudySpec:
 
 
 def zoo() -> StudySpec:
-    """The paper's protocol over every registered method (fourteen today), for the comparison the study did
+    """The paper's protocol over every registered method, for the comparison the study did
     not make. The list is resolved when the study is created and saved in its study.json, so a study folder
     keeps its methods when more are registered later. Claims that name a method of the study (5, 8) stay
     as they are; each method's per-scale defaults are its preset's (docs/methods.md)."""
