@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from lowrank_lens.data import build_data
+from lowrank_lens.distributed import DistEnv
 from lowrank_lens.methods import method_names
 from lowrank_lens.presets import build_config
-from lowrank_lens.train.distributed import DistEnv
 from lowrank_lens.train.logs import RunLogger
 from lowrank_lens.train.loop import Trainer
 from lowrank_lens.train.run import build_components

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from lowrank_lens.data import build_data, to_model_inputs
+from lowrank_lens.distributed import DistEnv
+from lowrank_lens.evaluation import token_nll
 from lowrank_lens.presets import build_config
-from lowrank_lens.train.distributed import DistEnv
-from lowrank_lens.train.evaluate import token_nll
 from lowrank_lens.train.logs import RunLogger
 from lowrank_lens.train.loop import Trainer
 from lowrank_lens.train.run import build_components

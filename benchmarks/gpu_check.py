@@ -36,9 +36,9 @@ import torch
 from lowrank_lens.analysis.maths import losses_along_directions, losses_along_directions_reference, random_directions
 from lowrank_lens.analysis.maths.landscape import landscape_summary
 from lowrank_lens.data import build_data
+from lowrank_lens.distributed import DistEnv
 from lowrank_lens.methods import get_method
 from lowrank_lens.presets import build_config
-from lowrank_lens.train.distributed import DistEnv
 from lowrank_lens.train.logs import RunLogger
 from lowrank_lens.train.loop import Trainer
 from lowrank_lens.train.run import build_components

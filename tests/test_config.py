@@ -4,7 +4,7 @@ from lowrank_lens.config import RunConfig, TrainConfig, apply_overrides
 from lowrank_lens.errors import LensError
 from lowrank_lens.methods import get_method
 from lowrank_lens.presets import build_config
-from lowrank_lens.run_files import run_config_from_dict
+from lowrank_lens.runfolder.files import run_config_from_dict
 
 
 def test_overrides_are_typed_and_validated():

@@ -1,5 +1,5 @@
 """The import graph of the package (every import statement, module-level or inside a function): config is
-the lowest layer and names no other module but errors; readers of run folders go through run_files, not
+the lowest layer and names no other module but errors; readers of run folders go through runfolder/, never
 the training code; no group of sub-packages imports itself in a circle; the report imports nothing of the
 study (the study computes the findings, the report renders them); and the findings are pure functions, which
 import neither the training code, the study nor the report."""
@@ -64,11 +64,25 @@ def test_config_is_the_lowest_layer():
     assert not any(m.startswith("lowrank_lens.methods") for m in _reachable(graph, "lowrank_lens.config"))
 
 
+READERS = ("lowrank_lens.analysis", "lowrank_lens.downstream", "lowrank_lens.imports", "lowrank_lens.report",
+           "lowrank_lens.findings", "lowrank_lens.runfolder", "lowrank_lens.methods", "lowrank_lens.model")
+
+
 def test_readers_of_run_folders_do_not_import_the_training_code():
+    """Not directly, not through anything they import: only the CLI and the study's stages train."""
     graph = import_graph()
-    for name, deps in graph.items():
-        if name.startswith(("lowrank_lens.analysis", "lowrank_lens.downstream", "lowrank_lens.report")):
-            assert "lowrank_lens.train.run" not in deps, name
+    for name in graph:
+        if name.startswith(READERS):
+            reached = _reachable(graph, name) | graph[name]
+            assert not [m for m in reached if m.startswith("lowrank_lens.train")], name
+    importers = {name for name, deps in graph.items() if any(d.startswith("lowrank_lens.train") for d in deps)}
+    assert {m for m in importers if not m.startswith("lowrank_lens.train")} <= {
+        "lowrank_lens.cli", "lowrank_lens.study.runner", "lowrank_lens.study.tune", "lowrank_lens.study.submit"}
+
+
+def test_the_training_package_has_no_lazy_attributes():
+    source = (PKG / "train" / "__init__.py").read_text()
+    assert "__getattr__" not in source
 
 
 def _package(module: str) -> str:

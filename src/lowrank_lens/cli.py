@@ -46,10 +46,10 @@ def train(
     set_: SetOpt = None,
 ) -> None:
     """Train one model. Works alone or under `torchrun --nproc_per_node N -m lowrank_lens train ...`."""
+    from .runfolder.folder import check_run_name
+    from .runfolder.loading import parse_device
     from .train import train as run_train
-    from .train.loading import parse_device
     from .train.run import default_run_name
-    from .train.rundir import check_run_name
 
     if run_name is not None:
         check_run_name(run_name)
@@ -70,9 +70,9 @@ def resume(
     """Continue a stopped run from its newest complete checkpoint, with its saved config."""
     import dataclasses
 
-    from .train import load_run_config
+    from .runfolder.files import load_run_config
+    from .runfolder.loading import parse_device
     from .train import train as run_train
-    from .train.loading import parse_device
 
     cfg = load_run_config(run_dir)
     if device is not None:  # train.device is one of the keys a resumption may change (train/run.py)
@@ -112,7 +112,7 @@ def analyze(
     from .analysis.request import AnalysisRequest
     from .analysis.subjects import parse_steps
     from .data.cache import load_token_rows
-    from .train.loading import expand_runs, parse_device
+    from .runfolder.loading import expand_runs, parse_device
 
     at_least(1, sequences=sequences, batch_size=batch_size, jobs=jobs)
     parse_device(device)
@@ -166,7 +166,7 @@ def eval_downstream(
         raise LensError(f"downstream evaluation needs lm-eval ({e.name} is missing); install it with "
                         f"pip install 'lowrank-lens[eval]'") from None
     from .downstream.request import DownstreamRequest, parse_step
-    from .train.loading import expand_runs, parse_device
+    from .runfolder.loading import expand_runs, parse_device
 
     seed_list = int_list(seeds, "--seeds")
     chosen_step = parse_step(step)
@@ -202,8 +202,8 @@ def predict(
     out: Annotated[Path | None, typer.Option(help="Prediction tables folder (default: <...>/prediction).")] = None,
 ) -> None:
     """Predict downstream accuracy from perplexity alone vs perplexity plus the solution metrics."""
+    from .runfolder.loading import expand_runs
     from .study.stages import run_prediction
-    from .train.loading import expand_runs
 
     base = runs[0] if (runs[0] / "study.json").is_file() else None
     dirs = expand_runs([base / "runs"] if base else runs)

@@ -58,9 +58,9 @@ def writable_folder(path: Path, option: str, target: Path | None = None) -> Path
 def check_saved_run(run_dir: Path) -> None:
     """Before resuming: the newest checkpoint's tensors fit the saved config.json (an edited config would
     otherwise fail deep in load_state_dict, after the data and model were built)."""
-    from .train import load_run_config
-    from .train.checkpoint import complete_checkpoints
-    from .train.loading import check_checkpoint_fits
+    from .runfolder.checkpoint import complete_checkpoints
+    from .runfolder.files import load_run_config
+    from .runfolder.loading import check_checkpoint_fits
 
     ckpts = complete_checkpoints(run_dir)
     if ckpts:

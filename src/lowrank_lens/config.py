@@ -2,7 +2,7 @@
 
 A run is fully described by one `RunConfig`; the resolved config is saved as `config.json` in the run
 directory, and everything downstream (resume, analysis, caches) reads it back with `from_dict` (through
-run_files.py, which supplies the method plugin: this module imports no other part of the package).
+runfolder/files.py, which supplies the method plugin: this module imports no other part of the package).
 Unknown keys raise, so a typo never silently falls back to a default.
 """
 
@@ -25,7 +25,7 @@ PRECISIONS = ("fp32", "bf16-mixed", "bf16-pure")
 PARALLEL_MODES = ("ddp", "fsdp")
 DATA_MODES = ("pad", "packed")
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
-"""What train/distributed.py resolve_device understands."""
+"""What distributed.py resolve_device understands."""
 INT_LIMIT = 2**63
 """Every int field fits int64, the integer type torch and numpy hand these values to."""
 MODEL_LIMITS = {"hidden_size": 2**16, "intermediate_size": 2**18, "num_layers": 2**10, "num_heads": 2**10,
@@ -281,7 +281,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict, method: MethodSpec) -> RunConfig:
         """From the JSON dict of `to_dict`; `method` is the plugin class of d["method"] (config is the
-        lowest layer and knows no method: run_files.run_config_from_dict looks it up)."""
+        lowest layer and knows no method: runfolder/files.run_config_from_dict looks it up)."""
         check_run_dict(d)
         _check(getattr(method, "name", d["method"]) == d["method"],
                f"config method {d['method']!r} was given the plugin of {getattr(method, 'name', '?')!r}")

@@ -2,7 +2,7 @@
 
 flock(2) on a small file that records the holder's pid: the kernel drops the lock when the holder exits
 or is killed, so no lock is ever stale. On a file system without locks (some network mounts) the work
-goes on unlocked, with a warning. (A run folder has its own lock, train/rundir.py RunLock.)
+goes on unlocked, with a warning. (A run folder has its own lock, runfolder/folder.py RunLock.)
 """
 
 from __future__ import annotations

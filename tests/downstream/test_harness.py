@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM
 import lowrank_lens.downstream.harness as harness
 from lowrank_lens.downstream import choice_loglikelihoods, evaluate_downstream, load_run_tokenizer, predict
 from lowrank_lens.downstream.taskspec import resolve_tasks, task_manager
-from lowrank_lens.train.loading import load_checkpoint, resolve_checkpoint
+from lowrank_lens.runfolder.loading import load_checkpoint, resolve_checkpoint
 
 
 def test_lens_mc_runs_for_every_method_without_conversion(nano_runs: dict[str, Path]):

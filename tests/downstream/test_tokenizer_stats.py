@@ -14,7 +14,7 @@ from lowrank_lens.data.tokenizer import tokenizer_hash
 from lowrank_lens.downstream import load_run_tokenizer
 from lowrank_lens.downstream.stats import bootstrap_stderr, chance_level, closed_form_stderr, over_seeds, unit_value
 from lowrank_lens.errors import LensError
-from lowrank_lens.train.run import load_run_config
+from lowrank_lens.runfolder.files import load_run_config
 
 
 def _moved_run(run: Path, dest: Path) -> Path:

@@ -34,7 +34,7 @@ def _one_line(code, err, fragment):
 # (args with RUN = the nano run, TMP = this test's folder, FILE = an existing regular file, RO = a folder
 #  os.access says is not writable; the fragment the one line must hold; whether torch sees no CUDA)
 ROWS = [
-    # --device: one parser (train.loading.parse_device) for every command
+    # --device: one parser (runfolder.loading.parse_device) for every command
     (["analyze", "RUN", "--device", "tpu"], "--device 'tpu' is not one of auto, cpu, cuda, cuda:N", False),
     (["eval-downstream", "RUN", "--device", "tpu"], "--device 'tpu' is not one of auto, cpu, cuda, cuda:N", False),
     (["train", *NANO, "--device", "tpu", "--out", "TMP/runs"], "'tpu'", False),

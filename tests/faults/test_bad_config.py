@@ -15,7 +15,7 @@ from lowrank_lens.config import TRAIN_SEED_LIMIT, DataConfig, ModelConfig, Optim
 from lowrank_lens.errors import LensError
 from lowrank_lens.methods import get_method, method_names
 from lowrank_lens.presets import MODEL_SHAPES, build_config
-from lowrank_lens.run_files import run_config_from_dict
+from lowrank_lens.runfolder.files import run_config_from_dict
 from lowrank_lens.study.spec import StudySpec, load_spec, plan_runs
 
 LOW_RANK = ["cola", "galore", "fira", "sltrain", "relora", "low-rank", "lora"]

@@ -20,8 +20,9 @@ from lens_testutil import require_package, run_cli
 from safetensors.torch import load_file, save_file
 
 from lowrank_lens.errors import LensError
-from lowrank_lens.train.checkpoint import file_sha256
-from lowrank_lens.train.logs import RunLogger, read_log
+from lowrank_lens.runfolder.checkpoint import file_sha256
+from lowrank_lens.runfolder.log import read_log
+from lowrank_lens.train.logs import RunLogger
 
 VOCAB = 512  # the nano preset's model.vocab_size
 

@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from lowrank_lens.errors import LensError
 from lowrank_lens.presets import build_config
-from lowrank_lens.train import checkpoint as ck
+from lowrank_lens.runfolder import checkpoint as ck
+from lowrank_lens.runfolder.folder import RunLock
 from lowrank_lens.train import loop, train
-from lowrank_lens.train.rundir import RunLock
 
 NANO = ["train.steps=4", "train.checkpoints=2"]
 NANO_CLI = ["train", "--preset", "nano", "--steps", "4", "--set", "train.checkpoints=2"]

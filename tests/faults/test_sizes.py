@@ -59,8 +59,8 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_is_built(sets, blamed,
 def test_the_estimate_is_a_lower_bound_of_what_training_measures(nano_run):
     """The estimate's parameters, gradients and optimizer state are the method's closed form, which
     benchmarks/bench_memory.py checks against measured tensors; here: never above what the run measured."""
-    from lowrank_lens.train.checkpoint import complete_checkpoints, read_meta
-    from lowrank_lens.train.run import load_run_config
+    from lowrank_lens.runfolder.checkpoint import complete_checkpoints, read_meta
+    from lowrank_lens.runfolder.files import load_run_config
 
     cfg = load_run_config(nano_run)
     need = estimate(cfg)
@@ -80,19 +80,19 @@ def test_fsdp_shards_divide_what_each_process_holds():
 def test_the_check_compares_with_the_memory_the_device_has(monkeypatch):
     import torch
 
-    from lowrank_lens.train import fits
+    from lowrank_lens import machine
 
     cfg = build_config("nano", "full-rank")
-    monkeypatch.setattr(fits, "host_available", lambda: estimate(cfg).total - 1)
+    monkeypatch.setattr(machine, "host_available", lambda: estimate(cfg).total - 1)
     with pytest.raises(LensError, match="this machine has"):
         check_fits(cfg, torch.device("cpu"))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    monkeypatch.setattr(fits, "host_available", lambda: estimate(cfg).total)
+    monkeypatch.setattr(machine, "host_available", lambda: estimate(cfg).total)
     check_fits(cfg, torch.device("cpu"))  # exactly enough
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks of one torchrun share the host's memory
     with pytest.raises(LensError, match="for each of 2 processes"):
         check_fits(cfg, torch.device("cpu"))
-    monkeypatch.setenv(fits.SKIP_ENV, "1")
+    monkeypatch.setenv(machine.SKIP_ENV, "1")
     check_fits(cfg, torch.device("cpu"))
 
 

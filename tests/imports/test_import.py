@@ -18,8 +18,8 @@ from lowrank_lens.analysis.subjects import RunRef
 from lowrank_lens.errors import LensError
 from lowrank_lens.imports import ImportOptions, import_series
 from lowrank_lens.model.architectures import block_index
-from lowrank_lens.train.checkpoint import complete_checkpoints, read_meta
-from lowrank_lens.train.loading import load_checkpoint
+from lowrank_lens.runfolder.checkpoint import complete_checkpoints, read_meta
+from lowrank_lens.runfolder.loading import load_checkpoint
 
 QUICK = dict(seq_len=32, rows=8)
 # (module suffix, out x in) of block 0's targets at hidden 32 (GPT-2's MLP is 4 x hidden, the others' 64)

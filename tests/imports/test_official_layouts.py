@@ -19,8 +19,8 @@ from lowrank_lens.imports import ImportOptions, import_series
 from lowrank_lens.methods import get_method
 from lowrank_lens.model import build_model
 from lowrank_lens.presets import build_config
-from lowrank_lens.train.checkpoint import complete_checkpoints, read_meta
-from lowrank_lens.train.loading import load_checkpoint
+from lowrank_lens.runfolder.checkpoint import complete_checkpoints, read_meta
+from lowrank_lens.runfolder.loading import load_checkpoint
 
 
 def _trained_like(method: str):

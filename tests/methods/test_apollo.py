@@ -32,8 +32,8 @@ from lowrank_lens.model import build_model, count_parameters
 from lowrank_lens.optim.apollo_adamw import ApolloAdamW, next_seed, random_projection
 from lowrank_lens.optim.limiter import limit_norm_growth
 from lowrank_lens.presets import build_config
+from lowrank_lens.runfolder.log import read_log
 from lowrank_lens.train import train
-from lowrank_lens.train.logs import read_log
 
 INSTALL = "reference optimizer missing: pip install --no-deps apollo-torch==1.0.3"
 CFG = ModelConfig(hidden_size=32, intermediate_size=88, num_layers=2, num_heads=2, vocab_size=64, max_seq_len=16)

@@ -13,8 +13,8 @@ from lowrank_lens.methods.base import Method
 from lowrank_lens.methods.surgery import check_param_groups, target_modules
 from lowrank_lens.model import build_model
 from lowrank_lens.presets import build_config
-from lowrank_lens.train.checkpoint import load_model_state, save_checkpoint
-from lowrank_lens.train.loading import LoadedCheckpoint, dense_model
+from lowrank_lens.runfolder.checkpoint import load_model_state, save_checkpoint
+from lowrank_lens.runfolder.loading import LoadedCheckpoint, dense_model
 
 METHODS = method_names()
 

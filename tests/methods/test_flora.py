@@ -29,8 +29,8 @@ from lowrank_lens.methods.surgery import check_param_groups, target_modules
 from lowrank_lens.model import build_model
 from lowrank_lens.optim.flora_adafactor import FloraAdafactor, down, next_seed, projection, up
 from lowrank_lens.presets import build_config
+from lowrank_lens.runfolder.log import read_log
 from lowrank_lens.train import train
-from lowrank_lens.train.logs import read_log
 
 NAME = "flora"
 INSTALL = "reference optimizer missing: pip install --no-deps flora-opt==0.0.3"

@@ -258,8 +258,8 @@ def test_presets():
 @pytest.mark.slow
 def test_trains_at_micro_with_a_falling_validation_loss(tmp_path):
     """A short micro run that crosses the switch (T 10, switch at 15 of 30: the refresh at step 20 is random)."""
+    from lowrank_lens.runfolder.log import read_log
     from lowrank_lens.train import train as train_run
-    from lowrank_lens.train.logs import read_log
 
     sets = ["train.steps=30", "train.total_batch_size=8", "train.micro_batch_size=8", "train.eval_every=15",
             "train.checkpoints=1", "train.log_every=15", "optim.warmup_steps=3"]

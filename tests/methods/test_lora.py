@@ -14,7 +14,7 @@ from lowrank_lens.methods.schedule import warmup_cosine
 from lowrank_lens.methods.surgery import check_param_groups
 from lowrank_lens.model import build_model, count_parameters
 from lowrank_lens.presets import build_config
-from lowrank_lens.run_files import run_config_from_dict
+from lowrank_lens.runfolder.files import run_config_from_dict
 
 NAME = "lora"
 BF16 = torch.bfloat16

@@ -341,8 +341,8 @@ def test_350m_keeps_the_scripts_warmup():
 @pytest.mark.slow
 def test_trains_at_micro_with_a_falling_validation_loss(tmp_path):
     """A short micro run with exact steps and refreshes at 10, 20, 30."""
+    from lowrank_lens.runfolder.log import read_log
     from lowrank_lens.train import train
-    from lowrank_lens.train.logs import read_log
 
     sets = ["train.steps=30", "train.total_batch_size=8", "train.micro_batch_size=8", "train.eval_every=15",
             "train.checkpoints=1", "train.log_every=15", "optim.warmup_steps=3"]

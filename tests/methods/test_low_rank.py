@@ -11,9 +11,9 @@ from lowrank_lens.methods.low_rank import LowRankLinear
 from lowrank_lens.methods.surgery import check_param_groups
 from lowrank_lens.model import build_model, count_parameters
 from lowrank_lens.presets import build_config
-from lowrank_lens.run_files import run_config_from_dict
+from lowrank_lens.runfolder.files import run_config_from_dict
+from lowrank_lens.runfolder.log import read_log
 from lowrank_lens.train import train
-from lowrank_lens.train.logs import read_log
 
 NAME = "low-rank"
 

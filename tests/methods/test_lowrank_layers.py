@@ -17,7 +17,7 @@ from lowrank_lens.methods.sltrain import SLTrainLinear, SparseLowRankLinear, bui
 from lowrank_lens.methods.surgery import check_param_groups, target_modules
 from lowrank_lens.model import build_model, count_parameters
 from lowrank_lens.presets import build_config
-from lowrank_lens.run_files import run_config_from_dict
+from lowrank_lens.runfolder.files import run_config_from_dict
 
 LAYER = {"cola": CoLALinear, "sltrain": SLTrainLinear, "relora": ReLoRALinear}
 

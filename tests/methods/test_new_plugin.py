@@ -10,11 +10,11 @@ from lowrank_lens.methods import get_method, method_names, registered
 from lowrank_lens.methods.base import Method, MethodPreset
 from lowrank_lens.methods.reading import CheckpointReader
 from lowrank_lens.presets import build_config, preset_names
-from lowrank_lens.run_files import run_config_from_dict
+from lowrank_lens.runfolder.checkpoint import complete_checkpoints
+from lowrank_lens.runfolder.files import run_config_from_dict
+from lowrank_lens.runfolder.loading import dense_model, load_checkpoint
 from lowrank_lens.study.spec import load_spec, plan_runs
 from lowrank_lens.train import train
-from lowrank_lens.train.checkpoint import complete_checkpoints
-from lowrank_lens.train.loading import dense_model, load_checkpoint
 
 NAME = "test-plain-adamw"
 

@@ -21,8 +21,8 @@ from lowrank_lens.methods.surgery import check_param_groups, target_modules
 from lowrank_lens.model import build_model
 from lowrank_lens.optim.spam_adamw import SPAMAdamW, clips_at, reset_warmup_scale
 from lowrank_lens.presets import build_config
+from lowrank_lens.runfolder.log import read_log
 from lowrank_lens.train import train
-from lowrank_lens.train.logs import read_log
 
 NAME = "spam"
 CFG = ModelConfig(hidden_size=32, intermediate_size=88, num_layers=2, num_heads=2, vocab_size=64, max_seq_len=16)

@@ -73,8 +73,8 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory, single_thread_session) 
 @pytest.fixture(scope="session")
 def report_page(tiny_study: Path) -> Path:
     """The findings and report of the tiny study, written while loading checkpoints and computing metrics raise."""
-    import lowrank_lens.train.checkpoint as checkpoint
-    import lowrank_lens.train.loading as loading
+    import lowrank_lens.runfolder.checkpoint as checkpoint
+    import lowrank_lens.runfolder.loading as loading
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Metric, "compute", _no_compute)

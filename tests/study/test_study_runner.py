@@ -11,10 +11,10 @@ from lens_testutil import require_package
 
 from lowrank_lens.analysis.tables import read_csv
 from lowrank_lens.errors import LensError
+from lowrank_lens.runfolder.checkpoint import complete_checkpoints
 from lowrank_lens.study import runner as study_runner
 from lowrank_lens.study.runner import describe_plan, run_study
 from lowrank_lens.study.spec import StudySpec, load_spec, plan_runs
-from lowrank_lens.train.checkpoint import complete_checkpoints
 
 TINY = ["train.steps=8", "train.checkpoints=2", "train.eval_every=0", "train.log_every=4"]
 

@@ -17,13 +17,13 @@ import pytest
 from lens_testutil import one_torch_thread
 
 from lowrank_lens.errors import LensError
-from lowrank_lens.run_files import load_run_config
+from lowrank_lens.runfolder.checkpoint import complete_checkpoints
+from lowrank_lens.runfolder.files import load_run_config
 from lowrank_lens.study.spec import StudySpec, plan_runs
 from lowrank_lens.study.status import study_status
 from lowrank_lens.study.submit import SubmitOptions, mark
 from lowrank_lens.study.tune import tuned_lrs
 from lowrank_lens.train import train
-from lowrank_lens.train.checkpoint import complete_checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG_STEPS = 400  # ~10 s at nano on one core: long enough to signal the task while it trains

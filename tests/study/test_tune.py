@@ -11,14 +11,14 @@ import pytest
 
 import lowrank_lens.train as train_pkg
 from lowrank_lens.errors import LensError
-from lowrank_lens.run_files import load_run_config
+from lowrank_lens.runfolder.checkpoint import complete_checkpoints, read_meta
+from lowrank_lens.runfolder.files import load_run_config
 from lowrank_lens.study.presets import PAPER_METHODS, demo, demo_tuned_lrs
 from lowrank_lens.study.runner import STAGES, run_study
 from lowrank_lens.study.spec import StudySpec, plan_runs
 from lowrank_lens.study.stage_table import STAGE_TABLE
 from lowrank_lens.study.status import study_status
 from lowrank_lens.study.tune import plan_proxies, proxy_runs_dir
-from lowrank_lens.train.checkpoint import complete_checkpoints, read_meta
 
 TINY = ["train.steps=8", "train.checkpoints=2", "train.eval_every=0", "train.log_every=4"]
 # GaLore with its update scaled by 1e30: lr 1e-28 trains (updates of order 100), lr 1e-2 (a grid multiplier of

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from lowrank_lens.presets import build_config
+from lowrank_lens.runfolder.checkpoint import complete_checkpoints
 from lowrank_lens.train import train
-from lowrank_lens.train.checkpoint import complete_checkpoints
 
 TIMEOUT_S = 300
 

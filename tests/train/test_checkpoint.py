@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lowrank_lens.errors import LensError
-from lowrank_lens.train import checkpoint as ck
+from lowrank_lens.runfolder import checkpoint as ck
 
 
 def _save(path, value=1.0, step=1):

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
+from lowrank_lens.distributed import DistEnv
 from lowrank_lens.errors import LensError
 from lowrank_lens.presets import build_config
+from lowrank_lens.runfolder.log import read_log
 from lowrank_lens.train import run as run_mod
-from lowrank_lens.train.distributed import DistEnv
-from lowrank_lens.train.logs import read_log
 
 
 def test_total_batch_must_split_over_processes(tmp_path):
@@ -25,7 +25,7 @@ def test_bf16_precisions_train(precision, dtype, tmp_path):
     run_dir = run_mod.train(cfg, tmp_path)
     vals = read_log(run_dir, "val")
     assert all(math.isfinite(v["val_loss"]) for v in vals) and vals[-1]["val_loss"] < vals[0]["val_loss"]
-    from lowrank_lens.train.checkpoint import load_model_state
+    from lowrank_lens.runfolder.checkpoint import load_model_state
 
     state = load_model_state(run_dir / "ckpt" / "step_000012")
     assert state["model.embed_tokens.weight"].dtype == dtype  # pure bf16 keeps bf16 weights; mixed keeps fp32

@@ -15,8 +15,8 @@ import torch
 from lens_testutil import PYTHON, cli_env
 
 from lowrank_lens.methods import method_names
-from lowrank_lens.train.checkpoint import complete_checkpoints, load_model_state
-from lowrank_lens.train.logs import read_log
+from lowrank_lens.runfolder.checkpoint import complete_checkpoints, load_model_state
+from lowrank_lens.runfolder.log import read_log
 
 STEPS = 16
 NANO = ["--preset", "nano", "--device", "cpu", "--steps", str(STEPS), "--set", "train.checkpoints=2",

@@ -7,8 +7,8 @@ import pytest
 from lens_testutil import one_torch_thread
 
 from lowrank_lens.presets import build_config
+from lowrank_lens.runfolder.checkpoint import complete_checkpoints
 from lowrank_lens.train import stop, train
-from lowrank_lens.train.checkpoint import complete_checkpoints
 
 SETS = ["train.steps=6", "train.checkpoints=2", "train.eval_every=0", "train.log_every=1", "train.resume_every=0"]
 

@@ -11,9 +11,10 @@ from lowrank_lens.data import to_model_inputs
 from lowrank_lens.methods import get_method
 from lowrank_lens.model import build_model
 from lowrank_lens.presets import build_config
-from lowrank_lens.train import load_run_config, train
-from lowrank_lens.train.checkpoint import complete_checkpoints, load_model_state
-from lowrank_lens.train.logs import read_log
+from lowrank_lens.runfolder.checkpoint import complete_checkpoints, load_model_state
+from lowrank_lens.runfolder.files import load_run_config
+from lowrank_lens.runfolder.log import read_log
+from lowrank_lens.train import train
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import torch
 from ..data.cache import load_token_rows
 from ..errors import LensError
 from ..progress import Progress
-from ..train.loading import LoadedCheckpoint, dense_model, load_checkpoint, parse_device
+from ..runfolder.loading import LoadedCheckpoint, dense_model, load_checkpoint, parse_device
 from .maths.loss import prepare_batches
 from .subjects import CheckpointRef, RunRef
 

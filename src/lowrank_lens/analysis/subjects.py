@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import LensError
 from ..methods import get_method
-from ..train.checkpoint import checkpoint_sha256, complete_checkpoints
+from ..runfolder.checkpoint import checkpoint_sha256, complete_checkpoints
 
 log = logging.getLogger("lowrank_lens")
 
@@ -55,7 +55,7 @@ class RunRef:
 
     @classmethod
     def open(cls, run_dir: str | Path) -> RunRef:
-        from ..run_files import imported_record, load_run_config, method_label, read_run_json
+        from ..runfolder.files import imported_record, load_run_config, method_label, read_run_json
 
         run_dir = Path(run_dir)
         cfg = load_run_config(run_dir)

@@ -30,8 +30,8 @@ from ..analysis.base import Result
 from ..analysis.cache import ResultStore, content_key
 from ..analysis.request import from_call
 from ..analysis.tables import write_csv, write_parquet
-from ..train.checkpoint import checkpoint_sha256, read_meta
-from ..train.loading import expand_runs, load_checkpoint, parse_device, resolve_checkpoint
+from ..runfolder.checkpoint import checkpoint_sha256, read_meta
+from ..runfolder.loading import expand_runs, load_checkpoint, parse_device, resolve_checkpoint
 from .request import DTYPE_NAMES, DownstreamRequest
 from .stats import bootstrap_stderr, chance_level, closed_form_stderr, over_seeds, unit_value
 from .taskspec import TaskSpec, resolve_tasks, task_manager

@@ -33,13 +33,13 @@ from safetensors.torch import load_file, save_file
 from ..atomic import write_atomic, write_json_atomic
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..errors import LensError
+from ..machine import check_loadable
 from ..methods import get_method, method_names
 from ..methods.pretrained import HF_CONFIG_DIR
-from ..run_files import run_config_from_dict
+from ..runfolder.checkpoint import file_sha256, step_dir_name
+from ..runfolder.files import run_config_from_dict
+from ..runfolder.folder import MARKER
 from ..tempdirs import finish_temp_dir, make_temp_dir, sweep_stale
-from ..train.checkpoint import file_sha256, step_dir_name
-from ..train.fits import check_loadable
-from ..train.rundir import MARKER
 from .checks import check_checkpoint, parameter_count, reading
 from .layouts import convert, detect_layout, layouts, llama_shape, read_state, weight_keys
 from .sources import Snapshot, hub_series, local_series, looks_like_repo_id
@@ -248,10 +248,10 @@ def _evaluation_rows(opts: ImportOptions, hf_dir: Path, model: ModelConfig) -> t
 
 def import_series(source: str, out: Path, opts: ImportOptions | None = None) -> Path:
     """Import the checkpoint series at `source` into the new run directory `out` (see the module docstring)."""
-    from ..train.distributed import DistEnv
-    from ..train.evaluate import evaluate
-    from ..train.loading import load_checkpoint
-    from ..train.provenance import provenance
+    from ..distributed import DistEnv
+    from ..evaluation import evaluate
+    from ..provenance import provenance
+    from ..runfolder.loading import load_checkpoint
 
     opts = opts or ImportOptions()
     out = Path(out)

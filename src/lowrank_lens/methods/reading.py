@@ -1,6 +1,6 @@
 """The reading seam: how a method's checkpoints are opened, beside the training seam (methods/base.py).
 
-Readers of checkpoints (train/loading.py, `lowrank-lens import`) never call the training hooks' siblings on
+Readers of checkpoints (runfolder/loading.py, `lowrank-lens import`) never call the training hooks' siblings on
 `Method`; they ask the method's reader, as torchtitan's state_dict_adapter.py sits beside its model.py:
 
     reader = method.reader                               # method.Reader(method)
@@ -56,7 +56,7 @@ class CheckpointReader:
 
     def dense_module(self, model: nn.Module) -> nn.Module | None:
         """A module that already is the dense view of `model`, or None: readers then build a plain LLaMA from
-        dense_weights (train/loading.py dense_model). Default: a method that keeps the plain architecture
+        dense_weights (runfolder/loading.py dense_model). Default: a method that keeps the plain architecture
         (prepare_model not overridden: full-rank and the optimizer-only methods) is its own dense view, so
         readers do not hold a second copy of the weights (4 GB in fp32 at 1b)."""
         from .base import Method

@@ -63,7 +63,7 @@ class RunInfo:
 
     @property
     def method(self) -> str:
-        from ..run_files import method_label
+        from ..runfolder.files import method_label
 
         return method_label(self.config)
 
@@ -81,7 +81,7 @@ class RunInfo:
 
     @property
     def is_baseline(self) -> bool:
-        from ..run_files import imported_record
+        from ..runfolder.files import imported_record
 
         imported = imported_record(self.config)
         return bool(imported["baseline"]) if "baseline" in imported else method_is_baseline(self.method)
@@ -105,7 +105,7 @@ def method_colour(method: str) -> str:
 
 def read_run(run_dir: Path) -> RunInfo:
     """A RunInfo from the files of one run directory (never its weights)."""
-    from ..train.checkpoint import RESUME_DIR, complete_checkpoints, read_meta
+    from ..runfolder.checkpoint import RESUME_DIR, complete_checkpoints, read_meta
 
     run_dir = Path(run_dir)
     info = RunInfo(name=run_dir.name, dir=run_dir)

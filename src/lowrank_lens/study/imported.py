@@ -64,7 +64,7 @@ def check_entries(entries: list[Any]) -> None:
 
 
 def imported_runs(entries: list[dict[str, Any]]) -> list[ImportedRun]:
-    from ..run_files import run_name
+    from ..runfolder.files import run_name
 
     runs = [ImportedRun(run_name(e.get("scale", "imported"), e["method"], int(e.get("seed", 0))), e) for e in entries]
     names = [r.run_name for r in runs]

@@ -29,7 +29,7 @@ from pathlib import Path
 from ..atomic import write_json_atomic
 from ..errors import LensError
 from ..locks import BusyError, FileLock
-from ..train.checkpoint import complete_checkpoints
+from ..runfolder.checkpoint import complete_checkpoints
 from .spec import PlannedRun, StudySpec, plan_runs, run_names
 
 log = logging.getLogger("lowrank_lens")

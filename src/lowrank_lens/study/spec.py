@@ -273,7 +273,7 @@ def plan_runs(spec: StudySpec, tuned: dict[tuple[str, str], float] | None = None
     lr}, from the tune stage: study/tune.py) sets each run's optim.lr after the study's overrides; `seeds`
     plans only those of the study's seeds."""
     from ..presets import build_config
-    from ..run_files import run_name
+    from ..runfolder.files import run_name
 
     out = []
     for scale in spec.scales:

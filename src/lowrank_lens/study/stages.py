@@ -21,7 +21,7 @@ from ..atomic import write_text_atomic
 from ..errors import LensError
 from ..findings.prediction import PredictionUnit, predict_downstream
 from ..report.prediction import write_prediction_report
-from ..train.checkpoint import complete_checkpoints, read_meta
+from ..runfolder.checkpoint import complete_checkpoints, read_meta
 from .spec import StudySpec
 
 if TYPE_CHECKING:

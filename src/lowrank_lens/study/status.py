@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LensError
-from ..train.checkpoint import complete_checkpoints
+from ..runfolder.checkpoint import complete_checkpoints
 from .spec import load_spec, plan_runs
 from .submit import JOBS_DIR, read_status
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..atomic import write_json_atomic
 from ..errors import LensError, TrainingDiverged
-from ..train.checkpoint import complete_checkpoints, read_meta
+from ..runfolder.checkpoint import complete_checkpoints, read_meta
 from .spec import PlannedRun, StudySpec, plan_runs
 
 log = logging.getLogger("lowrank_lens")
@@ -221,7 +221,7 @@ def proxy_row(proxy: ProxyRun, runs_dir: Path) -> dict[str, Any]:
         if not (isinstance(row["val_loss"], (int, float)) and math.isfinite(row["val_loss"])):
             row["status"] = DIVERGED_STATE
     elif state == DIVERGED_STATE:
-        from ..run_files import read_json_object
+        from ..runfolder.files import read_json_object
 
         row["diverged_at"] = read_json_object(run_dir / DIVERGED, str(run_dir / DIVERGED), "delete the folder and "
                                               "rerun the tune stage").get("step")

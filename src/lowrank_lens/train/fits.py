@@ -7,7 +7,7 @@ and the MLP's gate, up and product: 4h + 3i values; the logits and their fp32 co
 buffers, the attention matrix and allocator overhead are left out, so a refused run could never have fit;
 one that passes may still run out of memory at its peak.
 
-Memory available: on CUDA the device's free memory; on the CPU the host's MemAvailable, capped by the
+Memory available (machine.py): on CUDA the device's free memory; on the CPU the host's MemAvailable, capped by the
 cgroup limit of a container. Processes of one torchrun on one host share its RAM, so on the CPU the
 estimate is multiplied by LOCAL_WORLD_SIZE. LOWRANK_LENS_NO_MEMORY_CHECK=1 skips the check.
 """
@@ -16,56 +16,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ..config import RunConfig
 from ..errors import LensError
-
-GIB = 2**30
-SKIP_ENV = "LOWRANK_LENS_NO_MEMORY_CHECK"
-
-
-def _gib(n: float) -> str:
-    if n >= 100 * GIB:
-        return f"{n / GIB:,.0f} GiB"
-    return f"{n / GIB:.3g} GiB" if n >= GIB / 10 else f"{n / 2**20:.3g} MiB"
-
-
-def _cgroup_room() -> int | None:
-    """What the container's memory limit leaves (cgroup v2, then v1), or None without a limit."""
-    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            cap, now = Path(limit).read_text().strip(), Path(used).read_text().strip()
-        except OSError:
-            continue
-        if cap.isdigit() and now.isdigit() and int(cap) < 2**60:
-            return max(0, int(cap) - int(now))
-    return None
-
-
-def host_available() -> int | None:
-    """Bytes this process can still get from the host: MemAvailable, capped by a cgroup limit (None: unknown)."""
-    room = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                room = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    cap = _cgroup_room()
-    return cap if room is None else room if cap is None else min(room, cap)
-
-
-def device_available(device: torch.device) -> tuple[int | None, str]:
-    """(bytes free, how to name where) for the device a run trains on."""
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        return free, f"{device} has {_gib(free)} free of {_gib(total)}"
-    room = host_available()
-    return room, f"this machine has {_gib(room or 0)} available"
+from ..machine import SKIP_ENV, device_available, gib
 
 
 @dataclass(frozen=True)
@@ -114,20 +70,7 @@ def check_fits(cfg: RunConfig, device: torch.device, world: int = 1) -> None:
     per_host = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
     if room is None or need.total * per_host <= room:
         return
-    parts = ", ".join(f"{k} {_gib(b)}" for k, b in need.parts.items())
+    parts = ", ".join(f"{k} {gib(b)}" for k, b in need.parts.items())
     procs = f" for each of {per_host} processes" if per_host > 1 else ""
-    raise LensError(f"this run needs at least {_gib(need.total)} on {device}{procs} ({parts}), but {where}; the "
+    raise LensError(f"this run needs at least {gib(need.total)} on {device}{procs} ({parts}), but {where}; the "
                     f"largest part is {need.largest}: make it smaller (or set {SKIP_ENV}=1 to try anyway)")
-
-
-def check_loadable(params: int, what: str, bytes_per: int = 4, copies: int = 2) -> None:
-    """Refuse to load a model of `params` elements that cannot fit this machine's memory (`copies`: the
-    model and the state dict it is read from)."""
-    if os.environ.get(SKIP_ENV) == "1":
-        return
-    room = host_available()
-    need = params * bytes_per * copies
-    if room is not None and need > room:
-        raise LensError(f"{what} describes a model of {params / 1e9:.3g}B parameters, which needs at least "
-                        f"{_gib(need)} to load, but this machine has {_gib(room)} available; is it the right "
-                        f"config? (set {SKIP_ENV}=1 to try anyway)")

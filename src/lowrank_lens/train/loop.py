@@ -22,12 +22,12 @@ import torch
 
 from ..config import RunConfig
 from ..data import DataBundle, to_model_inputs
+from ..distributed import DistEnv
 from ..errors import TrainingDiverged
+from ..evaluation import evaluate, token_nll
 from ..methods.base import Method
+from ..runfolder.checkpoint import RESUME_DIR, nonfinite_tensors, save_checkpoint, step_dir_name
 from . import stop
-from .checkpoint import RESUME_DIR, nonfinite_tensors, save_checkpoint, step_dir_name
-from .distributed import DistEnv
-from .evaluate import evaluate, token_nll
 from .logs import RunLogger, format_train_line, format_val_line
 from .memory import measure_memory
 from .parallel import Replicated

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from ..config import PARALLEL_MODES
+from ..distributed import DistEnv
 from ..errors import LensError
 from ..sharding import full, full_state, is_sharded, local_part, set_full_
-from .distributed import DistEnv
 
 log = logging.getLogger("lowrank_lens")
 

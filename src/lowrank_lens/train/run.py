@@ -17,26 +17,26 @@ import torch
 from ..atomic import write_atomic, write_json_atomic
 from ..config import RunConfig, flatten
 from ..data import build_data
+from ..distributed import DistEnv, init_distributed, shutdown
 from ..errors import LensError
 from ..methods import get_method
 from ..methods.base import Method
 from ..methods.surgery import check_param_groups
 from ..model import build_model
-from ..run_files import load_run_config, read_run_json  # noqa: F401  (re-exported: train.load_run_config)
-from .checkpoint import (
+from ..provenance import provenance
+from ..runfolder.checkpoint import (
     checkpoint_steps,
     complete_checkpoints,
     load_model_state,
     load_resume_state,
     recover_interrupted_saves,
 )
-from .distributed import DistEnv, init_distributed, shutdown
+from ..runfolder.files import load_run_config
+from ..runfolder.folder import RunLock, check_restartable, check_run_name, claim_run_dir, forget_unused_run_dir
 from .fits import check_fits
 from .logs import RunLogger
 from .loop import Trainer
 from .parallel import Replicated, make_parallel
-from .provenance import provenance
-from .rundir import RunLock, check_restartable, check_run_name, claim_run_dir, forget_unused_run_dir
 
 log = logging.getLogger("lowrank_lens")
 
@@ -46,7 +46,7 @@ RESUME_MAY_DIFFER = ("train.device", "train.sinks", "train.log_every", "data.cac
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    from ..run_files import run_name
+    from ..runfolder.files import run_name
 
     return run_name(cfg.scale, cfg.method, cfg.train.seed)
 

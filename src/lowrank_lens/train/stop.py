@@ -13,7 +13,7 @@ signal.
 
 from __future__ import annotations
 
-from .distributed import DistEnv
+from ..distributed import DistEnv
 
 _state = {"armed": False, "requested": False}
 

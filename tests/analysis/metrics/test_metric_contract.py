@@ -14,7 +14,7 @@ from lowrank_lens.analysis.context import EvalSettings
 from lowrank_lens.analysis.metrics import get_metric, metric_names
 from lowrank_lens.analysis.runner import analyze
 from lowrank_lens.analysis.tables import read_csv
-from lowrank_lens.train.checkpoint import complete_checkpoints, file_sha256
+from lowrank_lens.runfolder.checkpoint import complete_checkpoints, file_sha256
 
 # Small settings so every metric runs in seconds on nano runs; each metric's own defaults are the study's.
 QUICK = {

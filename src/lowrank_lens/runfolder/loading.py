@@ -91,7 +91,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype:
     The model is rebuilt from the run's saved config (same init seed and the method's surgery, so buffers
     such as SLTrain's sparse support match), then every saved tensor is loaded strictly.
     """
-    from ..run_files import load_run_config
+    from .files import load_run_config
 
     ckpt = resolve_checkpoint(path)
     cfg = load_run_config(ckpt.parent.parent)

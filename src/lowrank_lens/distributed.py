@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import LensError
+from .errors import LensError
 
 
 @dataclass

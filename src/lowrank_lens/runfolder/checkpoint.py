@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import FILE_MODE, is_disk_full
 from ..errors import LensError, first_line
-from ..run_files import read_json_object
+from .files import read_json_object
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")

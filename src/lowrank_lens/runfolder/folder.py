@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from ..errors import LensError
-from .logs import read_log
+from .log import read_log
 
 log = logging.getLogger("lowrank_lens")
 

@@ -1,7 +1,7 @@
 """Reading a run directory's own files: the one lower module every reader (train, analysis, downstream,
 report) goes through, so none of them imports the training code to read a config.
 
-Layers, lowest first: errors, config  <  methods  <  run_files  <  train / analysis / downstream  <  study.
+Layers, lowest first: errors, config  <  methods  <  runfolder  <  train / analysis / downstream  <  study.
 config.py knows no method: a run config's method section is built here, with the method plugin that the
 config names (`run_config_from_dict`).
 """
@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_run_dict
-from .errors import LensError, first_line
+from ..config import RunConfig, check_run_dict
+from ..errors import LensError, first_line
 
 
 def run_name(scale: str, method: str, seed: int) -> str:
@@ -35,7 +35,7 @@ def read_json_object(file: Path, what: str, fix: str) -> dict[str, Any]:
 
 def run_config_from_dict(d: dict) -> RunConfig:
     """A RunConfig from its JSON dict, its method section built by the plugin the dict names."""
-    from .methods import get_method
+    from ..methods import get_method
 
     check_run_dict(d)
     return RunConfig.from_dict(d, get_method(d["method"]))
