@@ -57,12 +57,20 @@ def read_config(folder: Path) -> dict[str, Any]:
     return hf
 
 
-def parameter_count(hf: dict[str, Any]) -> int:
-    """Roughly the parameters a config describes (embedding, LM head, attention and MLP matrices)."""
+def hf_sizes(hf: dict[str, Any]) -> dict[str, int]:
+    """An HF config.json's sizes under the model config's field names (GPT-2's n_embd, n_layer, ... too)."""
     get = lambda *names, default=0: next((int(hf[n]) for n in names if hf.get(n)), default)  # noqa: E731
     h = get("hidden_size", "n_embd", "d_model")
-    i = get("intermediate_size", "n_inner", default=4 * h)
-    return 2 * get("vocab_size") * h + get("num_hidden_layers", "n_layer") * (4 * h * h + 3 * h * i)
+    return dict(hidden_size=h, intermediate_size=get("intermediate_size", "n_inner", default=4 * h),
+                num_layers=get("num_hidden_layers", "n_layer"), num_heads=get("num_attention_heads", "n_head"),
+                vocab_size=get("vocab_size"), max_seq_len=get("max_position_embeddings", "n_positions", default=1024))
+
+
+def parameter_count(hf: dict[str, Any]) -> int:
+    """Roughly the parameters a config describes (embedding, LM head, attention and MLP matrices)."""
+    s = hf_sizes(hf)
+    h, i = s["hidden_size"], s["intermediate_size"]
+    return 2 * s["vocab_size"] * h + s["num_layers"] * (4 * h * h + 3 * h * i)
 
 
 def check_links(folder: Path, root: Path) -> None:

@@ -40,7 +40,7 @@ from ..runfolder.checkpoint import file_sha256, step_dir_name
 from ..runfolder.files import run_config_from_dict
 from ..runfolder.folder import MARKER
 from ..tempdirs import finish_temp_dir, make_temp_dir, sweep_stale
-from .checks import check_checkpoint, parameter_count, reading
+from .checks import check_checkpoint, hf_sizes, parameter_count, reading
 from .layouts import convert, detect_layout, layouts, llama_shape, read_state, weight_keys
 from .sources import Snapshot, hub_series, local_series, looks_like_repo_id
 from .tokens import TOKENIZER_FILES, evaluation_rows
@@ -100,11 +100,7 @@ def _checked_config(series: list[Snapshot], root: Path) -> dict[str, Any]:
 
 def _descriptive_shape(hf: dict[str, Any]) -> ModelConfig:
     """The run config's model section for an HF architecture (the model itself is built from hf_config/)."""
-    get = lambda *names, default=0: next((int(hf[n]) for n in names if hf.get(n)), default)  # noqa: E731
-    hidden = get("hidden_size", "n_embd", "d_model")
-    kw = dict(hidden_size=hidden, intermediate_size=get("intermediate_size", "n_inner", default=4 * hidden),
-              num_layers=get("num_hidden_layers", "n_layer"), num_heads=get("num_attention_heads", "n_head"),
-              vocab_size=get("vocab_size"), max_seq_len=get("max_position_embeddings", "n_positions", default=1024))
+    kw = hf_sizes(hf)
     try:
         return ModelConfig(**kw)
     except LensError:  # a head size this LLaMA-shaped record rejects (odd): record one head, the rest holds
