@@ -57,3 +57,12 @@ def test_no_method_names_outside_their_plugins():
         offenders += [f"{rel}:{line}: {word!r}"
                       for line, word in name_offences(names, _code_words(ast.parse(path.read_text())))]
     assert not offenders, "method names outside methods/: " + ", ".join(offenders)
+
+
+MAX_LINES = 400
+
+
+def test_no_module_is_over_the_size_limit():
+    """docs/design.md conventions: a module holds one concept in at most 400 lines."""
+    long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines (split them by concept): {long}"

@@ -60,7 +60,9 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_config_is_the_lowest_layer():
     graph = import_graph()
-    assert graph["lowrank_lens.config"] == {"lowrank_lens.errors"}
+    assert graph["lowrank_lens.config"] == {"lowrank_lens.typed_fields", "lowrank_lens.hashing"}
+    assert graph["lowrank_lens.typed_fields"] == {"lowrank_lens.errors"}
+    assert graph["lowrank_lens.hashing"] == set()
     assert not any(m.startswith("lowrank_lens.methods") for m in _reachable(graph, "lowrank_lens.config"))
 
 

@@ -19,8 +19,8 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import check_fields
 from ..errors import LensError
+from ..typed_fields import check_fields
 from .context import EvalSettings
 from .subjects import parse_steps
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import build_section
 from ..errors import LensError
+from ..typed_fields import build_section
 from .base import Metric, Result
 from .cache import ResultStore, content_key
 from .context import Context

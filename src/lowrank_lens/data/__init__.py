@@ -24,9 +24,11 @@ import numpy as np
 import tokenizers
 from transformers import PreTrainedTokenizerBase
 
+from ..atomic import atomic_path, write_json_atomic
 from ..config import DataConfig
 from ..errors import LensError
-from .cache import atomic_path, default_cache_dir, load_token_rows, stable_hash, write_json_atomic
+from ..hashing import stable_hash
+from .cache import default_cache_dir, load_token_rows
 from .corpus import Corpus, open_corpus
 from .rows import MASK, RowEncoder, build_rows, to_model_inputs
 from .sources import MaterializedRows, RowSource, StreamingRows, count_tokens

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, write_json_atomic  # noqa: F401  (re-exported for data/)
-from ..config import DataConfig, stable_hash  # noqa: F401  (stable_hash re-exported for data/)
+from ..atomic import atomic_path
+from ..config import DataConfig
 from ..errors import LensError
+from ..hashing import stable_hash
 
 ENV_CACHE = "LOWRANK_LENS_CACHE"
 

@@ -26,7 +26,8 @@ from datasets import IterableDataset, concatenate_datasets, load_dataset
 
 from ..config import DataConfig
 from ..errors import LensError
-from .cache import file_sha256, stable_hash
+from ..hashing import stable_hash
+from .cache import file_sha256
 from .embedded import embedded_corpus
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}

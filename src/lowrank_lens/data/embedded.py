@@ -29,7 +29,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .cache import atomic_path, stable_hash
+from ..atomic import atomic_path
+from ..hashing import stable_hash
 
 ENV_PYDOC = "LOWRANK_LENS_PYDOC_DIR"
 DEFAULT_PYDOC_GLOB = ("/usr/share/doc", "python3*/html/_sources")

@@ -19,8 +19,9 @@ import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from ..atomic import atomic_path
 from ..errors import LensError
-from .cache import atomic_path, stable_hash
+from ..hashing import stable_hash
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 BPE_MAX_DOCUMENTS = 500_000

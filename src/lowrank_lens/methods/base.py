@@ -31,8 +31,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..config import OptimConfig, RunConfig, check_fields
+from ..config import OptimConfig, RunConfig
 from ..errors import LensError
+from ..typed_fields import check_fields
 from .reading import CheckpointReader
 from .schedule import warmup_cosine
 from .shapes import Footprint, adamw_footprint, model_parameters, target_matrices

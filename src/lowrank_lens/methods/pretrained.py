@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import OptimConfig, RunConfig, check_fields
+from ..config import OptimConfig, RunConfig
 from ..errors import LensError
 from ..model.architectures import architecture, target_weights
+from ..typed_fields import check_fields
 from . import METHODS
 from .base import Method
 from .reading import CheckpointReader

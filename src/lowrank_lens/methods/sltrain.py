@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import RunConfig, seed_field
+from ..config import RunConfig
 from ..errors import LensError
+from ..typed_fields import seed_field
 from . import register
 from .base import MethodPreset
 from .ranks import RankedConfig, RankedMethod, auto_alpha, auto_rank

@@ -245,7 +245,7 @@ def cached_results(name: str, run_dirs: list[Path], expected: str | None) -> lis
 
 def _instance(cls: type[Metric], config: dict[str, Any] | None) -> Metric:
     """The metric built with the config its results were computed with (plots may read it)."""
-    from ..config import build_section
+    from ..typed_fields import build_section
 
     if config:
         try:

@@ -167,7 +167,7 @@ class StudySpec:
         if not (self.metrics or self.metric_overrides or self.predict_features):
             return  # nothing names a metric: spare the registry's imports (transformers, ~5 s)
         from ..analysis.metrics import get_metric, metric_names
-        from ..config import build_section
+        from ..typed_fields import build_section
 
         _known("metric", self.metrics, metric_names())
         chosen = self.metrics or metric_names()

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomic, write_json_atomic
-from ..config import RunConfig, flatten
+from ..config import RunConfig
 from ..data import build_data
 from ..distributed import DistEnv, init_distributed, shutdown
 from ..errors import LensError
+from ..hashing import flatten
 from ..methods import get_method
 from ..methods.base import Method
 from ..methods.surgery import check_param_groups
