@@ -273,7 +273,7 @@ def study(
     """Train the grid methods x scales x seeds, analyse, evaluate downstream, predict, compute the findings and
     report (resumable); in this process, or as submitit jobs (--executor local|slurm)."""
     from .study.runner import STAGES, describe_plan, run_study
-    from .study.spec import existing_study_folder, load_spec
+    from .study.spec_files import existing_study_folder, load_spec
 
     if status:
         from .study.status import study_status

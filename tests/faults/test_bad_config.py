@@ -16,7 +16,8 @@ from lowrank_lens.errors import LensError
 from lowrank_lens.methods import get_method, method_names
 from lowrank_lens.presets import MODEL_SHAPES, build_config
 from lowrank_lens.runfolder.files import run_config_from_dict
-from lowrank_lens.study.spec import StudySpec, load_spec, plan_runs
+from lowrank_lens.study.spec import StudySpec, plan_runs
+from lowrank_lens.study.spec_files import load_spec
 
 LOW_RANK = ["cola", "galore", "fira", "sltrain", "relora", "low-rank", "lora"]
 

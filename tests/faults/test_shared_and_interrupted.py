@@ -27,8 +27,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 def study(tmp_path: Path) -> Path:
     """A study folder (the demo's spec, nothing trained) with a built report and an earlier figure in it."""
     from lowrank_lens.report import write_report
-    from lowrank_lens.study.runner import write_study_record
-    from lowrank_lens.study.spec import load_spec
+    from lowrank_lens.study.spec_files import load_spec, write_study_record
 
     folder = tmp_path / "study"
     write_study_record(load_spec("demo"), folder)

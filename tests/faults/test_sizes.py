@@ -106,7 +106,7 @@ def _study_file(tmp_path, seeds: int):
 def test_a_study_of_ten_thousand_seeds_plans_without_building_each_config(tmp_path, monkeypatch):
     from lowrank_lens import presets
     from lowrank_lens.study.runner import describe_plan
-    from lowrank_lens.study.spec import load_spec
+    from lowrank_lens.study.spec_files import load_spec
 
     builds = []
     real = presets.build_config
@@ -119,7 +119,8 @@ def test_a_study_of_ten_thousand_seeds_plans_without_building_each_config(tmp_pa
 
 
 def test_a_seed_planned_lazily_has_the_config_its_own_build_gives(tmp_path):
-    from lowrank_lens.study.spec import load_spec, plan_runs
+    from lowrank_lens.study.spec import plan_runs
+    from lowrank_lens.study.spec_files import load_spec
 
     spec = load_spec(_study_file(tmp_path, 3))
     for run in plan_runs(spec, tuned={("nano", "galore"): 0.0123}):

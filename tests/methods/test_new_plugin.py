@@ -13,7 +13,8 @@ from lowrank_lens.presets import build_config, preset_names
 from lowrank_lens.runfolder.checkpoint import complete_checkpoints
 from lowrank_lens.runfolder.files import run_config_from_dict
 from lowrank_lens.runfolder.loading import dense_model, load_checkpoint
-from lowrank_lens.study.spec import load_spec, plan_runs
+from lowrank_lens.study.spec import plan_runs
+from lowrank_lens.study.spec_files import load_spec
 from lowrank_lens.train import train
 
 NAME = "test-plain-adamw"

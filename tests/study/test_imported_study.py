@@ -20,7 +20,7 @@ from lowrank_lens.analysis.tables import read_csv
 from lowrank_lens.data import build_data
 from lowrank_lens.presets import build_config
 from lowrank_lens.study.runner import run_study
-from lowrank_lens.study.spec import load_spec
+from lowrank_lens.study.spec_files import load_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "imports"))
 from series_util import write_series  # noqa: E402

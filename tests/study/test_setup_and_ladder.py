@@ -11,8 +11,8 @@ from lowrank_lens.findings.setup import setup_distance
 from lowrank_lens.model.llama import build_model
 from lowrank_lens.report.collect import RunInfo
 from lowrank_lens.study.ladder import LADDER_SIZES, TOKENS_PER_PARAMETER, parameters
-from lowrank_lens.study.presets import study_presets
 from lowrank_lens.study.spec import plan_runs
+from lowrank_lens.study.spec_files import study_presets
 
 
 def run_info(run, params: int, tokens: int) -> RunInfo:

@@ -12,9 +12,10 @@ from lens_testutil import require_package
 from lowrank_lens.analysis.tables import read_csv
 from lowrank_lens.errors import LensError
 from lowrank_lens.runfolder.checkpoint import complete_checkpoints
-from lowrank_lens.study import runner as study_runner
+from lowrank_lens.study import train_stage
 from lowrank_lens.study.runner import describe_plan, run_study
-from lowrank_lens.study.spec import StudySpec, load_spec, plan_runs
+from lowrank_lens.study.spec import StudySpec, plan_runs
+from lowrank_lens.study.spec_files import load_spec
 
 TINY = ["train.steps=8", "train.checkpoints=2", "train.eval_every=0", "train.log_every=4"]
 
@@ -55,18 +56,15 @@ def test_finished_runs_are_not_retrained_and_killed_runs_resume(tmp_path, monkey
     shutil.rmtree(killed / "ckpt" / "step_000008")
     finals = {d: (d / "ckpt" / "step_000008" / "model.safetensors").stat().st_mtime_ns for d in dirs if d != killed}
     trained = []
-    real_train = study_runner.__dict__.get("train")  # not imported at module level; patch the train package
-    import lowrank_lens.train as train_pkg
-
-    original = train_pkg.train
+    original = train_stage.train
 
     def spy(cfg, out, run_name=None, resume=False):
         trained.append((run_name, resume))
         return original(cfg, out, run_name=run_name, resume=resume)
 
-    monkeypatch.setattr(train_pkg, "train", spy)
+    monkeypatch.setattr(train_stage, "train", spy)
     run_study(spec, tmp_path, stages=("train",))
-    assert trained == [(killed.name, True)] and real_train is None
+    assert trained == [(killed.name, True)]
     assert complete_checkpoints(killed)[-1][0] == 8
     assert all((d / "ckpt" / "step_000008" / "model.safetensors").stat().st_mtime_ns == t for d, t in finals.items())
     # The study folder (or its study.json record) is itself a study argument: re-run in place.

@@ -21,7 +21,8 @@ from lowrank_lens.runfolder.checkpoint import complete_checkpoints
 from lowrank_lens.runfolder.files import load_run_config
 from lowrank_lens.study.spec import StudySpec, plan_runs
 from lowrank_lens.study.status import study_status
-from lowrank_lens.study.submit import SubmitOptions, mark
+from lowrank_lens.study.submit import SubmitOptions
+from lowrank_lens.study.task_records import mark
 from lowrank_lens.study.tune import tuned_lrs
 from lowrank_lens.train import train
 

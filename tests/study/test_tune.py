@@ -9,16 +9,16 @@ import math
 
 import pytest
 
-import lowrank_lens.train as train_pkg
 from lowrank_lens.errors import LensError
 from lowrank_lens.runfolder.checkpoint import complete_checkpoints, read_meta
 from lowrank_lens.runfolder.files import load_run_config
+from lowrank_lens.study import train_stage, tune
 from lowrank_lens.study.presets import PAPER_METHODS, demo, demo_tuned_lrs
 from lowrank_lens.study.runner import STAGES, run_study
-from lowrank_lens.study.spec import StudySpec, plan_runs
+from lowrank_lens.study.spec import StudySpec, plan_proxies, plan_runs
 from lowrank_lens.study.stage_table import STAGE_TABLE
 from lowrank_lens.study.status import study_status
-from lowrank_lens.study.tune import plan_proxies, proxy_runs_dir
+from lowrank_lens.study.tune import proxy_runs_dir
 
 TINY = ["train.steps=8", "train.checkpoints=2", "train.eval_every=0", "train.log_every=4"]
 # GaLore with its update scaled by 1e30: lr 1e-28 trains (updates of order 100), lr 1e-2 (a grid multiplier of
@@ -78,7 +78,8 @@ def test_a_diverging_proxy_is_a_data_point_and_a_rerun_trains_nothing(tmp_path, 
     assert "1 diverged" in study_status(tmp_path)
 
     calls = []
-    monkeypatch.setattr(train_pkg, "train", lambda *a, **k: calls.append(a))
+    for trainer in (tune, train_stage):  # the proxies' and the runs' trainer
+        monkeypatch.setattr(trainer, "train", lambda *a, **k: calls.append(a))
     run_study(spec, tmp_path, stages=("tune", "train"))  # every proxy and run finished or diverged: nothing
     assert calls == []
 

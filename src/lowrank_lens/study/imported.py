@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LensError
+from ..imports import ImportOptions, import_series
+from ..runfolder.files import run_name
 
 log = logging.getLogger("lowrank_lens")
 
@@ -64,8 +66,6 @@ def check_entries(entries: list[Any]) -> None:
 
 
 def imported_runs(entries: list[dict[str, Any]]) -> list[ImportedRun]:
-    from ..runfolder.files import run_name
-
     runs = [ImportedRun(run_name(e.get("scale", "imported"), e["method"], int(e.get("seed", 0))), e) for e in entries]
     names = [r.run_name for r in runs]
     dups = sorted({n for n in names if names.count(n) > 1})
@@ -87,8 +87,6 @@ def resolve_paths(entries: list[dict[str, Any]], base: Path) -> list[dict[str, A
 
 def import_missing(runs: list[ImportedRun], runs_dir: Path) -> list[Path]:
     """Import every series not yet in runs_dir (a finished import is a run folder with its config.json)."""
-    from ..imports import ImportOptions, import_series
-
     dirs = []
     for r in runs:
         dest = runs_dir / r.run_name

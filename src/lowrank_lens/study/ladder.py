@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 
+from .presets import CPU_TUNE_EXTEND, CPU_TUNE_GRID, DEMO_METRICS, PAPER_METHODS
 from .spec import StudySpec
 
 TOKENS_PER_PARAMETER = 20
@@ -46,8 +47,6 @@ def size_overrides(hidden: int, intermediate: int, layers: int, heads: int) -> l
 
 def ladder(size: str) -> StudySpec:
     """The ladder's study at one size (a key of LADDER_SIZES)."""
-    from .presets import CPU_TUNE_EXTEND, CPU_TUNE_GRID, DEMO_METRICS, PAPER_METHODS
-
     hidden, intermediate, layers, heads = LADDER_SIZES[size]
     common = [f"model.vocab_size={VOCAB}", f"data.seq_len={ROW_TOKENS}", "data.val_tokens=8192",
               f"train.total_batch_size={BATCH_ROWS}", f"train.micro_batch_size={BATCH_ROWS}",

@@ -3,7 +3,8 @@
 tuning: the evidence in docs/results.md), `paper` (the study's protocol on GPUs) and `zoo` (the paper's protocol
 over every registered method).
 
-All are plain functions returning a StudySpec, so a user copies one into a TOML file and edits it.
+All are plain functions returning a StudySpec, so a user copies one into a TOML file and edits it. The ladder's
+sizes are in study/ladder.py; the registry of names (`study_presets`) in study/spec_files.py.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-from collections.abc import Callable
 from importlib import resources
 
+from .. import methods as method_registry  # the registry as it is when the zoo is built (at call time)
 from .spec import StudySpec
 
 # The study's six methods (docs/study.md §1), written out: a preset must not grow when a method is registered.
@@ -110,12 +111,4 @@ def zoo() -> StudySpec:
     not make. The list is resolved when the study is created and saved in its study.json, so a study folder
     keeps its methods when more are registered later. Claims that name a method of the study (5, 8) stay
     as they are; each method's per-scale defaults are its preset's (docs/methods.md)."""
-    from ..methods import method_names
-
-    return dataclasses.replace(paper(), name="zoo", methods=method_names())
-
-
-def study_presets() -> dict[str, Callable[[], StudySpec]]:
-    from .ladder import ladder_presets
-
-    return {"demo": demo, "demo-tune": demo_tune, **ladder_presets(), "paper": paper, "zoo": zoo}
+    return dataclasses.replace(paper(), name="zoo", methods=method_registry.method_names())

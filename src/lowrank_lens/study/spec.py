@@ -14,23 +14,31 @@ A study file is TOML or JSON with the fields of `StudySpec` (unknown keys raise)
 
 `lowrank-lens study FILE --dry-run` prints the resolved run list and the training commands (torchrun lines
 for GPU scales), so the grid can go to a cluster; the same command without --dry-run runs everything.
+
+This module holds `StudySpec` and what building one resolves: the planned runs (`plan_runs`, every run's
+config) and the tune stage's proxy runs (`plan_proxies`; study/tune.py trains them). Reading a study file, a
+preset or a study folder into a spec: study/spec_files.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import re
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The registries and build_config through their modules, at call time: a replaced one (a test's monkeypatch) is seen.
+from .. import methods as method_registry
+from .. import presets as scale_presets
 from ..config import RunConfig
 from ..errors import LensError
+from ..runfolder.files import run_name
+from .imported import check_entries, imported_runs
+from .spec_checks import check_analysis, check_known, check_type
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 """A study name is the folder studies/<name>: one plain path component, so the study cannot write elsewhere."""
@@ -92,21 +100,16 @@ class StudySpec:
     def __post_init__(self) -> None:
         """Validate the whole spec, down to every planned run's resolved config, so a mistake anywhere in a
         study file fails when it is loaded (also by --dry-run), not after hours of training."""
-        from ..methods import method_names
-        from ..presets import preset_names
-
         for f in dataclasses.fields(self):
-            _check_type(getattr(self, f.name), _field_types()[f.name], f.name)
+            check_type(getattr(self, f.name), _field_types()[f.name], f.name)
         if not NAME_RE.fullmatch(self.name):
             raise LensError(f"study name {self.name!r} must be a plain folder name: letters, digits, '-', '_' or "
                             f"'.', not starting with '.', no '/', at most 100 characters")
-        from .imported import check_entries, imported_runs
-
         check_entries(self.imported)
         if not self.methods and not self.imported:
-            self.methods = method_names()
-        _known("method", self.methods, method_names())
-        _known("scale", self.scales, preset_names())
+            self.methods = method_registry.method_names()
+        check_known("method", self.methods, method_registry.method_names())
+        check_known("scale", self.scales, scale_presets.preset_names())
         for what, values in (("methods", self.methods), ("scales", self.scales), ("seeds", self.seeds),
                              ("metrics", self.metrics), ("downstream_tasks", self.downstream_tasks),
                              ("downstream_seeds", self.downstream_seeds), ("predict_features", self.predict_features)):
@@ -133,7 +136,7 @@ class StudySpec:
         if any(not t.strip() for t in self.downstream_tasks):
             raise LensError(f"study downstream_tasks has an empty name: {self.downstream_tasks}")
         self._check_tune()
-        self._check_analysis()
+        check_analysis(self.analysis_steps, self.metrics, self.metric_overrides, self.predict_features)
         planned = plan_runs(self)  # every override resolved, typed and range-checked now
         clash = {r.run_name for r in imported_runs(self.imported)} & {r.run_name for r in planned}
         if clash:
@@ -150,45 +153,7 @@ class StudySpec:
             raise LensError(f"study tune_fraction {self.tune_fraction} must be in (0, 1]: the proxy runs' length "
                             f"as a fraction of the runs' steps")
         if self.tune:
-            from .tune import plan_proxies
-
             plan_proxies(self)  # every proxy's config resolved and range-checked (an lr above 1 fails here)
-
-    def _check_analysis(self) -> None:
-        """Checkpoint steps, metric names, metric options and prediction features, as the analysis and
-        prediction stages will read them."""
-        from ..analysis.subjects import parse_steps
-
-        try:
-            parse_steps(self.analysis_steps)
-        except LensError:
-            raise LensError(f"study analysis_steps {self.analysis_steps!r}: use 'all', 'final' or comma-separated "
-                            f"steps such as '0,500,final'") from None
-        if not (self.metrics or self.metric_overrides or self.predict_features):
-            return  # nothing names a metric: spare the registry's imports (transformers, ~5 s)
-        from ..analysis.metrics import get_metric, metric_names
-        from ..typed_fields import build_section
-
-        _known("metric", self.metrics, metric_names())
-        chosen = self.metrics or metric_names()
-        options: dict[str, dict[str, str]] = {}
-        for item in self.metric_overrides:
-            key, eq, value = item.partition("=")
-            metric, dot, option = key.strip().partition(".")
-            if not (eq and dot and option):
-                raise LensError(f"study metric_overrides entry {item!r} is not of the form metric.option=value")
-            _known("metric_overrides metric", [metric], metric_names())
-            if metric not in chosen:
-                raise LensError(f"study metric_overrides entry {item!r} is for {metric!r}, which the study does not "
-                                f"compute (metrics: {', '.join(chosen)})")
-            options.setdefault(metric, {})[option] = value
-        for metric, values in options.items():  # the same build as analysis/runner.py build_metrics
-            build_section(get_metric(metric).Config, values, metric)
-        for feat in self.predict_features:
-            metric, dot, column = feat.partition(".")
-            if not (dot and column) or metric not in chosen:
-                raise LensError(f"study predict_features entry {feat!r} is not <metric>.<column> of a computed "
-                                f"metric (metrics: {', '.join(chosen)}); e.g. landscape_random.es")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -197,40 +162,6 @@ class StudySpec:
 @functools.cache
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(StudySpec)
-
-
-_TYPE_WORDS = {str: "a string", int: "an integer", bool: "true or false", list[str]: "a list of strings",
-               list[int]: "a list of integers", list[float]: "a list of numbers", float: "a number",
-               dict[str, list[str]]: 'a table of string lists (name = ["section.field=value", ...])'}
-
-
-def _check_type(value: Any, tp: Any, name: str) -> None:
-    """One study field against its annotation (str, int, list[str], list[int], dict[str, list[str]]); a
-    bool is not an int and neither is a float (seeds = [1.5] would name a run seed1.5 that trains seed 1)."""
-    if not _is(value, tp):
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise LensError(f"study {name} expects {_TYPE_WORDS[tp]}, got {shown}")
-
-
-def _is(value: Any, tp: Any) -> bool:
-    if tp is Any:  # checked by its own validator (imported entries: study/imported.py)
-        return True
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is list:
-        return isinstance(value, list) and all(_is(v, args[0]) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(_is(k, args[0]) and _is(v, args[1]) for k, v in value.items())
-    if tp is float:  # an integer is a number too (tune_grid = [1, 2]); TOML inf and nan are caught by the checks
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:  # bool subclasses int; TOML 1e400 loads as the float inf, which is caught here too
-        return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
-    return isinstance(value, tp)
-
-
-def _known(what: str, values: list[str], valid: list[str]) -> None:
-    for v in values:
-        if v not in valid:
-            raise LensError(f"study {what} {v!r} is unknown; choose from {', '.join(valid)}")
 
 
 @dataclass(frozen=True)
@@ -253,17 +184,13 @@ class PlannedRun:
         """The run's resolved config, built on first use: a study of 10 000 seeds plans in seconds."""
         if self.exact:
             return self.shape
-        from ..presets import build_config
-
-        cfg = build_config(self.scale, self.method, list(self.overrides))
+        cfg = scale_presets.build_config(self.scale, self.method, list(self.overrides))
         cfg.notes.extend(self.notes)
         return cfg
 
 
 def run_names(spec: StudySpec) -> list[str]:
     """Every run of the study, trained then imported (the names of its folders under runs/)."""
-    from .imported import imported_runs
-
     return [r.run_name for r in plan_runs(spec)] + [r.run_name for r in imported_runs(spec.imported)]
 
 
@@ -272,9 +199,6 @@ def plan_runs(spec: StudySpec, tuned: dict[tuple[str, str], float] | None = None
     """The resolved grid, scale-major (small scales first), then method, then seed. `tuned` ({(scale, method):
     lr}, from the tune stage: study/tune.py) sets each run's optim.lr after the study's overrides; `seeds`
     plans only those of the study's seeds."""
-    from ..presets import build_config
-    from ..runfolder.files import run_name
-
     out = []
     for scale in spec.scales:
         for method in spec.methods:
@@ -289,58 +213,77 @@ def plan_runs(spec: StudySpec, tuned: dict[tuple[str, str], float] | None = None
                     out.append(PlannedRun(scale, method, seed, first, name, tuple(ov), False, notes))
                     continue
                 try:
-                    first = build_config(scale, method, list(ov))
+                    first = scale_presets.build_config(scale, method, list(ov))
                 except LensError as e:
                     raise LensError(f"study run {name}: {e}") from None
                 if lr is not None:
-                    from .tune import tune_note
-
                     notes = (tune_note(spec, lr),)
                     first.notes.extend(notes)
                 out.append(PlannedRun(scale, method, seed, first, name, tuple(ov), True, notes))
     return out
 
 
-def existing_study_folder(source: str | Path) -> Path | None:
-    """The study folder `source` names (a folder holding a study.json, not a preset name), else None."""
-    from .presets import study_presets
-
-    path = Path(source)
-    return path if str(source) not in study_presets() and (path / "study.json").is_file() else None
+def study_run_dirs(spec: StudySpec, out: Path) -> list[Path]:
+    """Every run folder of the study, trained then imported."""
+    return [out / "runs" / name for name in run_names(spec)]
 
 
-def load_spec(source: str | Path) -> StudySpec:
-    """A StudySpec from a TOML/JSON file, a preset name (see `study_presets`), or an existing study folder
-    (its `study.json` record, whose "spec" holds the resolved spec), so a study can be re-run in place."""
-    from .presets import study_presets
+# ---- the tune stage's proxy runs (study/tune.py trains them and chooses) ---------------------------------
+@dataclass(frozen=True)
+class ProxyRun:
+    scale: str
+    method: str
+    lr: float
+    multiplier: float
+    centre: float
+    """The method preset's lr (after the study's overrides) that the grid multiplies."""
+    run: PlannedRun
 
-    presets = study_presets()
-    if str(source) in presets:
-        return presets[str(source)]()
-    folder = existing_study_folder(source)
-    path = folder / "study.json" if folder else Path(source)
-    if not path.is_file():
-        raise LensError(f"study {source!r} is neither a file, a study folder nor a preset; presets: "
-                        f"{', '.join(presets)}")
+
+def _proxy_overrides(spec: StudySpec, base: PlannedRun, lr: float) -> list[str]:
+    ov = [o for o in base.overrides if not o.startswith("train.seed=")]
+    ov += [f"optim.lr={lr!r}", f"train.seed={spec.tune_seed}", "train.checkpoints=1", "train.eval_every=0"]
+    if spec.tune_fraction < 1:
+        steps = max(1, round(base.cfg.train.steps * spec.tune_fraction))
+        warmup = round(base.cfg.optim.warmup_steps * spec.tune_fraction)
+        ov += [f"train.steps={steps}", f"optim.warmup_steps={warmup}"]
+    return ov
+
+
+def proxy_bases(spec: StudySpec) -> dict[tuple[str, str], PlannedRun]:
+    """One planned run per (scale, method): the config the proxies vary."""
+    return {(r.scale, r.method): r for r in plan_runs(spec, seeds=spec.seeds[:1])}
+
+
+def make_proxy(spec: StudySpec, base: PlannedRun, multiplier: float) -> ProxyRun:
+    centre = base.cfg.optim.lr
+    lr = float(f"{centre * multiplier:.6g}")  # a short, exact name and override for each grid point
+    ov = _proxy_overrides(spec, base, lr)
+    name = f"{base.scale}-{base.method}-lr{lr:g}"
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise LensError(f"study file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    try:
-        d = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise LensError(f"cannot parse study file {path}: {str(e).splitlines()[0]}") from None
-    if isinstance(d, dict) and isinstance(d.get("spec"), dict):
-        d = d["spec"]  # a study folder's study.json record
-    if not isinstance(d, dict):
-        raise LensError(f"study file {path} must hold a table of study fields (name, methods, ...), "
-                        f"not a {type(d).__name__}")
-    known = {f.name for f in dataclasses.fields(StudySpec)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise LensError(f"unknown study field(s) {unknown} in {path}; valid: {', '.join(sorted(known))}")
-    if isinstance(d.get("imported"), list) and folder is None:  # a study file: its paths are relative to it
-        from .imported import resolve_paths
+        cfg = scale_presets.build_config(base.scale, base.method, ov)
+    except LensError as e:
+        raise LensError(f"study tune proxy {name}: {e}; change tune_grid") from None
+    return ProxyRun(base.scale, base.method, lr, multiplier, centre,
+                    PlannedRun(base.scale, base.method, spec.tune_seed, cfg, name, tuple(ov)))
 
-        d["imported"] = resolve_paths(d["imported"], path.parent)
-    return StudySpec(**d)
+
+def plan_proxies(spec: StudySpec) -> list[ProxyRun]:
+    """The proxy runs of the grid (none when `tune` is off), scale-major like plan_runs; points past an edge
+    (`tune_extend`) are added as the results ask for them (study/tune.py `settle`)."""
+    if not spec.tune:
+        return []
+    return [make_proxy(spec, base, m) for base in proxy_bases(spec).values() for m in spec.tune_grid]
+
+
+def tune_protocol(spec: StudySpec) -> str:
+    """The tune stage's rule in a phrase: grid, extension, proxy length, selection seed."""
+    steps = f"{spec.tune_fraction:g} of the run's steps" if spec.tune_fraction < 1 else "the run's own steps"
+    extend = f" + up to {spec.tune_extend} past an edge" if spec.tune_extend else ""
+    grid = ", ".join(f"{m:g}" for m in spec.tune_grid)
+    return f"the preset lr x {grid}{extend}, {steps}, seed {spec.tune_seed}"
+
+
+def tune_note(spec: StudySpec, lr: float) -> str:
+    return (f"optim.lr {lr:g} chosen by the study's tune stage (tune/tune.csv: lowest final validation loss over "
+            f"{tune_protocol(spec)})")

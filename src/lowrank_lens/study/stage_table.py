@@ -1,10 +1,10 @@
 """The study's stages, written once: what each does in this process and what it submits as jobs.
 
-`run_study` (study/runner.py, `--executor inline`) walks this table in order and calls each chosen stage's
-`run`; `submit_study` (study/submit.py, `--executor local|slurm`) walks the same table and submits each
-stage's `jobs` (job arrays) with `afterok` dependencies on the stages named in `after`. A stage without
-`jobs` runs inside the report job, which runs the remaining stages in one process. Adding a stage is one
-entry here.
+`run_stages` below (what `run_study`, study/runner.py, `--executor inline`, and the report job run) walks this
+table in order and calls each chosen stage's `run`; `submit_study` (study/submit.py, `--executor local|slurm`)
+walks the same table and submits each stage's `jobs` (job arrays of study/tasks.py's tasks) with `afterok`
+dependencies on the stages named in `after`. A stage without `jobs` runs inside the report job, which runs
+the remaining stages in one process. Adding a stage is one entry here.
 
     tune        proxy runs over a grid of optim.lr per (scale, method) (study/tune.py)   -> tune/
     train       one run per (scale, method, seed), with the tuned lr when the study tunes -> runs/
@@ -17,12 +17,25 @@ entry here.
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .spec import StudySpec
+from ..atomic import write_json_atomic
+from ..report import write_report
+from .findings_stage import write_findings
+from .spec import PlannedRun, StudySpec, plan_proxies, plan_runs, run_names, study_run_dirs
+from .spec_files import write_study_record
+from .stages import analyze_stage, downstream_stage, predict_stage
+from .tasks import ReportTask, ShareTask, TrainTask
+from .train_stage import CPU_SCALES, is_finished, train_all
+from .tune import MISSING, groups, proxy_runs_dir, proxy_state, tune_all
+
+log = logging.getLogger("lowrank_lens")
 
 
 @dataclass(frozen=True)
@@ -54,17 +67,12 @@ class Stage:
 
 # ---- tune ------------------------------------------------------------------------------------------------
 def _tune(spec: StudySpec, out: Path) -> None:
-    from .tune import tune_all
-
     tune_all(spec, out)
 
 
 def _tune_jobs(spec: StudySpec, study_dir: Path, opts: Any) -> list[JobArray]:
     """The grid's missing proxies as one array, then `tune_extend` rounds, one task per (scale, method) each,
     every round after the previous: a task trains its point past an edge, or ends at once when it needs none."""
-    from .submit import TrainTask
-    from .tune import MISSING, groups, plan_proxies, proxy_runs_dir, proxy_state
-
     todo = [p for p in plan_proxies(spec) if proxy_state(p, proxy_runs_dir(study_dir)) == MISSING]
     arrays = [JobArray([TrainTask(str(study_dir), p.run.run_name, "tune") for p in todo])] if todo else []
     open_groups = [key for key, g in groups(spec, study_dir).items() if todo or g.next is not None or g.pending]
@@ -76,36 +84,33 @@ def _tune_jobs(spec: StudySpec, study_dir: Path, opts: Any) -> list[JobArray]:
 
 # ---- train -----------------------------------------------------------------------------------------------
 def _train(spec: StudySpec, out: Path) -> None:
-    from .runner import train_all
-
     train_all(spec, out)
 
 
-def _train_jobs(spec: StudySpec, study_dir: Path, opts: Any) -> list[JobArray]:
-    from .runner import is_finished
-    from .spec import plan_runs
-    from .submit import TrainTask, processes
+def processes(run: PlannedRun, spec: StudySpec, opts: Any) -> tuple[int, int]:
+    """(processes, GPUs) of one training run."""
+    if run.scale in CPU_SCALES or run.shape.train.device == "cpu":
+        return opts.processes_per_run or 1, 0
+    gpus = opts.gpus_per_run or spec.gpus_per_run
+    return gpus, gpus
 
-    groups: dict[tuple[int, int], list[str]] = {}  # runs needing the same processes share one array
+
+def _train_jobs(spec: StudySpec, study_dir: Path, opts: Any) -> list[JobArray]:
+    by_size: dict[tuple[int, int], list[str]] = {}  # runs needing the same processes share one array
     for r in plan_runs(spec):  # names and sizes only: the tuned lr is read by each task when it starts
         if not is_finished(study_dir / "runs" / r.run_name, r.shape.train.steps):
-            groups.setdefault(processes(r, spec, opts), []).append(r.run_name)
+            by_size.setdefault(processes(r, spec, opts), []).append(r.run_name)
     return [JobArray([TrainTask(str(study_dir), name) for name in names], procs, gpus)
-            for (procs, gpus), names in groups.items()]
+            for (procs, gpus), names in by_size.items()]
 
 
 # ---- analyze and downstream ------------------------------------------------------------------------------
 def _analyze(spec: StudySpec, out: Path) -> None:
-    from .stages import analyze_stage
-
     analyze_stage(spec, out)
 
 
 def _share_jobs(stage: str) -> Callable[[StudySpec, Path, Any], list[JobArray]]:
     def jobs(spec: StudySpec, study_dir: Path, opts: Any) -> list[JobArray]:
-        from .spec import run_names
-        from .submit import ShareTask
-
         n = opts.analysis_tasks if stage == "analyze" else min(opts.analysis_tasks, len(run_names(spec)))
         n = max(1, n)
         return [JobArray([ShareTask(str(study_dir), stage, k, n) for k in range(n)])]
@@ -114,35 +119,24 @@ def _share_jobs(stage: str) -> Callable[[StudySpec, Path, Any], list[JobArray]]:
 
 
 def _downstream(spec: StudySpec, out: Path) -> None:
-    from .stages import downstream_stage
-
     downstream_stage(spec, out)
 
 
 # ---- predict, findings, report ---------------------------------------------------------------------------
 def _predict(spec: StudySpec, out: Path) -> None:
-    from .runner import study_run_dirs
-    from .stages import predict_stage
-
     predict_stage(spec, study_run_dirs(spec, out), out)
 
 
 def _findings(spec: StudySpec, out: Path) -> Path:
-    from .findings_stage import write_findings
-
     return write_findings(out)
 
 
 def _report(spec: StudySpec, out: Path) -> Path:
-    from ..report import write_report
-
     return write_report(out)
 
 
 def _report_jobs(spec: StudySpec, study_dir: Path, opts: Any) -> list[JobArray]:
-    from .submit import ReportTask
-
-    return [JobArray([ReportTask(str(study_dir))])]
+    return [JobArray([ReportTask(str(study_dir), run_stages)])]
 
 
 STAGE_TABLE: tuple[Stage, ...] = (
@@ -161,3 +155,31 @@ STAGE_TABLE: tuple[Stage, ...] = (
 
 def stage(name: str) -> Stage:
     return next(s for s in STAGE_TABLE if s.name == name)
+
+
+def run_stages(spec: StudySpec, out: Path, stages: tuple[str, ...]) -> Path:
+    """The chosen stages (and those they need) in this process, in the table's order; returns the report path
+    (or `out` without a report stage). The caller holds the study's lock: the inline runner (study/runner.py
+    `run_study`), or the submitting process for the report job (study/tasks.py `ReportTask`)."""
+    write_study_record(spec, out)
+    chosen = set(stages) | {need for st in STAGE_TABLE if st.name in stages for need in st.needs}
+    timings: dict[str, float] = {}
+    result = out
+    for entry in STAGE_TABLE:
+        if entry.name not in chosen or not entry.applies(spec):
+            continue
+        if entry.name == "report":
+            _save_timings(out, timings)  # the report shows them
+        t = time.perf_counter()
+        result = entry.run(spec, out) or result
+        timings[entry.name] = time.perf_counter() - t
+    _save_timings(out, timings)
+    log.info("study stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    return result
+
+
+def _save_timings(out: Path, timings: dict[str, float]) -> None:
+    """Seconds per stage of the latest invocation, merged over earlier ones (a partial re-run keeps the rest)."""
+    path = out / "timings.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    write_json_atomic(path, {**old, **timings})

@@ -14,19 +14,22 @@ import logging
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..analysis.context import EvalSettings
+from ..analysis.metrics import get_metric, metric_names
+from ..analysis.request import AnalysisRequest
+from ..analysis.runner import run_analysis
+from ..analysis.subjects import RunRef
 from ..analysis.tables import read_csv
 from ..atomic import write_text_atomic
+from ..downstream.evaluate import run_eval_downstream
+from ..downstream.request import DownstreamRequest
 from ..errors import LensError
 from ..findings.prediction import PredictionUnit, predict_downstream
 from ..report.prediction import write_prediction_report
 from ..runfolder.checkpoint import complete_checkpoints, read_meta
-from .spec import StudySpec
-
-if TYPE_CHECKING:
-    from ..analysis.request import AnalysisRequest
-    from ..downstream.request import DownstreamRequest
+from .spec import StudySpec, study_run_dirs
 
 log = logging.getLogger("lowrank_lens")
 
@@ -38,10 +41,6 @@ PER_RUN_KINDS = ("checkpoint", "pair", "init-final", "run")
 def analysis_request(spec: StudySpec, study_dir: Path) -> AnalysisRequest:
     """The study's analysis, built once from the study file: every run, the study's metrics, options, steps
     and evaluation settings -> <study>/analysis (the inline stage; each job of a split one takes a share)."""
-    from ..analysis.context import EvalSettings
-    from ..analysis.request import AnalysisRequest
-    from .runner import study_run_dirs
-
     return AnalysisRequest(study_run_dirs(spec, study_dir), metrics=spec.metrics or None, steps=spec.analysis_steps,
                            overrides=spec.metric_overrides, out=study_dir / "analysis", jobs=spec.jobs,
                            settings=EvalSettings(sequences=spec.sequences, batch_size=spec.eval_batch_size))
@@ -50,23 +49,16 @@ def analysis_request(spec: StudySpec, study_dir: Path) -> AnalysisRequest:
 def downstream_request(spec: StudySpec, study_dir: Path) -> DownstreamRequest:
     """The study's downstream evaluation: every run's final checkpoint on the study's tasks and seeds ->
     <study>/downstream/downstream.csv (each job of a split one takes a share of the runs)."""
-    from ..downstream.request import DownstreamRequest
-    from .runner import study_run_dirs
-
     return DownstreamRequest(study_run_dirs(spec, study_dir), tasks=spec.downstream_tasks, step="final",
                              seeds=spec.downstream_seeds, limit=spec.downstream_limit or None,
                              include_path=spec.include_path or None, out=study_dir / "downstream")
 
 
 def analyze_stage(spec: StudySpec, study_dir: Path) -> None:
-    from ..analysis.runner import run_analysis
-
     run_analysis(analysis_request(spec, study_dir))
 
 
 def downstream_stage(spec: StudySpec, study_dir: Path) -> Path:
-    from ..downstream.evaluate import run_eval_downstream
-
     return run_eval_downstream(downstream_request(spec, study_dir))
 
 
@@ -80,8 +72,6 @@ def final_val_ppl(run_dir: Path) -> float:
 
 def per_run_metric_values(analysis_dir: Path, run_ids: set[str]) -> dict[str, dict[str, float]]:
     """{run: {'<metric>.<column>': value}} from the analysis tables, at each run's final step."""
-    from ..analysis.metrics import metric_names
-
     out: dict[str, dict[str, float]] = defaultdict(dict)
     for name in metric_names():
         path = analysis_dir / f"{name}.csv"
@@ -103,8 +93,6 @@ def per_run_metric_values(analysis_dir: Path, run_ids: set[str]) -> dict[str, di
 def default_features(values: dict[str, dict[str, float]], run_ids: list[str]) -> list[str]:
     """One headline column per metric, kept only where every run has it (e.g. similarity to the reference
     run does not exist for the reference run itself)."""
-    from ..analysis.metrics import get_metric, metric_names
-
     feats = []
     for name in metric_names():
         head = get_metric(name).headline
@@ -122,8 +110,6 @@ def default_features(values: dict[str, dict[str, float]], run_ids: list[str]) ->
 
 def prediction_units(run_dirs: list[Path], analysis_dir: Path, downstream_csv: Path):
     """PredictionUnits (target = mean accuracy over tasks) and the per-run metric values."""
-    from ..analysis.subjects import RunRef
-
     if not downstream_csv.is_file():
         raise LensError(f"no downstream results at {downstream_csv}; run `lowrank-lens eval-downstream` first")
     acc: dict[str, list[float]] = defaultdict(list)

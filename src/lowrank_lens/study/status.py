@@ -14,8 +14,12 @@ from typing import Any
 
 from ..errors import LensError
 from ..runfolder.checkpoint import complete_checkpoints
-from .spec import load_spec, plan_runs
-from .submit import JOBS_DIR, read_status
+from .imported import imported_runs
+from .spec import StudySpec, plan_runs
+from .spec_files import load_spec
+from .stage_table import STAGE_TABLE
+from .task_records import JOBS_DIR, read_status
+from .tune import DIVERGED_STATE, choose, groups
 
 
 def _ago(t: float) -> str:
@@ -73,16 +77,12 @@ def study_status(folder: str | Path) -> str:
                                    status.get(f"train/{r.run_name}"), submitted is not None)
         counts[state] = counts.get(state, 0) + 1
         lines.append(f"{r.run_name:34s} {state:9s} {detail}")
-    from .imported import imported_runs
-
     for imp in imported_runs(spec.imported):
         done = (folder / "runs" / imp.run_name / "config.json").is_file()
         state = "done" if done else "to do"
         counts[state] = counts.get(state, 0) + 1
         lines.append(f"{imp.run_name:34s} {state:9s} imported from {imp.entry['path']}")
     lines += ["", "runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), "stages:"]
-    from .stage_table import STAGE_TABLE
-
     for stage in STAGE_TABLE:  # the stages that run as their own jobs and leave an output (runs: listed above)
         if stage.jobs is None or not stage.output or not stage.applies(spec):
             continue
@@ -92,10 +92,8 @@ def study_status(folder: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _tune_state(spec: Any, folder: Path, status: dict[str, dict[str, Any]]) -> str:
+def _tune_state(spec: StudySpec, folder: Path, status: dict[str, dict[str, Any]]) -> str:
     """How many proxy runs are done or diverged, what is left; when settled, the chosen lr of each (scale, method)."""
-    from .tune import DIVERGED_STATE, choose, groups
-
     failed = [r for u, r in status.items() if u.startswith(("tune/", "tune-round/")) and r["state"] == "failed"]
     if failed:
         return "failed: " + "; ".join(f"{r['unit']}: {r.get('error', '')} (log {r.get('log', '')})" for r in failed)

@@ -15,6 +15,9 @@ with the lowest final validation loss.
   grid step further is trained, at most `tune_extend` of them per (scale, method), so a method whose optimum
   lies outside the grid is not held at its edge. A choice still at an edge is flagged in the table.
 
+The grid's proxy runs are planned with the spec (study/spec.py `plan_proxies`, so a grid that leaves lr's
+range fails when the study file is loaded); this module trains them, settles each (scale, method) and chooses.
+
 Layout: <study>/tune/runs/<scale>-<method>-lr<lr>/ (ordinary run folders), <study>/tune/tune.csv (one row
 per proxy, the chosen one marked) and <study>/tune/chosen.json. The train stage reads the choice
 (`tuned_lrs`), adds `optim.lr=<chosen>` after the study's overrides and records it in each run's notes.
@@ -30,10 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..analysis.tables import write_csv
 from ..atomic import write_json_atomic
 from ..errors import LensError, TrainingDiverged
 from ..runfolder.checkpoint import complete_checkpoints, read_meta
-from .spec import PlannedRun, StudySpec, plan_runs
+from ..runfolder.files import read_json_object
+from ..train import train
+from .spec import PlannedRun, ProxyRun, StudySpec, make_proxy, plan_proxies, proxy_bases
+from .workers import run_in_workers
 
 log = logging.getLogger("lowrank_lens")
 
@@ -42,61 +49,12 @@ DIVERGED = "diverged.json"
 OK, DIVERGED_STATE, MISSING = "ok", "diverged", "not trained"
 
 
-@dataclass(frozen=True)
-class ProxyRun:
-    scale: str
-    method: str
-    lr: float
-    multiplier: float
-    centre: float
-    """The method preset's lr (after the study's overrides) that the grid multiplies."""
-    run: PlannedRun
-
-
 def tune_dir(study_dir: Path) -> Path:
     return Path(study_dir) / TUNE_DIR
 
 
 def proxy_runs_dir(study_dir: Path) -> Path:
     return tune_dir(study_dir) / "runs"
-
-
-def _proxy_overrides(spec: StudySpec, base: PlannedRun, lr: float) -> list[str]:
-    ov = [o for o in base.overrides if not o.startswith("train.seed=")]
-    ov += [f"optim.lr={lr!r}", f"train.seed={spec.tune_seed}", "train.checkpoints=1", "train.eval_every=0"]
-    if spec.tune_fraction < 1:
-        steps = max(1, round(base.cfg.train.steps * spec.tune_fraction))
-        warmup = round(base.cfg.optim.warmup_steps * spec.tune_fraction)
-        ov += [f"train.steps={steps}", f"optim.warmup_steps={warmup}"]
-    return ov
-
-
-def _bases(spec: StudySpec) -> dict[tuple[str, str], PlannedRun]:
-    """One planned run per (scale, method): the config the proxies vary."""
-    return {(r.scale, r.method): r for r in plan_runs(spec, seeds=spec.seeds[:1])}
-
-
-def make_proxy(spec: StudySpec, base: PlannedRun, multiplier: float) -> ProxyRun:
-    from ..presets import build_config
-
-    centre = base.cfg.optim.lr
-    lr = float(f"{centre * multiplier:.6g}")  # a short, exact name and override for each grid point
-    ov = _proxy_overrides(spec, base, lr)
-    name = f"{base.scale}-{base.method}-lr{lr:g}"
-    try:
-        cfg = build_config(base.scale, base.method, ov)
-    except LensError as e:
-        raise LensError(f"study tune proxy {name}: {e}; change tune_grid") from None
-    return ProxyRun(base.scale, base.method, lr, multiplier, centre,
-                    PlannedRun(base.scale, base.method, spec.tune_seed, cfg, name, tuple(ov)))
-
-
-def plan_proxies(spec: StudySpec) -> list[ProxyRun]:
-    """The proxy runs of the grid (none when `tune` is off), scale-major like plan_runs; points past an edge
-    (`tune_extend`) are added as the results ask for them (`settle`)."""
-    if not spec.tune:
-        return []
-    return [make_proxy(spec, base, m) for base in _bases(spec).values() for m in spec.tune_grid]
 
 
 def _step(grid: list[float]) -> float:
@@ -145,7 +103,7 @@ def settle(spec: StudySpec, study_dir: Path, base: PlannedRun) -> Group:
 
 
 def groups(spec: StudySpec, study_dir: Path) -> dict[tuple[str, str], Group]:
-    return {key: settle(spec, study_dir, base) for key, base in _bases(spec).items()} if spec.tune else {}
+    return {key: settle(spec, study_dir, base) for key, base in proxy_bases(spec).items()} if spec.tune else {}
 
 
 # ---- training the proxies --------------------------------------------------------------------------------
@@ -159,8 +117,6 @@ def proxy_state(proxy: ProxyRun, runs_dir: Path) -> str:
 
 def train_proxy(proxy: ProxyRun, runs_dir: Path) -> str:
     """Train (or resume) one proxy; a divergence is recorded, not raised. Returns its state."""
-    from ..train import train
-
     state = proxy_state(proxy, runs_dir)
     if state != MISSING:
         return state
@@ -176,8 +132,6 @@ def train_proxy(proxy: ProxyRun, runs_dir: Path) -> str:
 def tune_all(spec: StudySpec, out: Path) -> list[dict[str, Any]]:
     """The whole stage in this process (or `spec.jobs` workers): train the grid's missing proxies, then the
     points past an edge round by round (tune_extend), and write the table."""
-    from .runner import run_in_workers
-
     runs_dir = proxy_runs_dir(out)
     proxies = plan_proxies(spec)
     todo = [p for p in proxies if proxy_state(p, runs_dir) == MISSING]
@@ -196,7 +150,7 @@ def tune_all(spec: StudySpec, out: Path) -> list[dict[str, Any]]:
 
 def extend_once(spec: StudySpec, study_dir: Path, scale: str, method: str) -> str:
     """One round past an edge for one (scale, method) (a submitted task): train its next point, if any."""
-    group = settle(spec, study_dir, _bases(spec)[(scale, method)])
+    group = settle(spec, study_dir, proxy_bases(spec)[(scale, method)])
     if group.next is None:
         return "settled"
     return train_proxy(group.next, proxy_runs_dir(study_dir))
@@ -221,8 +175,6 @@ def proxy_row(proxy: ProxyRun, runs_dir: Path) -> dict[str, Any]:
         if not (isinstance(row["val_loss"], (int, float)) and math.isfinite(row["val_loss"])):
             row["status"] = DIVERGED_STATE
     elif state == DIVERGED_STATE:
-        from ..runfolder.files import read_json_object
-
         row["diverged_at"] = read_json_object(run_dir / DIVERGED, str(run_dir / DIVERGED), "delete the folder and "
                                               "rerun the tune stage").get("step")
     return row
@@ -282,8 +234,6 @@ def tuned_lrs(spec: StudySpec, study_dir: Path) -> dict[tuple[str, str], float] 
 
 def write_tune_table(spec: StudySpec, study_dir: Path) -> list[dict[str, Any]]:
     """tune/tune.csv and tune/chosen.json (what the report and the runs' notes point to)."""
-    from ..analysis.tables import write_csv
-
     rows = tune_rows(spec, study_dir)
     write_csv(rows, tune_dir(study_dir) / "tune.csv")
     chosen = [{k: r[k] for k in ("scale", "method", "lr", "preset_lr", "val_loss", "note")} for r in rows
@@ -295,16 +245,3 @@ def write_tune_table(spec: StudySpec, study_dir: Path) -> list[dict[str, Any]]:
         log.info(f"tune: {c['scale']} {c['method']}: lr {c['lr']:g} (preset {c['preset_lr']:g}, final val_loss "
                  f"{c['val_loss']:.4f}){'; ' + c['note'] if c['note'] else ''}")
     return rows
-
-
-def tune_protocol(spec: StudySpec) -> str:
-    """The stage's rule in a phrase: grid, extension, proxy length, selection seed."""
-    steps = f"{spec.tune_fraction:g} of the run's steps" if spec.tune_fraction < 1 else "the run's own steps"
-    extend = f" + up to {spec.tune_extend} past an edge" if spec.tune_extend else ""
-    grid = ", ".join(f"{m:g}" for m in spec.tune_grid)
-    return f"the preset lr x {grid}{extend}, {steps}, seed {spec.tune_seed}"
-
-
-def tune_note(spec: StudySpec, lr: float) -> str:
-    return (f"optim.lr {lr:g} chosen by the study's tune stage (tune/tune.csv: lowest final validation loss over "
-            f"{tune_protocol(spec)})")
