@@ -7,6 +7,7 @@ import neither the training code, the study nor the report."""
 from __future__ import annotations
 
 import ast
+import graphlib
 from pathlib import Path
 
 import lowrank_lens
@@ -150,3 +151,19 @@ def test_findings_study_and_report_share_each_helper():
 def test_the_graph_sees_function_level_imports():
     graph = import_graph()
     assert "lowrank_lens.study.runner" in graph["lowrank_lens.cli"]  # imported inside the study command
+
+
+def test_the_study_modules_import_one_another_at_module_level_in_layers():
+    """No study module imports another part of the package inside a function (function-level imports are for
+    optional dependencies), and the study's modules import one another without a cycle, so each one imports
+    on its own."""
+    for path in sorted((PKG / "study").glob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lazy = [n.lineno for n in ast.walk(fn) if isinstance(n, ast.ImportFrom) and
+                        (n.level or (n.module or "").startswith("lowrank_lens"))]
+                assert not lazy, f"study/{path.name} line(s) {lazy}: an import inside {fn.name}"
+    graph = import_graph()
+    study = {name: {d for d in deps if d.startswith("lowrank_lens.study.")}
+             for name, deps in graph.items() if name.startswith("lowrank_lens.study.")}
+    graphlib.TopologicalSorter(study).prepare()  # CycleError names the modules of a cycle
