@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import LensError
 from ..methods import get_method
 from ..runfolder.checkpoint import checkpoint_sha256, complete_checkpoints
+from ..runfolder.files import imported_record, load_run_config, method_label, read_run_json
 
 log = logging.getLogger("lowrank_lens")
 
@@ -55,7 +56,6 @@ class RunRef:
 
     @classmethod
     def open(cls, run_dir: str | Path) -> RunRef:
-        from ..runfolder.files import imported_record, load_run_config, method_label, read_run_json
 
         run_dir = Path(run_dir)
         cfg = load_run_config(run_dir)
@@ -144,21 +144,13 @@ def enumerate_subjects(kind: str, runs: list[RunRef], steps: list[int] | None,
         for a, b in itertools.combinations(runs, 2):
             if a.scale != b.scale or a.seed != b.seed or a.method == b.method:
                 continue
-            _check_same_tokens(a, b)
-            for ca in a.selected(steps):
-                cb = b.at(ca.step)
-                if cb is not None:
-                    out.append(Subject("cross", "pair", (ca, cb), (a, b)))
+            out.extend(_pairs("cross", a, b, steps))
     elif kind == "reference":
         for run in runs:
             ref = reference or _default_reference(run, runs)
             if ref is None or ref.run_dir == run.run_dir:
                 continue
-            _check_same_tokens(run, ref)
-            for c in run.selected(steps):
-                rc = ref.at(c.step)
-                if rc is not None:
-                    out.append(Subject("reference", "pair", (c, rc), (run, ref)))
+            out.extend(_pairs("reference", run, ref, steps))
     else:
         raise LensError(f"unknown subject kind {kind!r}")
     return out
@@ -170,6 +162,13 @@ def _default_reference(run: RunRef, runs: list[RunRef]) -> RunRef | None:
 
 
 SAME_DATA_KEYS = ("tokenizer_hash", "corpus_hash", "seq_len", "mode")
+
+
+def _pairs(kind: str, run: RunRef, other: RunRef, steps: list[int] | None) -> list[Subject]:
+    """(run's checkpoint, other's checkpoint of the same step) for each selected step both runs saved."""
+    _check_same_tokens(run, other)
+    return [Subject(kind, "pair", (c, oc), (run, other)) for c in run.selected(steps)
+            if (oc := other.at(c.step)) is not None]
 
 
 def _check_same_tokens(a: RunRef, b: RunRef) -> None:

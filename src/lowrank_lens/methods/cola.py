@@ -22,15 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import RunConfig
 from . import register
 from .base import MethodPreset
-from .factored import FactoredLinear
-from .ranks import RankedConfig, RankedMethod, auto_rank
+from .factored import FactoredLinear, FactoredMethod
+from .ranks import RankedConfig
 from .reading import CheckpointReader, drop_rope_buffers, refuse_keys, side_json, tensor_stems
-from .schedule import stable_seed
-from .shapes import Footprint, adamw_footprint, factored_parameters
-from .surgery import replace_linears
 
 
 class CoLALinear(FactoredLinear):
@@ -86,7 +82,7 @@ _STUDY = {  # rank, only_lr_act, lr: docs/study.md §1.4 (60m/130m/350m) and doc
 
 
 @register
-class CoLA(RankedMethod):
+class CoLA(FactoredMethod):
     """Low-rank bottleneck layers with an inner SiLU; AdamW with wd 0.01 on all parameters, clip 0.5."""
 
     name = "cola"
@@ -95,8 +91,8 @@ class CoLA(RankedMethod):
     colour = "#d62728"
     Config = CoLAConfig
     Reader = CoLAReader
+    Layer = CoLALinear
     has_dense_view = False
-    linear_targets_only = True
     no_dense_reason = ("CoLA puts a SiLU between its factors (y = B silu(A x)), so no matrix W with y = W x "
                        "exists (docs/methods.md §4.1); use CoLA.factors() for A and B")
 
@@ -126,23 +122,10 @@ class CoLA(RankedMethod):
         return MethodPreset(params={"rank": rank, "only_lr_act": only_lr_act}, optim={**optim, "lr": lr},
                             notes=notes)
 
-    @classmethod
-    def footprint(cls, run: RunConfig) -> Footprint:
-        """The targets' weights are gone; A and B of each target and every other parameter train with AdamW."""
-        return adamw_footprint(run, factored_parameters(run, auto_rank(run.method_cfg.rank, run.model))[1])
-
     def prepare_model(self, model: nn.Module) -> nn.Module:
         cfg: CoLAConfig = self.cfg
-        rank = auto_rank(cfg.rank, self.run.model)
-
-        def wrap(name: str, mod: nn.Linear) -> CoLALinear:
-            new = CoLALinear(mod.in_features, mod.out_features, rank, name, device=mod.weight.device,
-                             dtype=mod.weight.dtype)
-            new.reset_parameters(stable_seed(self.run.train.seed, "cola", name))
-            return new
-
         parents = {p: model.get_submodule(p) if p else model
-                   for p in (name.rpartition(".")[0] for name in replace_linears(model, cfg.targets, self.name, wrap))}
+                   for p in (name.rpartition(".")[0] for name in self.factorize(model))}
         if cfg.only_lr_act:
             # Only MLPs whose projections were factorised lose their activation (LlamaMLP calls self.act_fn).
             for parent in parents.values():

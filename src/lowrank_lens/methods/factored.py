@@ -1,12 +1,22 @@
 """The two-factor layer the factorised methods share: A (r x in) and B (out x r) in place of a bias-free
 nn.Linear (in -> out), stored in torch layout (out x in of each map) so F.linear applies them directly.
 low_rank.py multiplies them (y = B A x, a dense view W = B A); cola.py puts SiLU between (y = B silu(A x),
-no dense view); loro.py trains low_rank's layer with its own optimizer. Not a plugin: it registers nothing."""
+no dense view); loro.py trains low_rank's layer with its own optimizer. `FactoredMethod` is what the two
+plugins that swap their targets for such a layer share (the swap, its seeds, the footprint). Not a plugin: it
+registers nothing."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
+
+from ..config import RunConfig
+from .ranks import RankedMethod, auto_rank
+from .schedule import stable_seed
+from .shapes import Footprint, adamw_footprint, factored_parameters
+from .surgery import replace_linears
 
 
 class FactoredLinear(nn.Module):
@@ -33,3 +43,28 @@ class FactoredLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, r={self.rank}"
+
+
+class FactoredMethod(RankedMethod):
+    """A method whose targets become its `Layer` (A and B trained from scratch, no full-rank weight)."""
+
+    Layer: ClassVar[type[FactoredLinear]] = FactoredLinear
+    linear_targets_only = True
+
+    @classmethod
+    def footprint(cls, run: RunConfig) -> Footprint:
+        """The targets' weights are gone; A and B of each target and every other parameter train with AdamW."""
+        return adamw_footprint(run, factored_parameters(run, auto_rank(run.method_cfg.rank, run.model))[1])
+
+    def factorize(self, model: nn.Module) -> list[str]:
+        """Every target Linear replaced by a `Layer` of the run's rank, initialised from a seed of the run's seed,
+        the method and the layer's name (so a layer's init does not depend on the others); the names replaced."""
+        rank = auto_rank(self.cfg.rank, self.run.model)
+
+        def wrap(name: str, mod: nn.Linear) -> FactoredLinear:
+            new = self.Layer(mod.in_features, mod.out_features, rank, name, device=mod.weight.device,
+                             dtype=mod.weight.dtype)
+            new.reset_parameters(stable_seed(self.run.train.seed, self.name, name))
+            return new
+
+        return replace_linears(model, self.cfg.targets, self.name, wrap)

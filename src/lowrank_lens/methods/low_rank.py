@@ -25,14 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import RunConfig
 from . import register
 from .base import MethodPreset
-from .factored import FactoredLinear
-from .ranks import RankedConfig, RankedMethod, auto_rank
-from .schedule import stable_seed
-from .shapes import Footprint, adamw_footprint, factored_parameters
-from .surgery import replace_linears
+from .factored import FactoredLinear, FactoredMethod
+from .ranks import RankedConfig
 
 
 class LowRankLinear(FactoredLinear):
@@ -63,7 +59,7 @@ _INFERRED = ("inferred: lr, wd 0.01 on every parameter and clip 0.5 are CoLA's o
 
 
 @register
-class LowRank(RankedMethod):
+class LowRank(FactoredMethod):
     """Plain low-rank factorisation W = B A of every target, trained from scratch; AdamW on everything."""
 
     name = "low-rank"
@@ -71,7 +67,7 @@ class LowRank(RankedMethod):
                    "SiLU, GaLore's Low-Rank baseline); AdamW with wd 0.01 on all parameters, clip 0.5")
     colour = "#8c564b"
     Config = LowRankConfig
-    linear_targets_only = True
+    Layer = LowRankLinear
     memory_formula = ("E + L·r·(11h + 3i) trainable (A: r x in, B: out x r per target; no full-rank W); "
                       "state 2 x that + `step`s, as CoLA.")
 
@@ -89,22 +85,8 @@ class LowRank(RankedMethod):
             notes.append("1b: r 512 as in GaLore's Table 2, lr as CoLA's 1B script (inferred)")
         return MethodPreset(params={"rank": rank}, optim={**_OPTIM, "lr": lr}, notes=notes)
 
-    @classmethod
-    def footprint(cls, run: RunConfig) -> Footprint:
-        """The targets' weights are gone; A and B of each target and every other parameter train with AdamW."""
-        return adamw_footprint(run, factored_parameters(run, auto_rank(run.method_cfg.rank, run.model))[1])
-
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        cfg: LowRankConfig = self.cfg
-        rank = auto_rank(cfg.rank, self.run.model)
-
-        def wrap(name: str, mod: nn.Linear) -> LowRankLinear:
-            new = LowRankLinear(mod.in_features, mod.out_features, rank, name, device=mod.weight.device,
-                                dtype=mod.weight.dtype)
-            new.reset_parameters(stable_seed(self.run.train.seed, self.name, name))
-            return new
-
-        replace_linears(model, cfg.targets, self.name, wrap)
+        self.factorize(model)
         return model
 
     def dense_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from ..sharding import full, local, local_part
+from .paramwise import closure_loss
 from .projector import is_right, needs_refresh, orthogonal_basis, project, project_back
 
 # Keys of a projected param group and their defaults (those of the reference projector class;
@@ -94,10 +95,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
     # ---- the step ---------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             projected = "rank" in group
             for p in group["params"]:

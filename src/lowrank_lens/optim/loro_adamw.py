@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..sharding import full, set_full_
+from .paramwise import closure_loss
 
 REFRESH_MODES = ("all", "lowrank", "regular", "none")
 
@@ -119,10 +120,7 @@ class LOROAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         refresh = None
         for group in self.param_groups:
             if not group.get("lowrank"):
