@@ -10,6 +10,10 @@ from typing import Annotated
 import typer
 
 from .errors import LensError
+from .presets import build_config
+from .runfolder.checkpoint import complete_checkpoints
+from .runfolder.files import load_run_config
+from .runfolder.loading import check_checkpoint_fits
 
 Preset = Annotated[str, typer.Option("--preset", "-p", help="Scale preset: nano, micro, 60m, 130m, 350m, 1b.")]
 MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Training method (see `lowrank-lens list`).")]
@@ -58,9 +62,6 @@ def writable_folder(path: Path, option: str, target: Path | None = None) -> Path
 def check_saved_run(run_dir: Path) -> None:
     """Before resuming: the newest checkpoint's tensors fit the saved config.json (an edited config would
     otherwise fail deep in load_state_dict, after the data and model were built)."""
-    from .runfolder.checkpoint import complete_checkpoints
-    from .runfolder.files import load_run_config
-    from .runfolder.loading import check_checkpoint_fits
 
     ckpts = complete_checkpoints(run_dir)
     if ckpts:
@@ -69,7 +70,6 @@ def check_saved_run(run_dir: Path) -> None:
 
 def resolve_config(preset: str, method: str, data: str | None, tokenizer: str | None, steps: int | None,
              seed: int | None, precision: str | None, device: str | None, sets: list[str] | None):
-    from .presets import build_config
 
     overrides = []
     for key, value in (("data.source", data), ("data.tokenizer", tokenizer), ("train.steps", steps),

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data import to_model_inputs
 from .distributed import DistEnv
 
 
@@ -36,7 +37,6 @@ def evaluate(model: torch.nn.Module, val_rows: np.ndarray, pad_id: int, batch_si
     """Both validation metrics over `val_rows` (int32 [N, T], -1 = masked). Batches are split over ranks.
     `lockstep` (FSDP2, which all-gathers in every forward): a rank with one batch fewer than the others runs
     one more forward whose result it drops, so every rank runs the same number."""
-    from .data import to_model_inputs
 
     was_training = model.training
     model.eval()

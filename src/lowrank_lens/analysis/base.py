@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from .subjects import enumerate_subjects
+
 if TYPE_CHECKING:
     from .context import Context
     from .subjects import RunRef, Subject
@@ -79,7 +81,6 @@ class Metric:
 
     def subjects(self, runs: list[RunRef], steps: list[int] | None, reference: RunRef | None) -> list[Subject]:
         """What this metric runs on; the default enumerates `subject_kind` (override for special pairings)."""
-        from .subjects import enumerate_subjects
 
         return enumerate_subjects(self.subject_kind, runs, steps, reference)
 

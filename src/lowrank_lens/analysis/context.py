@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..data.cache import load_token_rows
+from ..data.rows import to_model_inputs
 from ..errors import LensError
 from ..progress import Progress
 from ..runfolder.loading import LoadedCheckpoint, dense_model, load_checkpoint, parse_device
@@ -104,7 +105,6 @@ class Context:
 
     def batches(self, run: RunRef) -> list[dict[str, torch.Tensor]]:
         """The evaluation rows as prepared batches on the device ({'input_ids', 'labels'}, -100 = masked)."""
-        from ..data.rows import to_model_inputs
 
         key = self.token_key(run)
         if key not in self._batches:

@@ -15,12 +15,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
+from ..errors import LensError
+from ..methods import get_method
 from .base import Result  # noqa: E402
 
 
 def method_colour(method: str) -> str:
-    from ..errors import LensError
-    from ..methods import get_method
 
     try:
         return get_method(method).colour

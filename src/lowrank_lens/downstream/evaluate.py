@@ -29,12 +29,14 @@ import torch
 from ..analysis.base import Result
 from ..analysis.cache import ResultStore, content_key
 from ..analysis.request import from_call
+from ..analysis.subjects import RunRef
 from ..analysis.tables import write_csv, write_parquet
 from ..runfolder.checkpoint import checkpoint_sha256, read_meta
 from ..runfolder.loading import expand_runs, load_checkpoint, parse_device, resolve_checkpoint
+from .harness import extract, make_lm, run_seed
 from .request import DTYPE_NAMES, DownstreamRequest
 from .stats import bootstrap_stderr, chance_level, closed_form_stderr, over_seeds, unit_value
-from .taskspec import TaskSpec, resolve_tasks, task_manager
+from .taskspec import TaskSpec, load_task, resolve_tasks, task_manager
 from .tokenizer import load_run_tokenizer, run_fingerprint
 
 log = logging.getLogger("lowrank_lens")
@@ -58,7 +60,6 @@ class _Tasks:
         self.loaded: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
 
     def get(self, specs: list[TaskSpec]) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-        from .taskspec import load_task
 
         if self.tm is None:
             self.tm = task_manager(self.specs, self.include_path)
@@ -77,8 +78,6 @@ def _evaluate_run(run_dir: Path, specs: list[TaskSpec], tasks: _Tasks,
     """{(task, seed): Result} of one run's checkpoint, computing only what the cache lacks."""
     import lm_eval
 
-    from ..analysis.subjects import RunRef
-    from .harness import extract, make_lm, run_seed
 
     seeds, settings, batch_size = req.seeds, req.score_settings, req.batch_size
     ref = RunRef.open(run_dir)

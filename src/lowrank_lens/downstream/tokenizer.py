@@ -17,15 +17,16 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from ..data.cache import default_cache_dir
+from ..data.corpus import open_corpus
 from ..data.tokenizer import bpe_tokenizer, pretrained_tokenizer, tokenizer_hash, wrap_bpe
 from ..errors import LensError
+from ..runfolder.files import load_run_config, read_run_json
 
 log = logging.getLogger("lowrank_lens")
 
 
 def run_fingerprint(run_dir: str | Path) -> dict[str, Any]:
     """The run's data fingerprint (config.json "data_fingerprint"); LensError when there is none."""
-    from ..runfolder.files import read_run_json
 
     path = Path(run_dir) / "config.json"
     fp = read_run_json(run_dir).get("data_fingerprint")
@@ -36,7 +37,6 @@ def run_fingerprint(run_dir: str | Path) -> dict[str, Any]:
 
 def _candidates(run_dir: Path, fp: dict[str, Any]) -> list[Path]:
     """Where the BPE file may be: the recorded path, then this machine's data cache under the same name."""
-    from ..runfolder.files import load_run_config
 
     out = []
     if fp.get("tokenizer_file"):
@@ -60,8 +60,6 @@ def rebuild_run_tokenizer(run_dir: str | Path) -> Path:
     the same merges; the result is checked against the recorded tokenizer hash. Needs the corpus (the
     embedded one is rebuilt from the standard library; a local folder must still exist at the recorded path).
     """
-    from ..data.corpus import open_corpus
-    from ..runfolder.files import load_run_config
 
     run_dir = Path(run_dir)
     fp = run_fingerprint(run_dir)
@@ -87,7 +85,6 @@ def load_run_tokenizer(run_dir: str | Path, rebuild: bool = False) -> PreTrained
     re-trained from the run's corpus; otherwise a one-line LensError says how to get it back. HF-name runs:
     `AutoTokenizer.from_pretrained(name)`. Either way the content hash must match the recorded one.
     """
-    from ..runfolder.files import load_run_config
 
     run_dir = Path(run_dir)
     fp = run_fingerprint(run_dir)

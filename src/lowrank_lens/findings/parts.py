@@ -19,7 +19,11 @@ from types import SimpleNamespace
 from typing import Any, Protocol
 
 from ..errors import LensError
+from .claims import check_claims
 from .common import final_rows, finite
+from .matched import describe_matches, matched_checkpoints, select_rows
+from .setup import setup_distance
+from .statistics import ALPHA, DEFAULT_BY, LEVEL, describe, pairwise_differences, power_note, seed_summary
 
 log = logging.getLogger("lowrank_lens")
 
@@ -72,7 +76,6 @@ def pairwise(rows: Sequence[dict[str, Any]], metric: str, columns: Sequence[str]
              ) -> list[dict[str, Any]]:
     """pairwise_differences of each column, named '<metric>.<column>'; a column without finite values is
     left out (logged)."""
-    from .statistics import pairwise_differences
 
     out = []
     for col in columns:
@@ -92,7 +95,6 @@ def pairwise(rows: Sequence[dict[str, Any]], metric: str, columns: Sequence[str]
 
 def seed_summaries(study: StudyTables) -> dict[str, list[dict[str, Any]]]:
     """{metric: seed_summary rows (mean, std, n, CI per group and column)} for metrics with >= 2 seeds."""
-    from .statistics import DEFAULT_BY, seed_summary
 
     out = {}
     for md in study.metrics:
@@ -116,7 +118,6 @@ def headline(study: StudyTables) -> list[dict[str, Any]]:
     """Per scale and method: the final val_ppl and each per-method metric's headline column at each run's
     final step, over seeds (mean, n, 95% CI). Metrics over pairs of methods (subject kind 'cross') have no
     per-method value and are left out."""
-    from .statistics import describe
 
     out = []
     records = study.records
@@ -144,7 +145,6 @@ def headline(study: StudyTables) -> list[dict[str, Any]]:
 def statistics(study: StudyTables) -> dict[str, Any]:
     """Pairwise method differences over seeds at each run's final step: final val_ppl (both definitions)
     and each metric's headline column, Welch tests with Holm correction per group."""
-    from .statistics import ALPHA, LEVEL, power_note
 
     pairs = pairwise(ppl_rows(study), "val_ppl", ("val_ppl", "val_ppl_reference"), ("scale", "kind"))
     for md in study.metrics:
@@ -158,8 +158,6 @@ def statistics(study: StudyTables) -> dict[str, Any]:
 def matched(study: StudyTables) -> dict[str, Any]:
     """Each run's checkpoint at its group's worst final perplexity (per scale and seed), and the metrics'
     headline columns there: over seeds, and pairwise."""
-    from .matched import describe_matches, matched_checkpoints, select_rows
-    from .statistics import seed_summary
 
     matches = matched_checkpoints(study.records)
     heads = {md.name: md.cls.headline for md in study.metrics if md.cls.headline}
@@ -212,7 +210,6 @@ def prediction_result(study: StudyTables) -> Any:
 
 def claims(study: StudyTables) -> list[dict[str, Any]]:
     """The claims of docs/study.md §5 checked on this study's runs: id, text, verdict, evidence, values."""
-    from .claims import check_claims
 
     rows = [r for md in study.metrics for r in md.rows]
     downstream = [r for t in study.downstream for r in t.rows if "task" in r]
@@ -224,7 +221,6 @@ def claims(study: StudyTables) -> list[dict[str, Any]]:
 
 def setup(study: StudyTables) -> dict[str, Any]:
     """The setup's distance from the paper's protocol (setup.py), stated on the report's first screen."""
-    from .setup import setup_distance
 
     return setup_distance(study.spec, study.runs)
 

@@ -32,13 +32,17 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import write_atomic, write_json_atomic
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ..distributed import DistEnv
 from ..errors import LensError
+from ..evaluation import evaluate
 from ..machine import check_loadable
 from ..methods import get_method, method_names
 from ..methods.pretrained import HF_CONFIG_DIR
+from ..provenance import provenance
 from ..runfolder.checkpoint import file_sha256, step_dir_name
 from ..runfolder.files import run_config_from_dict
 from ..runfolder.folder import MARKER
+from ..runfolder.loading import load_checkpoint
 from ..tempdirs import finish_temp_dir, make_temp_dir, sweep_stale
 from .checks import check_checkpoint, hf_sizes, parameter_count, reading
 from .layouts import convert, detect_layout, layouts, llama_shape, read_state, weight_keys
@@ -244,10 +248,6 @@ def _evaluation_rows(opts: ImportOptions, hf_dir: Path, model: ModelConfig) -> t
 
 def import_series(source: str, out: Path, opts: ImportOptions | None = None) -> Path:
     """Import the checkpoint series at `source` into the new run directory `out` (see the module docstring)."""
-    from ..distributed import DistEnv
-    from ..evaluation import evaluate
-    from ..provenance import provenance
-    from ..runfolder.loading import load_checkpoint
 
     opts = opts or ImportOptions()
     out = Path(out)

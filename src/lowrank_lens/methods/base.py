@@ -125,6 +125,12 @@ class Method:
         """The reader of this run's checkpoints: the plugin's `Reader` for this method."""
         return self.Reader(self)
 
+    @property
+    def keeps_architecture(self) -> bool:
+        """Whether the plugin leaves the model's modules as they are (prepare_model not overridden: full-rank
+        and the optimizer-only methods); its reader then uses the model as its own dense view."""
+        return type(self).prepare_model is Method.prepare_model
+
     # ---- hooks ---------------------------------------------------------------------------------
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model

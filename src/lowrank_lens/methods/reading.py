@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import LensError
+from ..model import build_model
 
 if TYPE_CHECKING:
     from .base import Method
@@ -42,7 +43,6 @@ class CheckpointReader:
     def base_model(self, run_dir: Path | None) -> nn.Module:
         """The model a checkpoint of this run is loaded into, before prepare_model: the LLaMA of the run's
         config, initialised from its seed (an imported run's plugin builds the architecture it saved)."""
-        from ..model import build_model
 
         return build_model(self.run.model, seed=self.run.train.seed)
 
@@ -59,9 +59,7 @@ class CheckpointReader:
         dense_weights (runfolder/loading.py dense_model). Default: a method that keeps the plain architecture
         (prepare_model not overridden: full-rank and the optimizer-only methods) is its own dense view, so
         readers do not hold a second copy of the weights (4 GB in fp32 at 1b)."""
-        from .base import Method
-
-        return model if type(self.method).prepare_model is Method.prepare_model else None
+        return model if self.method.keeps_architecture else None
 
     @classmethod
     def official_layout(cls, folder: Path, keys: list[str]) -> bool:

@@ -21,9 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.base import Metric, Result
+from ..analysis.cache import ResultStore
+from ..analysis.metrics import get_metric, metric_names
+from ..analysis.plotting import method_colour as colour
+from ..analysis.runner import build_metrics
 from ..analysis.tables import read_csv
 from ..errors import LensError
+from ..methods import get_method
+from ..runfolder.checkpoint import RESUME_DIR, complete_checkpoints, read_meta
+from ..runfolder.files import imported_record, method_label
 from ..tempdirs import is_hidden
+from ..typed_fields import build_section
 
 log = logging.getLogger("lowrank_lens")
 
@@ -63,7 +71,6 @@ class RunInfo:
 
     @property
     def method(self) -> str:
-        from ..runfolder.files import method_label
 
         return method_label(self.config)
 
@@ -81,14 +88,12 @@ class RunInfo:
 
     @property
     def is_baseline(self) -> bool:
-        from ..runfolder.files import imported_record
 
         imported = imported_record(self.config)
         return bool(imported["baseline"]) if "baseline" in imported else method_is_baseline(self.method)
 
 
 def method_is_baseline(method: str) -> bool:
-    from ..methods import get_method
 
     try:
         return bool(get_method(method).is_baseline)
@@ -98,14 +103,12 @@ def method_is_baseline(method: str) -> bool:
 
 def method_colour(method: str) -> str:
     """The method's fixed colour (docs/study.md §1.1), grey for an unknown method."""
-    from ..analysis.plotting import method_colour as colour
 
     return colour(method)
 
 
 def read_run(run_dir: Path) -> RunInfo:
     """A RunInfo from the files of one run directory (never its weights)."""
-    from ..runfolder.checkpoint import RESUME_DIR, complete_checkpoints, read_meta
 
     run_dir = Path(run_dir)
     info = RunInfo(name=run_dir.name, dir=run_dir)
@@ -202,7 +205,6 @@ def _canonical(obj: Any) -> str:
 
 def expected_configs(spec: dict[str, Any]) -> dict[str, str]:
     """{metric: canonical JSON of its config} as the study spec asks for (defaults + metric_overrides)."""
-    from ..analysis.runner import build_metrics
 
     try:
         metrics = build_metrics(None, list(spec.get("metric_overrides") or []))
@@ -215,7 +217,6 @@ def expected_configs(spec: dict[str, Any]) -> dict[str, str]:
 def cached_results(name: str, run_dirs: list[Path], expected: str | None) -> list[Result]:
     """One cached Result per subject of metric `name` over the runs: the one computed with the expected
     config when there is one, else the newest (a cache keeps every config ever computed)."""
-    from ..analysis.cache import ResultStore
 
     best: dict[tuple, tuple[tuple[bool, float], Result]] = {}
     names = {d.name for d in run_dirs}
@@ -245,7 +246,6 @@ def cached_results(name: str, run_dirs: list[Path], expected: str | None) -> lis
 
 def _instance(cls: type[Metric], config: dict[str, Any] | None) -> Metric:
     """The metric built with the config its results were computed with (plots may read it)."""
-    from ..typed_fields import build_section
 
     if config:
         try:
@@ -277,7 +277,6 @@ def unique_subjects(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], i
 
 def collect_metric(name: str, run_dirs: list[Path], analysis_dir: Path, expected: str | None) -> MetricData:
     """A registered metric's results over the study's runs and its table rows."""
-    from ..analysis.metrics import get_metric
 
     cls = get_metric(name)
     results = cached_results(name, run_dirs, expected)
@@ -359,7 +358,6 @@ class Study:
 
 def load_study(study_dir: Path) -> Study:
     """Read a study directory (study/runner.py layout) into a Study."""
-    from ..analysis.metrics import metric_names
 
     study_dir = Path(study_dir)
     if not study_dir.is_dir():

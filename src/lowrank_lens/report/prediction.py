@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..atomic import atomic_path, write_text_atomic  # noqa: E402
 from ..errors import LensError  # noqa: E402
 from ..findings.prediction import PredictionResult  # noqa: E402
+from ..methods import get_method
 
 
 def _csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
@@ -44,15 +45,11 @@ def _csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Pa
 def _method_colours(methods: Sequence[str]) -> dict[str, str]:
     """The method's registered plot colour where it has one (same colours as every other figure),
     otherwise a distinct tab10 colour."""
-    try:
-        from ..methods import get_method
-    except ImportError:  # the method plugins need torch; the study tables do not
-        get_method = None
     out: dict[str, str | None] = {}
     for m in dict.fromkeys(methods):
         try:
-            out[m] = get_method(m).colour  # type: ignore[misc]
-        except (LensError, AttributeError, TypeError):  # not a registered method, or no colour
+            out[m] = get_method(m).colour
+        except (LensError, AttributeError):  # not a registered method, or no colour
             out[m] = None
     tab10 = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab10"].colors]
     free = [c for c in tab10 if c not in out.values()] or tab10

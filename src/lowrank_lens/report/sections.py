@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..analysis.tables import write_csv
 from .collect import MetricData, Study
 from .figures import matched_figure
 from .findings_files import (
@@ -156,7 +157,6 @@ def matched_section(study: Study, findings: Findings | None, tables_dir: Path, h
 
 def claims_section(study: Study, findings: Findings | None, tables_dir: Path, href: str) -> dict[str, Any]:
     """The claims of docs/study.md §5 as the findings checked them on this study's runs: verdict and evidence."""
-    from ..analysis.tables import write_csv
 
     missing = _status(findings, "claims", study.dir)
     if missing is not None:

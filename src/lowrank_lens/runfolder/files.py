@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import RunConfig, check_run_dict
 from ..errors import LensError, first_line
+from ..methods import get_method
 
 
 def run_name(scale: str, method: str, seed: int) -> str:
@@ -35,7 +36,6 @@ def read_json_object(file: Path, what: str, fix: str) -> dict[str, Any]:
 
 def run_config_from_dict(d: dict) -> RunConfig:
     """A RunConfig from its JSON dict, its method section built by the plugin the dict names."""
-    from ..methods import get_method
 
     check_run_dict(d)
     return RunConfig.from_dict(d, get_method(d["method"]))

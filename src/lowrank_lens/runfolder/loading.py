@@ -28,6 +28,7 @@ from ..methods.base import Method
 from ..model import build_model
 from ..tempdirs import is_hidden, sweep_stale
 from .checkpoint import complete_checkpoints, load_model_state, read_meta
+from .files import load_run_config
 
 log = logging.getLogger("lowrank_lens")
 
@@ -91,7 +92,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype:
     The model is rebuilt from the run's saved config (same init seed and the method's surgery, so buffers
     such as SLTrain's sparse support match), then every saved tensor is loaded strictly.
     """
-    from .files import load_run_config
 
     ckpt = resolve_checkpoint(path)
     cfg = load_run_config(ckpt.parent.parent)

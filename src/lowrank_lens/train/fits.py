@@ -22,6 +22,8 @@ import torch
 from ..config import RunConfig
 from ..errors import LensError
 from ..machine import SKIP_ENV, device_available, gib
+from ..methods import get_method
+from ..methods.shapes import param_bytes
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,6 @@ class Need:
 
 def estimate(cfg: RunConfig, shards: int = 1) -> Need:
     """Lower bound of the bytes one process holds at its peak (`shards`: FSDP2 ranks sharing the state)."""
-    from ..methods import get_method
-    from ..methods.shapes import param_bytes
 
     m, t = cfg.model, cfg.train
     fp = get_method(cfg.method).footprint(cfg)

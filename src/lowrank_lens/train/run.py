@@ -32,7 +32,7 @@ from ..runfolder.checkpoint import (
     load_resume_state,
     recover_interrupted_saves,
 )
-from ..runfolder.files import load_run_config
+from ..runfolder.files import load_run_config, run_name
 from ..runfolder.folder import RunLock, check_restartable, check_run_name, claim_run_dir, forget_unused_run_dir
 from .fits import check_fits
 from .logs import RunLogger
@@ -47,7 +47,6 @@ RESUME_MAY_DIFFER = ("train.device", "train.sinks", "train.log_every", "data.cac
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    from ..runfolder.files import run_name
 
     return run_name(cfg.scale, cfg.method, cfg.train.seed)
 
