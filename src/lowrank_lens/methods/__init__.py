@@ -1,6 +1,7 @@
 """Training methods as plugins: one file per method, registered by name.
 
-The first lookup imports every module in this package, so adding a method is adding one file. A plugin
+The first lookup imports every module in this package, so adding a method is adding one file, then the modules
+other distributions declare in the entry-point group `lowrank_lens.methods` (docs/plugins.md). A plugin
 class defined elsewhere (a test's) is registered for the duration of a `with registered(cls):` block.
 """
 
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 from ..registry import Registry
 from .base import Method, MethodPreset
 
-METHODS: Registry[type[Method]] = Registry("method", package=__name__, skip=("base",))
+METHODS: Registry[type[Method]] = Registry("method", package=__name__, skip=("base",), group="lowrank_lens.methods")
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ...registry import Registry
 from ..base import Metric
 
-METRICS: Registry[type[Metric]] = Registry("metric", package=__name__)
+METRICS: Registry[type[Metric]] = Registry("metric", package=__name__, group="lowrank_lens.metrics")
 
 
 def register(cls: type[Metric]) -> type[Metric]:
