@@ -34,7 +34,8 @@ _INTERRUPTED = re.compile(r"^(?P<kind>\.tmp-|\.old-)(?P<name>step_\d+|resume)-\d
 _REQUIRED = ("model.safetensors", "meta.json", "state.pt")
 RESUME_DIR = "resume"
 RESUME_KEYS = ("step", "tokens", "optimizer", "rng_cpu", "rng_cuda")
-"""What state.pt holds (train/loop.py Trainer.save writes it, Trainer.restore reads it)."""
+"""What state.pt must hold (train/loop.py Trainer.save writes it, Trainer.restore reads it). Optional, absent in
+older checkpoints: "skipped" and "trackers" (the log sinks' run identities, train/logs.py saved_trackers)."""
 
 
 def step_dir_name(step: int) -> str:

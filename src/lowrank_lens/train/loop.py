@@ -187,7 +187,8 @@ class Trainer:
         resume = {"step": step, "tokens": self.state.tokens, "skipped": self.state.skipped,
                   "optimizer": optimizer_state,
                   "rng_cpu": torch.get_rng_state(),
-                  "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+                  "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                  "trackers": self.logger.trackers}  # the sinks' runs, which a resumed run continues
         name = RESUME_DIR if rolling else step_dir_name(step)
         save_checkpoint(self.run_dir / "ckpt" / name, model_state, meta, resume)
 

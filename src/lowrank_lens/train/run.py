@@ -35,7 +35,7 @@ from ..runfolder.checkpoint import (
 from ..runfolder.files import load_run_config, run_name
 from ..runfolder.folder import RunLock, check_restartable, check_run_name, claim_run_dir, forget_unused_run_dir
 from .fits import check_fits
-from .logs import RunLogger
+from .logs import RunLogger, saved_trackers
 from .loop import Trainer
 from .parallel import Replicated, make_parallel
 
@@ -147,14 +147,18 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
         write_atomic(run_dir / "val_tokens.npy", lambda p: np.save(p, data.val_rows))
     env.barrier()
 
-    logger = RunLogger(run_dir, env.is_main, t.sinks, cfg.to_dict())
+    resume_from = existing[-1] if existing else None
+    resume_state = load_resume_state(resume_from[1]) if resume_from else None
+    # The tracker runs continue: the sinks reopen the runs the checkpoint recorded, from its step on.
+    logger = RunLogger(run_dir, env.is_main, t.sinks, cfg.to_dict(), resumed_at=resume_from[0] if resume_from else None,
+                       trackers=saved_trackers(resume_state))
     trainer = Trainer(cfg=cfg, run_dir=run_dir, env=env, method=method, model=model, optimizer=optimizer,
                       data=data, logger=logger, ckpt_steps=checkpoint_steps(t.steps, t.checkpoints),
                       parallel=parallel)
-    if existing:
-        step, path = existing[-1]
+    if resume_from is not None and resume_state is not None:
+        step, path = resume_from
         parallel.load_model_state(model, load_model_state(path))
-        trainer.restore(load_resume_state(path))
+        trainer.restore(resume_state)
         if env.is_main:
             logger.truncate_after(step)
             log.info(f"resuming {run_dir.name} from step {step}")
