@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from lens_testutil import require_package, run_cli
 
+from lowrank_lens import cli
 from lowrank_lens.analysis import runner
 from lowrank_lens.analysis.context import EvalSettings
 from lowrank_lens.analysis.request import AnalysisRequest, from_call
@@ -27,7 +28,7 @@ def run(tmp_path: Path) -> Path:
 
 def _recorded(monkeypatch, module, name: str, args: list[str], capsys) -> object:
     got: list[object] = []
-    monkeypatch.setattr(module, name, got.append)
+    monkeypatch.setattr(module, name, got.append)  # the name the CLI calls
     code, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     (req,) = got
@@ -39,10 +40,10 @@ def test_analysis_request_from_keywords_equals_the_cli_one(run, tmp_path, capsys
     args = ["analyze", str(run), "--metrics", "spectra, curvature", "--steps", "0,final", "--set",
             "spectra.threshold=0.05", "--set", "curvature.hutchinson_probes=2", "--sequences", "8", "--batch-size", "4",
             "--device", "cpu", "--dtype", "fp64", "--no-plots", "--jobs", "2", "--cache-dir", str(cache), "--force"]
-    from_cli = _recorded(monkeypatch, runner, "run_analysis", ["analyze", str(run)], capsys)
+    from_cli = _recorded(monkeypatch, cli, "run_analysis", ["analyze", str(run)], capsys)
     assert from_cli == AnalysisRequest(run)  # the defaults agree, --out's default included
     assert from_cli.out == run.parent / "analysis" and from_cli.settings == EvalSettings()
-    from_cli = _recorded(monkeypatch, runner, "run_analysis", args, capsys)
+    from_cli = _recorded(monkeypatch, cli, "run_analysis", args, capsys)
     by_keywords = AnalysisRequest(str(run), metrics=["spectra", "curvature"], steps="0,final",
                                   overrides=["spectra.threshold=0.05", "curvature.hutchinson_probes=2"],
                                   settings={"sequences": 8, "batch_size": 4, "device": "cpu", "dtype": "fp64"},
@@ -54,7 +55,6 @@ def test_analysis_request_from_keywords_equals_the_cli_one(run, tmp_path, capsys
 
 def test_downstream_request_from_keywords_equals_the_cli_one(run, tmp_path, capsys, monkeypatch):
     require_package("lm_eval", "pip install -e '.[eval]'")
-    from lowrank_lens.downstream import evaluate
     from lowrank_lens.downstream.request import DownstreamRequest
 
     cache, inc, table = tmp_path / "cache", tmp_path / "tasks", tmp_path / "tables" / "acc.csv"
@@ -62,9 +62,9 @@ def test_downstream_request_from_keywords_equals_the_cli_one(run, tmp_path, caps
             "--limit", "8", "--batch-size", "4", "--num-fewshot", "1", "--bootstrap-iters", "0",
             "--rebuild-tokenizer", "--device", "cpu", "--out", str(table), "--cache-dir", str(cache), "--force",
             "--include-path", str(inc)]
-    from_cli = _recorded(monkeypatch, evaluate, "run_eval_downstream", ["eval-downstream", str(run)], capsys)
+    from_cli = _recorded(monkeypatch, cli, "run_eval_downstream", ["eval-downstream", str(run)], capsys)
     assert from_cli == DownstreamRequest(run) and from_cli.out == run.parent / "downstream"
-    from_cli = _recorded(monkeypatch, evaluate, "run_eval_downstream", args, capsys)
+    from_cli = _recorded(monkeypatch, cli, "run_eval_downstream", args, capsys)
     by_keywords = DownstreamRequest(run, tasks=["lens_mc", "study"], step=500, seeds=[0, 1, 2], limit=8,
                                     batch_size=4, num_fewshot=1, bootstrap_iters=0, rebuild_tokenizer=True,
                                     device="cpu", out=table, cache_dir=cache, force=True, include_path=inc)

@@ -72,7 +72,7 @@ READERS = ("lowrank_lens.analysis", "lowrank_lens.downstream", "lowrank_lens.imp
 
 
 def test_readers_of_run_folders_do_not_import_the_training_code():
-    """Not directly, not through anything they import: only the CLI and the study's stages train."""
+    """Not directly, not through anything they import: only the CLI, the Python API and the study's stages train."""
     graph = import_graph()
     for name in graph:
         if name.startswith(READERS):
@@ -80,7 +80,8 @@ def test_readers_of_run_folders_do_not_import_the_training_code():
             assert not [m for m in reached if m.startswith("lowrank_lens.train")], name
     importers = {name for name, deps in graph.items() if any(d.startswith("lowrank_lens.train") for d in deps)}
     assert {m for m in importers if not m.startswith("lowrank_lens.train")} <= {
-        "lowrank_lens.cli", "lowrank_lens.study.train_stage", "lowrank_lens.study.tune", "lowrank_lens.study.tasks"}
+        "lowrank_lens.cli", "lowrank_lens.api", "lowrank_lens.study.train_stage", "lowrank_lens.study.tune",
+        "lowrank_lens.study.tasks"}
 
 
 def test_the_training_package_has_no_lazy_attributes():
@@ -148,21 +149,44 @@ def test_findings_study_and_report_share_each_helper():
     assert defined == {"finite": ["lowrank_lens.findings.common"], "final_rows": ["lowrank_lens.findings.common"]}
 
 
-def test_the_graph_sees_function_level_imports():
-    graph = import_graph()
-    assert "lowrank_lens.study.runner" in graph["lowrank_lens.cli"]  # imported inside the study command
+OPTIONAL = ("lm_eval", "pyarrow", "wandb", "torch.utils.tensorboard", "torch.distributed.device_mesh",
+            "torch.distributed.fsdp", "torch.distributed.tensor")
+"""What a function may import: an optional dependency (the eval extra, parquet, the loggers), or FSDP2's modules,
+which need torch >= 2.6 and a build with torch.distributed (DDP and one-process runs do without)."""
 
 
-def test_the_study_modules_import_one_another_at_module_level_in_layers():
-    """No study module imports another part of the package inside a function (function-level imports are for
-    optional dependencies), and the study's modules import one another without a cycle, so each one imports
-    on its own."""
-    for path in sorted((PKG / "study").glob("*.py")):
-        for fn in ast.walk(ast.parse(path.read_text())):
-            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                lazy = [n.lineno for n in ast.walk(fn) if isinstance(n, ast.ImportFrom) and
-                        (n.level or (n.module or "").startswith("lowrank_lens"))]
-                assert not lazy, f"study/{path.name} line(s) {lazy}: an import inside {fn.name}"
+def function_level_imports(source: str) -> list[tuple[int, str]]:
+    """(line, module) of every import inside a function that is not of an OPTIONAL module."""
+    found = []
+    for fn in ast.walk(ast.parse(source)):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for n in ast.walk(fn):
+                if isinstance(n, ast.ImportFrom):
+                    names = ["." * n.level + (n.module or "")]
+                elif isinstance(n, ast.Import):
+                    names = [a.name for a in n.names]
+                else:
+                    continue
+                found += [(n.lineno, m) for m in names if not (m + ".").startswith(tuple(o + "." for o in OPTIONAL))]
+    return sorted(set(found))
+
+
+def test_the_lazy_import_check_tells_optional_from_internal():
+    source = ("def f():\n    from .x import y\n    import scipy\n    import lm_eval\n"
+              "    from torch.distributed.fsdp import fully_shard\n")
+    assert function_level_imports(source) == [(2, ".x"), (3, "scipy")]
+
+
+def test_functions_import_only_optional_dependencies():
+    """Every module imports the package and its required dependencies at module level, so the import graph
+    is the whole dependency graph and a cycle shows at once; a function imports only an OPTIONAL module."""
+    lazy = {str(p.relative_to(PKG)): found for p in sorted(PKG.rglob("*.py"))
+            if (found := function_level_imports(p.read_text()))}
+    assert not lazy, f"imports inside functions (move them to the module's top): {lazy}"
+
+
+def test_the_study_modules_import_one_another_in_layers():
+    """The study's modules import one another without a cycle, so each one imports on its own."""
     graph = import_graph()
     study = {name: {d for d in deps if d.startswith("lowrank_lens.study.")}
              for name, deps in graph.items() if name.startswith("lowrank_lens.study.")}

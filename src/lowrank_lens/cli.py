@@ -6,14 +6,21 @@ Errors in the user's input print one line (`error: ...`) and exit with status 2.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from .analysis.context import TOKEN_FILE_FIX, EvalSettings
+from .analysis.metrics import get_metric, metric_names
+from .analysis.request import AnalysisRequest
+from .analysis.runner import run_analysis
+from .analysis.subjects import parse_steps
 from .cli_options import (
     MethodOpt,
     Preset,
@@ -24,7 +31,25 @@ from .cli_options import (
     resolve_config,
     writable_folder,
 )
+from .data.cache import load_token_rows
+from .downstream.evaluate import run_eval_downstream
+from .downstream.request import DownstreamRequest, parse_step
 from .errors import LensError, Terminated
+from .imports import ImportOptions, import_series
+from .methods import get_method, method_names
+from .model import build_model, count_parameters
+from .presets import MODEL_SHAPES
+from .runfolder.files import load_run_config
+from .runfolder.folder import check_run_name
+from .runfolder.loading import expand_runs, parse_device
+from .study.presets import demo as demo_spec
+from .study.runner import STAGES, describe_plan, run_study
+from .study.spec_files import existing_study_folder, load_spec
+from .study.stages import run_prediction
+from .study.status import study_status
+from .study.submit import SubmitOptions, submit_study
+from .train import train as run_train
+from .train.run import default_run_name
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train LLaMA-style models with full-rank and low-rank methods; study the solutions.")
@@ -46,10 +71,6 @@ def train(
     set_: SetOpt = None,
 ) -> None:
     """Train one model. Works alone or under `torchrun --nproc_per_node N -m lowrank_lens train ...`."""
-    from .runfolder.folder import check_run_name
-    from .runfolder.loading import parse_device
-    from .train import train as run_train
-    from .train.run import default_run_name
 
     if run_name is not None:
         check_run_name(run_name)
@@ -68,11 +89,6 @@ def resume(
                                                     "changing it does not change the maths).")] = None,
 ) -> None:
     """Continue a stopped run from its newest complete checkpoint, with its saved config."""
-    import dataclasses
-
-    from .runfolder.files import load_run_config
-    from .runfolder.loading import parse_device
-    from .train import train as run_train
 
     cfg = load_run_config(run_dir)
     if device is not None:  # train.device is one of the keys a resumption may change (train/run.py)
@@ -107,12 +123,6 @@ def analyze(
     jobs: Annotated[int, typer.Option(help="Worker processes computing at once (CPU: one per core).")] = 1,
 ) -> None:
     """Compute the solution metrics of runs (cached by content; a re-run only computes what changed)."""
-    from .analysis import runner
-    from .analysis.context import TOKEN_FILE_FIX, EvalSettings
-    from .analysis.request import AnalysisRequest
-    from .analysis.subjects import parse_steps
-    from .data.cache import load_token_rows
-    from .runfolder.loading import expand_runs, parse_device
 
     at_least(1, sequences=sequences, batch_size=batch_size, jobs=jobs)
     parse_device(device)
@@ -130,7 +140,7 @@ def analyze(
     req = AnalysisRequest(dirs, metrics=metrics, steps=chosen_steps, reference=reference, overrides=set_ or (),
                           settings=settings, out=out, force=force, plots=plots, jobs=jobs, cache_dir=cache_dir)
     writable_folder(req.out, "--out")  # the default folder too
-    runner.run_analysis(req)
+    run_analysis(req)
 
 
 @app.command("eval-downstream")
@@ -160,13 +170,6 @@ def eval_downstream(
     force: Annotated[bool, typer.Option("--force", help="Recompute even when cached.")] = False,
 ) -> None:
     """Zero-shot accuracy of checkpoints through lm-evaluation-harness (needs the `eval` extra installed)."""
-    try:
-        from .downstream import evaluate
-    except ImportError as e:
-        raise LensError(f"downstream evaluation needs lm-eval ({e.name} is missing); install it with "
-                        f"pip install 'lowrank-lens[eval]'") from None
-    from .downstream.request import DownstreamRequest, parse_step
-    from .runfolder.loading import expand_runs, parse_device
 
     seed_list = int_list(seeds, "--seeds")
     chosen_step = parse_step(step)
@@ -186,7 +189,7 @@ def eval_downstream(
         writable_folder(folder.parent, "--out", target=folder)
     else:
         writable_folder(folder, "--out")
-    evaluate.run_eval_downstream(req)
+    run_eval_downstream(req)
 
 
 @app.command()
@@ -202,8 +205,6 @@ def predict(
     out: Annotated[Path | None, typer.Option(help="Prediction tables folder (default: <...>/prediction).")] = None,
 ) -> None:
     """Predict downstream accuracy from perplexity alone vs perplexity plus the solution metrics."""
-    from .runfolder.loading import expand_runs
-    from .study.stages import run_prediction
 
     base = runs[0] if (runs[0] / "study.json").is_file() else None
     dirs = expand_runs([base / "runs"] if base else runs)
@@ -235,7 +236,6 @@ def import_(
     baseline: Annotated[bool, typer.Option(help="Mark this series as the baseline of comparisons.")] = False,
 ) -> None:
     """Turn a checkpoint series trained elsewhere into a run directory every command reads."""
-    from .imports import ImportOptions, import_series
 
     split = lambda text: tuple(t.strip() for t in text.split(",") if t.strip())  # noqa: E731
     opts = ImportOptions(label=method, scale=scale, seed=seed, tokens=tokens, revisions=split(revisions),
@@ -272,11 +272,8 @@ def study(
 ) -> None:
     """Train the grid methods x scales x seeds, analyse, evaluate downstream, predict, compute the findings and
     report (resumable); in this process, or as submitit jobs (--executor local|slurm)."""
-    from .study.runner import STAGES, describe_plan, run_study
-    from .study.spec_files import existing_study_folder, load_spec
 
     if status:
-        from .study.status import study_status
 
         typer.echo(study_status(existing_study_folder(study_file) or out or study_file))
         return
@@ -287,7 +284,6 @@ def study(
         return
     writable_folder(folder, "--out" if out is not None else "study folder")
     if executor != "inline":
-        from .study.submit import SubmitOptions, submit_study
 
         opts = SubmitOptions(executor=executor, partition=partition, account=account, time_min=time_min,
                              gpus_per_run=gpus_per_run, processes_per_run=processes_per_run,
@@ -312,8 +308,6 @@ def demo(out: Annotated[Path, typer.Option(help="Study folder.")] = Path("studie
                   "their number (about 1.8 minutes per method on 2 cores, more for the pairwise metrics).")] = None,
          ) -> None:
     """The whole study offline on a CPU: 6 methods x 3 seeds on the embedded corpus, then the report."""
-    from .study.presets import demo as demo_spec
-    from .study.runner import run_study
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None
     if chosen is not None and not chosen:
@@ -336,9 +330,6 @@ def show_config(
 @app.command("list")
 def list_things() -> None:
     """List presets, methods and metrics."""
-    from .methods import get_method, method_names
-    from .model import build_model, count_parameters
-    from .presets import MODEL_SHAPES
 
     typer.echo("presets:")
     for name, shape in MODEL_SHAPES.items():
@@ -349,7 +340,6 @@ def list_things() -> None:
     width = max(map(len, method_names()))
     for name in method_names():
         typer.echo(f"  {name:{width}s} {get_method(name).description}")
-    from .analysis.metrics import get_metric, metric_names
 
     typer.echo("metrics:")
     for name in metric_names():
@@ -362,7 +352,6 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    import signal
 
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
     for sig, handler in before.items():  # clean up as for Ctrl-C, instead of dying mid-write

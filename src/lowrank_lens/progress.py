@@ -26,6 +26,8 @@ import sys
 import time
 from typing import IO
 
+from tqdm import tqdm
+
 log = logging.getLogger("lowrank_lens")
 
 ENV = "LOWRANK_LENS_PROGRESS"
@@ -88,7 +90,6 @@ class Progress:
 
     def _draw(self, done: int, elapsed: float) -> None:
         if self._bar is None:
-            from tqdm import tqdm
 
             self._bar = tqdm(total=self.total, desc=self.desc, file=self.stream, leave=False, dynamic_ncols=True,
                              disable=False)

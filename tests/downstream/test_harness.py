@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from transformers import LlamaForCausalLM
 
+import lowrank_lens.downstream.evaluate as evaluate
 import lowrank_lens.downstream.harness as harness
 from lowrank_lens.downstream import choice_loglikelihoods, evaluate_downstream, load_run_tokenizer, predict
 from lowrank_lens.downstream.taskspec import resolve_tasks, task_manager
@@ -67,8 +68,8 @@ def test_results_are_cached(nano_runs: dict[str, Path], monkeypatch: pytest.Monk
     def boom(*a, **k):
         raise AssertionError("a cached result was recomputed")
 
-    monkeypatch.setattr(harness, "run_seed", boom)
-    monkeypatch.setattr(harness, "make_lm", boom)
+    monkeypatch.setattr(evaluate, "run_seed", boom)  # the names the evaluation loop calls
+    monkeypatch.setattr(evaluate, "make_lm", boom)
     again = evaluate_downstream(runs, ["lens_mc"], limit=6, seeds=(0, 1), bootstrap_iters=100)
     assert again == first
     # A changed setting that alters scores is a different result.

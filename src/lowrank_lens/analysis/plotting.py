@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D
 
 from ..atomic import atomic_path  # noqa: E402
 from ..errors import LensError
@@ -70,7 +71,6 @@ SCALE_STYLES = ("-", "--", ":", "-.")
 def method_legend(ax, methods: list[str], scales: list[str] | None = None, fontsize: int = 7) -> None:
     """One legend entry per method (its colour) and, with several scales, one per scale (its line style),
     to the right of the axes: a figure with 3 seeds of 6 methods lists 6 entries, not 18."""
-    from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=method_colour(m), lw=2, label=m) for m in dict.fromkeys(methods)]
     if scales and len(scales) > 1:

@@ -14,18 +14,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+import torch.distributed as dist
 
 from ..errors import LensError
 from ..typed_fields import build_section
 from .base import Metric, Result
 from .cache import ResultStore, content_key
 from .context import Context
+from .live import MEMORY
 from .metrics import get_metric, metric_names
 from .plan import Unit, piece_key, plan_units, share_of
 from .request import AnalysisRequest, from_call
@@ -35,10 +41,12 @@ from .tables import write_csv, write_parquet
 log = logging.getLogger("lowrank_lens")
 
 
-def build_metrics(names: Sequence[str] | None, overrides: Sequence[str] = ()) -> list[Metric]:
-    """Instantiate metrics (default: all registered) with `<metric>.<field>=<value>` overrides."""
+def build_metrics(names: Sequence[str] | None, overrides: Sequence[str] = (),
+                  options: Mapping[str, Mapping[str, Any]] | None = None) -> list[Metric]:
+    """Instantiate metrics (default: all registered) with `<metric>.<field>=<value>` overrides (the CLI's
+    --set) or `options` {metric: {field: value}} (Python's typed values; the overrides win)."""
     chosen = list(names) if names else metric_names()
-    per_metric: dict[str, dict[str, str]] = {n: {} for n in chosen}
+    per_metric: dict[str, dict[str, Any]] = {n: dict((options or {}).get(n, {})) for n in chosen}
     for item in overrides:
         key, sep, value = item.partition("=")
         metric, dot, fld = key.strip().partition(".")
@@ -81,7 +89,10 @@ def run_metric(metric: Metric, runs: list[RunRef], steps: list[int] | None, refe
         log.info(f"{metric.name}: no subject (it needs {metric.subject_kind} subjects; see --steps/--reference)")
     t0 = time.perf_counter()
     for i, subject in enumerate(subjects, 1):
-        result, how = cached_or_computed(metric, subject, ctx, force, cache_dir)
+        if in_memory(subject):
+            result, how = computed_here(metric, subject, ctx)
+        else:
+            result, how = cached_or_computed(metric, subject, ctx, force, cache_dir)
         if how == "cached":  # counted in the metric's summary line, not one line per subject
             out.cached += 1
         else:
@@ -128,16 +139,35 @@ def _compute(metric: Metric, subject: Subject, ctx: Context, store: ResultStore,
         result.info["seconds"] = sum(float(p.info.get("seconds", 0.0)) for p in pieces)
         how = f"combined from {len(pieces)} pieces"
     else:
-        start = time.perf_counter()
-        try:
-            result = metric.compute(subject, ctx)
-        finally:
-            ctx.end_progress()  # a loop that stopped before its total (Lanczos breakdown) keeps no bar open
-        result.info.setdefault("seconds", time.perf_counter() - start)
-        how = f"skipped ({result.skipped})" if result.skipped else f"{result.info['seconds']:.1f}s"
+        result, how = _timed(metric, subject, ctx)
     _provenance(result, metric, ctx)
     store.put(key, result)
     store.remove_pieces(metric.name, key)
+    return result, how
+
+
+def _timed(metric: Metric, subject: Subject, ctx: Context) -> tuple[Result, str]:
+    start = time.perf_counter()
+    try:
+        result = metric.compute(subject, ctx)
+    finally:
+        ctx.end_progress()  # a loop that stopped before its total (Lanczos breakdown) keeps no bar open
+    result.info.setdefault("seconds", time.perf_counter() - start)
+    return result, f"skipped ({result.skipped})" if result.skipped else f"{result.info['seconds']:.1f}s"
+
+
+def in_memory(subject: Subject) -> bool:
+    """Whether a checkpoint of the subject is a model in memory (live.py), which has no file to cache by."""
+    return any(MEMORY in c.path.parents for c in subject.checkpoints)
+
+
+def computed_here(metric: Metric, subject: Subject, ctx: Context) -> tuple[Result, str]:
+    """(result, how) computed now, never cached: a subject of models in memory."""
+    missing = ctx.missing_rows(subject.home) if metric.needs_tokens else ""
+    if missing:
+        return Result(metric.name, subject.describe(), skipped=missing), f"skipped ({missing})"
+    result, how = _timed(metric, subject, ctx)
+    _provenance(result, metric, ctx)
     return result, how
 
 
@@ -245,7 +275,6 @@ def compute_share(req: AnalysisRequest, share: tuple[int, int]) -> int:
 
 
 def _compute_share_in_worker(req: AnalysisRequest, share: tuple[int, int], threads: int) -> int:
-    import torch
 
     torch.set_num_threads(threads)
     # Progress lines of the share ("[metric i/n] subject: ..."), tagged so interleaved workers stay readable.
@@ -254,8 +283,6 @@ def _compute_share_in_worker(req: AnalysisRequest, share: tuple[int, int], threa
 
 
 def _compute_in_workers(req: AnalysisRequest) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     build_metrics(req.metrics, req.overrides)  # bad names or options fail here, once, before any worker starts
     jobs = req.jobs
@@ -273,8 +300,6 @@ def _analyze_over_ranks(req: AnalysisRequest) -> dict[str, MetricOutcome]:
     results and pieces meet in the content-hash cache, which rank 0 then reads (combining pieces) to write the
     tables. A result does not depend on the process or the split that computed it (each subject's directions
     and probes are seeded by the subject and their index), so the tables equal one process's."""
-    import torch
-    import torch.distributed as dist
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if torch.cuda.is_available():

@@ -73,12 +73,18 @@ def load_token_rows(path: str | Path, vocab_size: int | None = None, *, mmap: bo
     if not isinstance(rows, np.ndarray):  # an .npz archive
         rows.close()
         raise LensError(f"{path} is an .npz archive, not an .npy array of token rows{tail}")
+    check_token_rows(rows, vocab_size, str(path), tail)
+    return rows
+
+
+def check_token_rows(rows: np.ndarray, vocab_size: int | None, where: str, tail: str = "") -> None:
+    """Integer rows [N, T] (-1 = masked) with every id in [-1, vocab_size) (unchecked when vocab_size is None);
+    a LensError naming `where` otherwise. The one check of token rows from a file or from memory."""
     if rows.ndim != 2 or not np.issubdtype(rows.dtype, np.integer) or rows.shape[1] == 0:
-        raise LensError(f"{path} must hold integer token rows [N, T] (-1 = masked); it holds {rows.dtype} "
+        raise LensError(f"{where} must hold integer token rows [N, T] (-1 = masked); it holds {rows.dtype} "
                         f"{list(rows.shape)}{tail}")
-    if vocab_size is not None:
+    if vocab_size is not None and rows.size:
         lo, hi = int(rows.min()), int(rows.max())
         if lo < -1 or hi >= vocab_size:
-            raise LensError(f"{path} holds token ids outside [-1, {vocab_size}) (min {lo}, max {hi}): they are "
+            raise LensError(f"{where} holds token ids outside [-1, {vocab_size}) (min {lo}, max {hi}): they are "
                             f"not ids of this model's vocabulary{tail}")
-    return rows

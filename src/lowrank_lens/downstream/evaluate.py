@@ -78,7 +78,6 @@ def _evaluate_run(run_dir: Path, specs: list[TaskSpec], tasks: _Tasks,
     """{(task, seed): Result} of one run's checkpoint, computing only what the cache lacks."""
     import lm_eval
 
-
     seeds, settings, batch_size = req.seeds, req.score_settings, req.batch_size
     ref = RunRef.open(run_dir)
     ckpt = resolve_checkpoint(run_dir, req.step)

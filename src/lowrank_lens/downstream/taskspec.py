@@ -21,7 +21,9 @@ import contextlib
 import difflib
 import functools
 import hashlib
+import importlib.util
 import json
+import logging
 import os
 import socket
 import threading
@@ -30,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+import datasets
+from huggingface_hub import constants
 
 from ..errors import LensError
 
@@ -76,7 +81,6 @@ def _files_digest(paths: Sequence[Path]) -> str:
 
 def require_lm_eval() -> Any:
     """The lm_eval module, or a one-line LensError saying how to install it."""
-    import importlib.util
 
     try:
         import lm_eval
@@ -206,7 +210,6 @@ class _DropHarmless:
 def quiet_lm_eval() -> None:
     """lm-eval logs at WARNING and above only, minus the harmless warnings that an in-memory model (HFLM with
     `pretrained=model`) and lens_mc's data loader (custom_dataset) always trigger."""
-    import logging
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     for name in ("lm_eval.models.huggingface", "lm_eval.api.task", "lm_eval.api.model", "lm_eval.evaluator"):
@@ -226,7 +229,6 @@ def hub_reachable() -> bool:
         return False
     with _hub_lock:
         if "ok" not in _hub_state:
-            from huggingface_hub import constants
 
             host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
             result: list[bool] = []
@@ -251,8 +253,6 @@ def hub_guard() -> Iterator[None]:
     if hub_reachable():
         yield
         return
-    import datasets
-    from huggingface_hub import constants
 
     before = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
     datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from ..errors import LensError
 from .common import final_rows, finite
@@ -126,7 +127,6 @@ def _claim3(rows, runs, spread: str) -> Claim:
 
 
 def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    from scipy import stats
 
     if len(x) < 2 or np.ptp(np.asarray(y, float)) == 0 or np.ptp(np.asarray(x, float)) == 0:
         return 0.0
@@ -215,7 +215,6 @@ def _claim5(rows, runs, expected: str, spread: str) -> Claim:
 
 
 def _claim6(runs, downstream, spread: str) -> Claim:
-    from scipy import stats
 
     if not downstream:
         return missing(6, "no downstream results")

@@ -89,8 +89,8 @@ def pairwise(rows: Sequence[dict[str, Any]], metric: str, columns: Sequence[str]
 
 
 # --------------------------------------------------------------------------- the parts
-# Each part imports the modules it computes with when it runs, so a module that cannot be imported fails
-# only its own part (recorded 'not installed' by _part), never the findings stage as a whole.
+# A part that fails, on an ImportError inside a library it calls (recorded 'not installed' by _part) or on
+# these inputs, fails only itself, never the findings stage as a whole.
 
 
 def seed_summaries(study: StudyTables) -> dict[str, list[dict[str, Any]]]:

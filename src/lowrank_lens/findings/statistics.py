@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from ..errors import LensError
 from .common import finite
@@ -64,7 +65,6 @@ class Stats:
 
 def describe(values: Iterable[float], level: float = LEVEL) -> Stats:
     """Stats of the finite values: mean +- t_{(1+level)/2, n-1} * std / sqrt(n)."""
-    from scipy import stats
 
     x = np.array([float(v) for v in values if finite(v)])
     n = len(x)
@@ -158,7 +158,6 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided Welch t-test p-value; NaN with fewer than 2 values a side. With no variance on either side
     the values are deterministic: 1.0 when the means are equal, 0.0 when they differ (the t statistic is
     infinite: distinct deterministic values are a difference, not 'not significant')."""
-    from scipy import stats
 
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) < 2 or len(b) < 2:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
 
 from ..atomic import write_atomic, write_json_atomic
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -137,7 +138,6 @@ _OLD_BUFFERS = (".attn.bias", ".attn.masked_bias", ".attention.bias", ".attentio
 
 def _hf_state(folder: Path) -> dict[str, torch.Tensor]:
     """The tensors as transformers itself loads the folder (its own renames of old checkpoints applied)."""
-    from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(folder)).state_dict()
 

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import constants, snapshot_download
+
 from ..errors import LensError, first_line
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -93,7 +95,6 @@ def looks_like_repo_id(source: str) -> bool:
 def hub_series(repo_id: str, revisions: list[str], cache_dir: str | None = None) -> list[Snapshot]:
     """Each revision's snapshot folder through huggingface_hub (its cache: HF_HUB_CACHE, or cache_dir). The step
     of a revision is the number in its name (step1000 -> 1000), else its position in --revisions."""
-    from huggingface_hub import constants, snapshot_download
 
     revs = revisions or ["main"]
     out: list[Snapshot] = []

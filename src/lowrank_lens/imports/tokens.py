@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transformers import AutoTokenizer
 
 from ..config import DataConfig
 from ..data.cache import default_cache_dir, load_token_rows
@@ -24,7 +25,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tok
 
 
 def _tokenizer(hf_dir: Path) -> Any:
-    from transformers import AutoTokenizer
 
     if not any((hf_dir / f).is_file() for f in TOKENIZER_FILES):  # transformers would build an empty one
         raise LensError(f"the checkpoint has no tokenizer files ({', '.join(TOKENIZER_FILES)}); pass --tokens "

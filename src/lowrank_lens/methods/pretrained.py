@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..config import OptimConfig, RunConfig
 from ..errors import LensError
@@ -54,7 +55,6 @@ class PretrainedReader(CheckpointReader):
     def base_model(self, run_dir: Path | None) -> nn.Module:
         """The architecture from the run's saved HF config, randomly initialised (the checkpoint's tensors
         replace every weight)."""
-        from transformers import AutoConfig, AutoModelForCausalLM
 
         if run_dir is None or not (Path(run_dir) / HF_CONFIG_DIR / "config.json").is_file():
             raise LensError(f"imported run {run_dir} has no {HF_CONFIG_DIR}/config.json; import it again "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import logging
 import shutil
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from ..atomic import write_text_atomic
@@ -42,7 +43,6 @@ PAGE = "index.html"
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("lowrank-lens")

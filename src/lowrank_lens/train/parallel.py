@@ -79,6 +79,8 @@ class Sharded(Replicated):
     lockstep = True
 
     def shard(self, model: nn.Module, method: Any) -> nn.Module:
+        # FSDP2's public modules: torch >= 2.6 and a build with torch.distributed; DDP and one-process runs
+        # do not need them, so they are imported only when a run shards.
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

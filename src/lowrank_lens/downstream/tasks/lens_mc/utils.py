@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 DATA = Path(__file__).with_name("lens_mc.jsonl")
 
 
 def load_lens_mc(**_: Any):
     """{'test': Dataset} of the 52 questions; extra keyword arguments (task metadata) are ignored."""
-    import datasets
-
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
