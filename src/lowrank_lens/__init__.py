@@ -1,3 +1,16 @@
-"""lowrank-lens: train LLaMA-style models with full-rank and low-rank methods, then look beyond perplexity."""
+"""lowrank-lens: train LLaMA-style models with full-rank and low-rank methods, then look beyond perplexity.
 
-__version__ = "0.1.0"
+The Python API (api.py), for notebooks and training scripts:
+
+    import lowrank_lens as ll
+    df = ll.analyze(model, metrics="spectra")          # a pandas DataFrame, provenance in df.attrs
+"""
+
+from .api import analyze, compare, config, evaluate, train
+from .errors import LensError
+from .runfolder.loading import LoadedCheckpoint
+from .runfolder.run import Run, load_run
+from .version import __version__
+
+__all__ = ["LensError", "LoadedCheckpoint", "Run", "__version__", "analyze", "compare", "config", "evaluate",
+           "load_run", "train"]

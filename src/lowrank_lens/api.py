@@ -1,0 +1,223 @@
+"""The Python API (`import lowrank_lens as ll`): the command line's computations as functions that return
+pandas DataFrames, on run folders, Hugging Face checkpoint folders and models in memory.
+
+    df = ll.analyze("runs/micro-galore-seed0", metrics="spectra", steps=[-1])   # the CLI's spectra table
+    df = ll.analyze(model, metrics=["spectra", "landscape_random"], tokens=rows,
+                    landscape_random={"directions": 4})                         # an nn.Module in memory
+    df = ll.compare(model_a, model_b, tokens=rows)                              # interpolation, IMIB, similarity
+    run = ll.load_run("runs/micro-galore-seed0"); run.log; run.checkpoint()
+    run = ll.train(ll.config("nano", "galore", "train.steps=20"), out="runs")
+    df = ll.evaluate("runs/micro-galore-seed0", tasks="lens_mc")                # needs the eval extra
+
+The same functions serve the CLI (analysis/runner.run_metric, downstream/evaluate.evaluate_runs, train.train),
+so a table from Python equals the CLI's. Every DataFrame carries its provenance in `df.attrs["lowrank_lens"]`:
+the package and library versions, each metric's config and version, the evaluation settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import transformers
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from .analysis.base import Metric
+from .analysis.context import EvalSettings
+from .analysis.live import LiveContext, LiveModel, evaluating, live_runs, token_rows
+from .analysis.metrics import get_metric, metric_names
+from .analysis.runner import MetricOutcome, build_metrics, run_metric
+from .analysis.subjects import RunRef, check_steps
+from .analysis.tables import columns
+from .config import RunConfig
+from .downstream.evaluate import evaluate_runs
+from .downstream.request import DownstreamRequest
+from .errors import LensError
+from .presets import build_config
+from .runfolder.loading import LoadedCheckpoint, expand_runs
+from .runfolder.run import Run, load_run
+from .train import train as train_run
+from .version import __version__
+
+Subject = str | Path | Run | nn.Module | LoadedCheckpoint
+"""What the API analyses: a run folder (or a folder of runs), a Hugging Face checkpoint folder, a `Run`, a
+causal LM in memory, or a loaded checkpoint of any method (`Run.checkpoint()`)."""
+PAIR_KINDS = ("cross", "reference", "consecutive")
+
+
+def config(scale: str = "micro", method: str = "full-rank", *overrides: str) -> RunConfig:
+    """The resolved run config of a preset scale and method with `section.field=value` overrides (as --set)."""
+    return build_config(scale, method, list(overrides))
+
+
+def train(cfg: RunConfig, out: str | Path = "runs", run_name: str | None = None, resume: bool = False) -> Run:
+    """Train (or resume) one run under `out` and return it; the CLI's `train` does the same."""
+    return load_run(train_run(cfg, out, run_name=run_name, resume=resume))
+
+
+def _is_hf_folder(path: Path) -> bool:
+    try:
+        return "model_type" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _model(item: Any) -> Any:
+    """A model from an HF checkpoint folder (loaded with transformers), anything else as it is."""
+    if isinstance(item, (str, Path)) and _is_hf_folder(Path(item)):
+        return AutoModelForCausalLM.from_pretrained(str(item), attn_implementation="eager")
+    return item
+
+
+def _split(subjects: Subject | Sequence[Subject] | Mapping[str, Subject | Sequence[Subject]]
+           ) -> tuple[list[Path], list[list[LiveModel]]]:
+    """Run folders, and series of models for memory: a mapping's value may be a list of models (one run's
+    checkpoints, steps 0, 1, ...); names from the mapping, else model0, model1, ..."""
+    if isinstance(subjects, Mapping):
+        named = list(subjects.items())
+    else:
+        items = [subjects] if isinstance(subjects, (str, Path, Run, nn.Module, LoadedCheckpoint)) else list(subjects)
+        named = [(None, s) for s in items]
+    if not named:
+        raise LensError("nothing to analyse; pass a run folder, a model or a checkpoint")
+    folders: list[Path] = []
+    live: list[list[LiveModel]] = []
+    for key, item in named:
+        item = _model(item.path if isinstance(item, Run) else item)
+        if isinstance(item, (str, Path)):
+            if key is not None:
+                raise LensError(f"{key}: a run folder keeps its own name; pass run folders in a list")
+            folders += expand_runs([item])
+            continue
+        name = key or f"model{len(live)}"
+        series = list(item) if isinstance(item, (list, tuple)) else [item]
+        live.append([LiveModel(_model(m), name, step) for step, m in enumerate(series)])
+    return folders, live
+
+
+def _options(metric_options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    for name, fields in metric_options.items():
+        get_metric(name)  # an unknown metric: one line with the valid names
+        if not isinstance(fields, Mapping):
+            raise LensError(f"options of metric {name} must be a dict of its fields, e.g. {name}={{'seed': 1}}; "
+                            f"got {fields!r}")
+    return {name: dict(fields) for name, fields in metric_options.items()}
+
+
+def _metrics(metrics: str | Sequence[str] | None, options: Mapping[str, Any], kinds: Sequence[str] | None = None
+             ) -> list[Metric]:
+    names = [metrics] if isinstance(metrics, str) else list(metrics or [])
+    if not names and kinds is not None:
+        names = [n for n in metric_names() if get_metric(n).subject_kind in kinds]
+    return build_metrics([n.strip() for n in names if n.strip()] or None, options=_options(options))
+
+
+def _settings(device: str, dtype: str, sequences: int, batch_size: int) -> EvalSettings:
+    return EvalSettings(sequences=sequences, batch_size=batch_size, device=device, dtype=dtype)
+
+
+def frame(outcomes: Sequence[MetricOutcome], settings: EvalSettings) -> pd.DataFrame:
+    """One row per subject (and metric), the CLI's table columns, with the provenance in attrs."""
+    rows = [row for o in outcomes for row in o.rows]
+    df = pd.DataFrame(rows, columns=columns(rows))  # the CLI tables' column order
+    df.attrs["lowrank_lens"] = {
+        "version": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+        "metrics": {o.metric.name: {"version": o.metric.version, "config": dataclasses.asdict(o.metric.cfg),
+                                    "computed": o.computed, "cached": o.cached} for o in outcomes},
+        "eval": dataclasses.asdict(settings)}
+    return df
+
+
+def _analyze(runs: list[RunRef], checkpoints: dict[Path, LoadedCheckpoint], models: list[nn.Module],
+             metrics: list[Metric], steps: list[int] | None, reference: RunRef | None, tokens: Any,
+             settings: EvalSettings, force: bool, cache_dir: str | Path | None) -> pd.DataFrame:
+    vocab = min((r.vocab_size for r in runs if r.vocab_size), default=None)
+    ctx = LiveContext(settings, checkpoints, token_rows(tokens, vocab))
+    with evaluating(models):
+        outcomes = [run_metric(m, runs, steps, reference, ctx, force, cache_dir) for m in metrics]
+    return frame(outcomes, settings)
+
+
+def analyze(subjects: Subject | Sequence[Subject] | Mapping[str, Subject], metrics: str | Sequence[str] | None = None,
+            *, steps: Sequence[int] | None = None, tokens: np.ndarray | torch.Tensor | str | Path | None = None,
+            reference: str | Path | Run | None = None, device: str = "auto", dtype: str = "auto",
+            sequences: int = 1000, batch_size: int = 32, cache_dir: str | Path | None = None, force: bool = False,
+            **metric_options: Mapping[str, Any]) -> pd.DataFrame:
+    """The metrics (default: all) on each subject, as the CLI's `analyze` tables in one DataFrame.
+
+    `subjects`: run folders, HF checkpoint folders, `Run`s, models in memory or loaded checkpoints (a mapping
+    names them: {"gpt2": model}). `steps`: checkpoint steps of run folders (-1 = final; default all).
+    A mapping's value may be a list of models: one run's checkpoints (steps 0, 1, ...), for the metrics of
+    consecutive checkpoints and trajectories. `reference`: a run folder or a name of the mapping (the
+    reference of activation similarity). `tokens`: evaluation rows [N, T] (-1 = masked) for models in memory,
+    and instead of a run's val_tokens.npy otherwise. `metric_options`: a dict of fields per metric, e.g.
+    landscape_random={"directions": 4}. Run folders use (and fill) the content-hash cache; models in memory
+    are computed each call and left as they were (parameters bit for bit, train/eval mode)."""
+    folders, live = _split(subjects)
+    runs = [RunRef.open(p) for p in folders]
+    mem_runs, checkpoints = live_runs(live)
+    by_name = {r.run_id: r for r in mem_runs}
+    if isinstance(reference, str) and reference in by_name:
+        ref = by_name[reference]
+    else:
+        ref = RunRef.open(reference.path if isinstance(reference, Run) else reference) if reference else None
+    step_list = list(steps) if steps is not None else None
+    check_steps(runs, step_list)
+    return _analyze(runs + mem_runs, checkpoints, [ck.model for ck in checkpoints.values()],
+                    _metrics(metrics, metric_options), step_list, ref, tokens,
+                    _settings(device, dtype, sequences, batch_size), force, cache_dir)
+
+
+def _as_checkpoint(item: Subject) -> nn.Module | LoadedCheckpoint:
+    item = _model(item.path if isinstance(item, Run) else item)
+    return load_run(item).checkpoint() if isinstance(item, (str, Path)) else item
+
+
+def compare(a: Subject, b: Subject, metrics: str | Sequence[str] | None = None, *,
+            tokens: np.ndarray | torch.Tensor | str | Path | None = None, names: tuple[str, str] = ("a", "b"),
+            device: str = "auto", dtype: str = "auto", sequences: int = 1000, batch_size: int = 32,
+            **metric_options: Mapping[str, Any]) -> pd.DataFrame:
+    """The metrics of two models (default: every pair metric: interpolation, update spectra, IMIB, activation
+    similarity): `a` and `b` are models, loaded checkpoints, HF folders or run folders (their final
+    checkpoint). Pair metrics of one run (consecutive) see a -> b as two checkpoints of one run; the cross
+    and reference ones see two runs, b the reference."""
+    models = [_as_checkpoint(a), _as_checkpoint(b)]
+    chosen = _metrics(metrics, metric_options, kinds=PAIR_KINDS)
+    if bad := [m.name for m in chosen if m.subject_kind not in PAIR_KINDS]:
+        raise LensError(f"compare takes metrics of two models ({', '.join(PAIR_KINDS)} subjects); {bad} are of "
+                        "one model: use analyze")
+    settings = _settings(device, dtype, sequences, batch_size)
+    pair_runs, pair_cks = live_runs([[LiveModel(models[0], names[0])], [LiveModel(models[1], names[1])]])
+    (series,), series_cks = live_runs([[LiveModel(models[0], f"{names[0]}->{names[1]}", 0),
+                                        LiveModel(models[1], f"{names[0]}->{names[1]}", 1)]])
+    parts = []
+    for m in chosen:
+        runs, cks, ref = ([series], series_cks, None) if m.subject_kind == "consecutive" else \
+            (pair_runs, pair_cks, pair_runs[1] if m.subject_kind == "reference" else None)
+        runs = runs[:1] if m.subject_kind == "reference" else runs
+        all_models = [ck.model for ck in cks.values()]
+        parts.append(_analyze(runs, cks, all_models, [m], None, ref, tokens, settings, False, None))
+    out = pd.concat(parts, ignore_index=True)
+    metrics_info = {k: v for p in parts for k, v in p.attrs["lowrank_lens"]["metrics"].items()}
+    out.attrs["lowrank_lens"] = {**parts[0].attrs["lowrank_lens"], "metrics": metrics_info}
+    return out
+
+
+def evaluate(runs: str | Path | Run | Sequence[str | Path | Run], tasks: str | Sequence[str] = "lens_mc",
+             **fields: Any) -> pd.DataFrame:
+    """Zero-shot accuracy of run checkpoints through lm-evaluation-harness (the `eval` extra): the CLI's
+    downstream table. `fields` are DownstreamRequest's (step, seeds, limit, batch_size, device, ...)."""
+    items = [runs] if isinstance(runs, (str, Path, Run)) else list(runs)
+    paths = [r.path if isinstance(r, Run) else Path(r) for r in items]
+    req = DownstreamRequest(paths, tasks=tasks if isinstance(tasks, str) else ",".join(tasks), **fields)
+    df = pd.DataFrame(evaluate_runs(req))
+    df.attrs["lowrank_lens"] = {"version": __version__, "torch": torch.__version__,
+                                "transformers": transformers.__version__, "downstream": req.score_settings}
+    return df

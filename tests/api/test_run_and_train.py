@@ -1,0 +1,69 @@
+"""`ll.train`, `ll.load_run` / `ll.Run` and `ll.analyze` on run folders: the same run folder, log and tables
+as the command line's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from lens_testutil import run_cli
+
+import lowrank_lens as ll
+from lowrank_lens.runfolder.log import read_log
+
+SETS = ("train.steps=6", "train.checkpoints=2", "train.log_every=1", "train.eval_every=0", "train.device=cpu")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> ll.Run:
+    return ll.train(ll.config("nano", "full-rank", *SETS), out=tmp_path_factory.mktemp("runs"))
+
+
+def test_train_returns_the_run_it_wrote(run):
+    assert run.name == "nano-full-rank-seed0" and run.method == "full-rank"
+    assert run.config.train.steps == 6 and run.config.model == ll.config("nano").model
+    assert run.steps == [0, 3, 6]
+    log = run.log
+    assert isinstance(log, pd.DataFrame) and list(log["step"]) == [r["step"] for r in read_log(run.path, "train")]
+    assert list(log["step"]) == [1, 2, 3, 4, 5, 6] and log["loss"].notna().all()
+
+
+def test_a_checkpoint_loads_in_its_method_parameterization(run):
+    ck = run.checkpoint()
+    assert ck.step == 6 and type(ck.method).name == "full-rank"
+    first = run.checkpoint(0, dtype=torch.float64)
+    assert next(first.model.parameters()).dtype == torch.float64
+    with pytest.raises(ll.LensError, match="no checkpoint at step 5"):
+        run.checkpoint(5)
+
+
+def test_analyze_of_a_run_folder_is_the_cli_table(run, tmp_path, capsys, monkeypatch):
+    """The same rows as `lowrank-lens analyze RUN --out DIR`, and the second call reads the cache."""
+    df = ll.analyze(run, metrics="spectra", steps=[-1], device="cpu", cache_dir=tmp_path / "cache")
+    assert df.attrs["lowrank_lens"]["metrics"]["spectra"]["computed"] == 1
+    again = ll.analyze(run.path, metrics="spectra", steps=[-1], device="cpu", cache_dir=tmp_path / "cache")
+    assert again.attrs["lowrank_lens"]["metrics"]["spectra"]["cached"] == 1
+    code, err = run_cli(["analyze", str(run.path), "--metrics", "spectra", "--steps", "final", "--device", "cpu",
+                         "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--no-plots"],
+                        capsys, monkeypatch)
+    assert code == 0, err
+    cli = pd.read_csv(tmp_path / "out" / "spectra.csv")
+    pd.testing.assert_frame_equal(df.reset_index(drop=True), cli, check_dtype=False, rtol=1e-9, atol=0)
+    pd.testing.assert_frame_equal(df, again)
+
+
+def test_a_loaded_checkpoint_of_the_run_analyses_like_its_folder(run):
+    """A checkpoint in memory (any method's parameterization) equals the folder's numbers."""
+    from_folder = ll.analyze(run, metrics="spectra", steps=[-1], device="cpu")
+    in_memory = ll.analyze({run.name: run.checkpoint()}, metrics="spectra", device="cpu")
+    cols = [c for c in from_folder.columns if c not in ("scale", "seed", "run", "method")]
+    pd.testing.assert_frame_equal(in_memory[cols], from_folder[cols], check_dtype=False, rtol=1e-12, atol=0)
+
+
+def test_bad_paths_are_one_line_errors(tmp_path: Path):
+    with pytest.raises(ll.LensError, match="not a run folder"):
+        ll.load_run(tmp_path)
+    with pytest.raises(ll.LensError, match="unknown preset"):
+        ll.config("huge", "full-rank")
