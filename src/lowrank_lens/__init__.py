@@ -7,10 +7,11 @@ The Python API (api.py), for notebooks and training scripts:
 """
 
 from .api import analyze, compare, config, evaluate, train
+from .callback import LensCallback, read_lens
 from .errors import LensError
 from .runfolder.loading import LoadedCheckpoint
 from .runfolder.run import Run, load_run
 from .version import __version__
 
-__all__ = ["LensError", "LoadedCheckpoint", "Run", "__version__", "analyze", "compare", "config", "evaluate",
-           "load_run", "train"]
+__all__ = ["LensCallback", "LensError", "LoadedCheckpoint", "Run", "__version__", "analyze", "compare", "config",
+           "evaluate", "load_run", "read_lens", "train"]

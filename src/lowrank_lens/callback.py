@@ -1,0 +1,204 @@
+"""`LensCallback`: the solution metrics on the live model while it trains, in any loop.
+
+    lens = ll.LensCallback(metrics=("spectra", "update_spectra"), every=100, tokens=rows, out="lens.jsonl")
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=ds, callbacks=[lens])   # or:
+    for step in range(steps): ...; lens.observe(model, step)                                    # any loop
+    lens.results                                      # one DataFrame: ll.analyze's rows, one set per step
+
+Each observation runs the metrics through the Python API's code (api.py `_analyze`, the CLI's runner), so a row
+equals what `ll.analyze` gives for the same weights. The training does not see it: every parameter a metric
+perturbs is restored bit for bit, each module's train/eval mode, the gradients and the python, numpy and torch
+random states are put back, so a run's losses are the same with and without the callback (tested with a real
+Trainer). Metrics of consecutive checkpoints (update_spectra, interpolation) compare with the previous
+observation, kept as a copy on the CPU.
+
+Under torch.distributed (DDP), rank 0 computes and the other ranks skip: no collective runs inside the callback,
+so it cannot deadlock; the other ranks wait for rank 0 at their next gradient all-reduce.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from transformers import TrainerCallback
+
+from .analysis.live import LiveModel, live_runs
+from .api import _analyze, _metrics, _settings
+from .errors import LensError
+from .runfolder.loading import LoadedCheckpoint
+
+log = logging.getLogger("lowrank_lens")
+
+DEFAULT_METRICS = ("spectra", "update_spectra", "landscape_random")
+"""The cheap ones: weight and update spectra (stable and effective rank), a few-direction random landscape."""
+DEFAULT_OPTIONS = {"landscape_random": {"directions": 2, "points": 7}}
+SINKS = ("jsonl", "tensorboard", "wandb")
+
+
+class _Untouched:
+    """Puts back what a computation on a live model could change: RNG states and gradients."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.py, self.np, self.cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        self.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in self.model.parameters()]
+
+    def __exit__(self, *exc: object) -> None:
+        random.setstate(self.py)
+        np.random.set_state(self.np)
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+        for p, g in self.grads:
+            p.grad = g
+
+
+class LensCallback(TrainerCallback):
+    """The metrics every `every` optimizer steps, on the live model; a transformers TrainerCallback and, through
+    `observe(model, step)`, a plain object for any loop."""
+
+    def __init__(self, metrics: Sequence[str] = DEFAULT_METRICS, every: int = 100, *,
+                 tokens: np.ndarray | torch.Tensor | str | Path | None = None,
+                 out: str | Path | None = None, sinks: Sequence[str] = ("jsonl",),
+                 device: str = "auto", sequences: int = 64, batch_size: int = 16,
+                 metric_options: Mapping[str, Mapping[str, Any]] | None = None, name: str = "live") -> None:
+        if every < 1:
+            raise LensError(f"every must be >= 1 (observe each N optimizer steps), got {every}")
+        if bad := sorted(set(sinks) - set(SINKS)):
+            raise LensError(f"unknown lens sink(s) {bad}; choose from {', '.join(SINKS)}")
+        if "jsonl" in sinks and out is None:
+            raise LensError("the jsonl sink needs out=PATH.jsonl (or sinks=() to keep the results in memory only)")
+        options = {**DEFAULT_OPTIONS, **(metric_options or {})}
+        self.metrics = _metrics(list(metrics), {k: v for k, v in options.items() if k in metrics})
+        self.every, self.tokens, self.name, self.sinks = every, tokens, name, tuple(sinks)
+        self.out = Path(out) if out is not None else None
+        self.settings = _settings(device, "auto", sequences, batch_size)
+        self.rows: list[dict[str, Any]] = []
+        self._previous: tuple[int, nn.Module | LoadedCheckpoint] | None = None
+        self._tb: Any = None
+
+    # ---- any loop ------------------------------------------------------------------------------
+    def observe(self, model: nn.Module | LoadedCheckpoint, step: int, force: bool = False) -> pd.DataFrame | None:
+        """The metrics on `model` at `step` when step is a multiple of `every` (or `force`); None otherwise and
+        on ranks other than 0. `model` is an HF causal LM, a DDP-wrapped one, or a LoadedCheckpoint (the
+        toolkit's own methods)."""
+        if not (force or step % self.every == 0) or (dist.is_initialized() and dist.get_rank() != 0):
+            return None
+        live = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        module = live.model if isinstance(live, LoadedCheckpoint) else live
+        with _Untouched(module):
+            df = self._compute(live, step)
+            self._previous = (step, self._snapshot(live))
+        rows = df.to_dict("records")
+        self.rows += rows
+        self._write(rows, step)
+        return df
+
+    def _compute(self, live: nn.Module | LoadedCheckpoint, step: int) -> pd.DataFrame:
+        one = [m for m in self.metrics if m.subject_kind == "checkpoint"]
+        two = [m for m in self.metrics if m.subject_kind == "consecutive"]
+        parts = []
+        if one:
+            runs, cks = live_runs([[LiveModel(live, self.name, step)]])
+            parts.append(_analyze(runs, cks, [cks[next(iter(cks))].model], one, None, None, self.tokens,
+                                  self.settings, False, None))
+        if two and self._previous is not None and self._previous[0] < step:
+            before, now = LiveModel(self._previous[1], self.name, self._previous[0]), LiveModel(live, self.name, step)
+            runs, cks = live_runs([[before, now]])
+            parts.append(_analyze(runs, cks, [ck.model for ck in cks.values()], two, None, None, self.tokens,
+                                  self.settings, False, None))
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    @staticmethod
+    def _snapshot(live: nn.Module | LoadedCheckpoint) -> nn.Module | LoadedCheckpoint:
+        """A CPU copy of the weights for the next observation's metrics of consecutive checkpoints."""
+        if isinstance(live, LoadedCheckpoint):
+            return LoadedCheckpoint(copy.deepcopy(live.model).cpu(), live.method, live.cfg, live.meta, live.path)
+        return copy.deepcopy(live).cpu()
+
+    @property
+    def results(self) -> pd.DataFrame:
+        """Every observation's rows so far (the columns of ll.analyze's tables; `step` is the training step)."""
+        return pd.DataFrame(self.rows)
+
+    # ---- sinks ---------------------------------------------------------------------------------
+    def scalars(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """'lens/<metric>/<column>' -> value of the numeric columns of this step's rows (one row per metric)."""
+        out = {}
+        for row in rows:
+            for key, value in row.items():
+                if key not in ("step", "seed", "step_from") and isinstance(value, (int, float)) and \
+                        not isinstance(value, bool) and np.isfinite(value):
+                    out[f"lens/{row['metric']}/{key}"] = float(value)
+        return out
+
+    def _write(self, rows: list[dict[str, Any]], step: int) -> None:
+        if "jsonl" in self.sinks:
+            assert self.out is not None
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            with self.out.open("a") as f:
+                for row in rows:
+                    f.write(json.dumps(row, default=float) + "\n")
+        values = self.scalars(rows)
+        if "tensorboard" in self.sinks:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str((self.out or Path("lens.jsonl")).with_suffix("")) + "-tb")
+            for key, value in values.items():
+                self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        if "wandb" in self.sinks:
+            import wandb
+
+            if wandb.run is None:
+                raise LensError("the wandb lens sink needs an active run (wandb.init, or the Trainer's report_to)")
+            wandb.log({**values, "train/global_step": step})
+
+    # ---- transformers.Trainer ------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
+        if model is not None and state.global_step == 0:  # the initial weights, the first 'previous'
+            self._observe_in_trainer(model, state, force=True)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
+        if model is not None and state.global_step % self.every == 0:
+            self._observe_in_trainer(model, state)
+
+    def _observe_in_trainer(self, model: nn.Module, state: Any, force: bool = False) -> None:
+        df = self.observe(model, state.global_step, force=force)
+        if df is not None and len(df):
+            state.log_history.append({**self.scalars(df.to_dict("records")), "step": state.global_step})
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_lens(path: str | Path) -> pd.DataFrame:
+    """The rows a LensCallback wrote to its jsonl file, as one DataFrame (ll.analyze's columns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LensError(f"{path} does not exist; pass the out= file of a LensCallback")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise LensError(f"{path} line {i} is not JSON; is it a LensCallback's file?") from None
+    return pd.DataFrame(rows)
