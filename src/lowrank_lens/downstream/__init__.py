@@ -4,6 +4,8 @@ Needs the optional `[eval]` extra (lm-eval with its `[hf]` extra). Public API:
 
     DownstreamRequest(runs, tasks=..., seeds=..., limit=..., out=...) -> what one evaluation does (request.py)
     evaluate_runs(request) -> list of table rows
+    evaluate_model(model, tokenizer, tasks="lens_mc", seeds=(0,), ..., name="model", step=0) -> the same rows for
+        a Hugging Face causal LM in memory (uncached; its modes and the global random states are put back)
     run_eval_downstream(request) -> CSV path (the eval-downstream command)
     evaluate_downstream(runs, tasks, step="final", seeds=(0,), ...) -> evaluate_runs of the request built
         from these arguments
@@ -15,10 +17,11 @@ Task "lens_mc" is the project's own 52-question smoke test about Python (tasks/l
 """
 
 from .direct import choice_loglikelihoods, predict
-from .evaluate import evaluate_downstream, evaluate_runs, run_eval_downstream
+from .evaluate import evaluate_downstream, evaluate_model, evaluate_runs, run_eval_downstream
 from .request import DownstreamRequest
 from .taskspec import PRESETS, TASKS_DIR, resolve_tasks
 from .tokenizer import load_run_tokenizer, rebuild_run_tokenizer
 
-__all__ = ["PRESETS", "TASKS_DIR", "DownstreamRequest", "choice_loglikelihoods", "evaluate_downstream", "evaluate_runs",
-           "load_run_tokenizer", "predict", "rebuild_run_tokenizer", "resolve_tasks", "run_eval_downstream"]
+__all__ = ["PRESETS", "TASKS_DIR", "DownstreamRequest", "choice_loglikelihoods", "evaluate_downstream",
+           "evaluate_model", "evaluate_runs", "load_run_tokenizer", "predict", "rebuild_run_tokenizer", "resolve_tasks",
+           "run_eval_downstream"]

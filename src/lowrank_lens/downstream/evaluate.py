@@ -3,6 +3,7 @@
     rows = evaluate_runs(DownstreamRequest(["runs/micro-cola-seed0"], tasks="lens_mc", seeds=(0, 1, 2)))
     run_eval_downstream(DownstreamRequest([...], tasks="study", seeds=range(5), out="reports"))  # -> the CSV
     rows = evaluate_downstream(["runs/micro-cola-seed0"], ["lens_mc"], seeds=(0, 1, 2))  # the same, by keywords
+    rows = evaluate_model(model, tokenizer, "lens_mc", seeds=(0, 1), name="galore", step=1000)  # a model in memory
 
 One result per (checkpoint, task, evaluation seed) is cached with the analysis cache (`ResultStore(run_dir)`,
 metric "downstream"; under <cache_dir>/<run-id>/ instead when a cache folder is given, so a read-only run
@@ -13,28 +14,36 @@ max_length): a re-run loads everything and computes nothing. Batch size and devi
 One table row per (run, task unit): accuracy and acc_norm as mean ± std over seeds, with lm-eval's
 closed-form standard error and a bootstrap standard error over examples (stats.py), the chance level of
 multiple-choice tasks, and any other metric lm-eval reports (f1, mcc) averaged over seeds.
+
+A model in memory (evaluate_model) is scored by the same code (_score) into the same rows, uncached, and is
+left as it was (train/eval modes and the global random states put back), so a training loop may call it.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..analysis.base import Result
 from ..analysis.cache import ResultStore, content_key
+from ..analysis.live import evaluating
 from ..analysis.request import from_call
 from ..analysis.subjects import RunRef
 from ..analysis.tables import write_csv, write_parquet
+from ..errors import LensError
 from ..runfolder.checkpoint import checkpoint_sha256, read_meta
-from ..runfolder.loading import expand_runs, load_checkpoint, parse_device, resolve_checkpoint
-from .harness import extract, make_lm, run_seed
-from .request import DTYPE_NAMES, DownstreamRequest
+from ..runfolder.loading import LoadedCheckpoint, expand_runs, load_checkpoint, parse_device, resolve_checkpoint
+from .harness import extract, kept_rng, make_lm, run_seed
+from .request import DTYPE_NAMES, DownstreamRequest, check_int, scoring_fields
 from .stats import bootstrap_stderr, chance_level, closed_form_stderr, over_seeds, unit_value
 from .taskspec import TaskSpec, load_task, resolve_tasks, task_manager
 from .tokenizer import load_run_tokenizer, run_fingerprint
@@ -73,11 +82,48 @@ class _Tasks:
         return task_dict, {s.name: self.loaded[s.name][1] for s in specs}
 
 
+@dataclass(frozen=True)
+class _Scoring:
+    """What every Result of one scored model records: its subject, the score settings, batch size and device,
+    and the label of its log lines."""
+
+    subject: dict[str, Any]
+    settings: dict[str, Any]
+    batch_size: int | str
+    device: str
+    label: str
+
+
+def _score(model: torch.nn.Module, tok: PreTrainedTokenizerBase, max_length: int | None,
+           todo: dict[int, list[TaskSpec]], tasks: _Tasks, how: _Scoring) -> Iterator[tuple[tuple[str, int], Result]]:
+    """Score a loaded model through lm-eval (make_lm, then run_seed and extract per seed) on each seed's task
+    specs; yields ((task, seed), Result) as each seed finishes, so a caller can store them one seed at a time."""
+    import lm_eval
+
+    lm = make_lm(model, tok, how.batch_size, max_length)
+    for seed, specs in todo.items():
+        if not specs:
+            continue
+        task_dict, units = tasks.get(specs)
+        t0 = time.perf_counter()
+        raw = run_seed(lm, task_dict, seed, how.settings["limit"], how.settings["num_fewshot"])
+        secs = time.perf_counter() - t0
+        log.info(f"downstream: {how.label} seed {seed}: {', '.join(s.name for s in specs)} in {secs:.1f}s on "
+                 f"{how.device}")
+        for s in specs:
+            filled, arrays = extract(raw, units[s.name])
+            scalars = {(m if len(filled) == 1 else f"{u['name']}:{m}"): v
+                       for u in filled for m, v in {**u["metrics"], "n": u["n"]}.items()}
+            yield (s.name, seed), Result(
+                metric=METRIC, subject={**how.subject, "task": s.name, "eval_seed": seed}, scalars=scalars,
+                arrays=arrays, info={"units": filled, "task_key": s.key, "settings": how.settings,
+                                     "lm_eval": lm_eval.__version__, "device": how.device,
+                                     "batch_size": str(how.batch_size), "seconds": secs})
+
+
 def _evaluate_run(run_dir: Path, specs: list[TaskSpec], tasks: _Tasks,
                   req: DownstreamRequest) -> dict[tuple[str, int], Result]:
     """{(task, seed): Result} of one run's checkpoint, computing only what the cache lacks."""
-    import lm_eval
-
     seeds, settings, batch_size = req.seeds, req.score_settings, req.batch_size
     ref = RunRef.open(run_dir)
     ckpt = resolve_checkpoint(run_dir, req.step)
@@ -102,28 +148,12 @@ def _evaluate_run(run_dir: Path, specs: list[TaskSpec], tasks: _Tasks,
     tok = load_run_tokenizer(run_dir, rebuild=req.rebuild_tokenizer)
     dev = resolve_device(req.device)
     ck = load_checkpoint(ckpt, device=dev, dtype=DTYPES[settings["dtype"]])
-    lm = make_lm(ck.model, tok, batch_size, settings["max_length"] or ck.cfg.model.max_seq_len)
-    for seed in seeds:
-        todo = [s for s in specs if (s.name, seed) in missing]
-        if not todo:
-            continue
-        task_dict, units = tasks.get(todo)
-        t0 = time.perf_counter()
-        raw = run_seed(lm, task_dict, seed, settings["limit"], settings["num_fewshot"])
-        secs = time.perf_counter() - t0
-        log.info(f"downstream: {ref.run_id} step {subject['step']} seed {seed}: "
-                 f"{', '.join(s.name for s in todo)} in {secs:.1f}s on {dev}")
-        for s in todo:
-            filled, arrays = extract(raw, units[s.name])
-            scalars = {(m if len(filled) == 1 else f"{u['name']}:{m}"): v
-                       for u in filled for m, v in {**u["metrics"], "n": u["n"]}.items()}
-            result = Result(metric=METRIC, subject={**subject, "task": s.name, "eval_seed": seed}, scalars=scalars,
-                            arrays=arrays, info={"units": filled, "task_key": s.key, "settings": settings,
-                                                 "lm_eval": lm_eval.__version__, "device": dev,
-                                                 "batch_size": str(batch_size), "seconds": secs})
-            store.put(keys[(s.name, seed)], result)
-            out[(s.name, seed)] = result
-    del lm, ck
+    todo = {seed: [s for s in specs if (s.name, seed) in missing] for seed in seeds}
+    scoring = _Scoring(subject, settings, batch_size, dev, f"{ref.run_id} step {subject['step']}")
+    for k, result in _score(ck.model, tok, settings["max_length"] or ck.cfg.model.max_seq_len, todo, tasks, scoring):
+        store.put(keys[k], result)
+        out[k] = result
+    del ck
     if dev.startswith("cuda"):
         torch.cuda.empty_cache()
     return out
@@ -184,6 +214,45 @@ def evaluate_runs(req: DownstreamRequest) -> list[dict[str, Any]]:
         results = _evaluate_run(run_dir, specs, shared, req)
         rows += _rows(results, specs, req.seeds, req.bootstrap_iters, req.score_settings)
     return rows
+
+
+def evaluate_model(model: PreTrainedModel | LoadedCheckpoint, tokenizer: PreTrainedTokenizerBase,
+                   tasks: str | Sequence[str] = "lens_mc", *, seeds: int | str | Sequence[int] = (0,),
+                   batch_size: int | str = 16, limit: int | None = None, include_path: Any = None,
+                   bootstrap_iters: int = 1000, num_fewshot: int | None = None, max_length: int | None = None,
+                   name: str = "model", step: int = 0) -> list[dict[str, Any]]:
+    """Evaluate a Hugging Face causal LM in memory (or a loaded checkpoint) with its tokenizer on `tasks` for
+    every seed: the rows `evaluate_runs` gives for a run folder, same columns and aggregation over seeds, with
+    run and method = `name`, scale "memory", seed 0 and `step` (e.g. a training callback's global step).
+
+    The other keywords are DownstreamRequest's, checked the same way. The model is scored where it lies, in its
+    own dtype and device (never cast or moved), with no cache and nothing written. It is left as it was: each
+    module's train/eval mode is put back, and the global random states (python, numpy, torch CPU and CUDA) are
+    restored, so a training loop's random stream continues as if no evaluation had run. lm-eval scores a copy
+    of the tokenizer (it may set a pad token and the context length). Raises LensError (one line) for bad
+    settings, a model that is not a transformers PreTrainedModel, and unknown or unreachable tasks."""
+    model = model.model if isinstance(model, LoadedCheckpoint) else model
+    if not isinstance(model, PreTrainedModel):
+        raise LensError(f"evaluate_model expects a Hugging Face causal LM (transformers PreTrainedModel), got "
+                        f"{type(model).__name__}; pass one, or a run folder to evaluate_runs")
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise LensError(f"evaluate_model expects the model's transformers tokenizer, got {type(tokenizer).__name__};"
+                        " pass AutoTokenizer.from_pretrained(...) or load_run_tokenizer(RUN)")
+    if not isinstance(name, str) or not name.strip():
+        raise LensError(f"evaluate_model name {name!r}: pass a non-empty string naming the model in the table")
+    check_int("step", step, 0)
+    f = scoring_fields(tasks, seeds, batch_size, limit, include_path, bootstrap_iters, num_fewshot, max_length)
+    specs = resolve_tasks(f["tasks"], f["include_path"])
+    first = next(model.parameters())
+    settings = {"limit": limit, "num_fewshot": num_fewshot, "dtype": str(first.dtype).removeprefix("torch."),
+                "max_length": max_length}
+    subject = {"kind": "memory", "run": name, "method": name, "scale": "memory", "seed": 0, "step": step}
+    how = _Scoring(subject, settings, f["batch_size"], str(first.device), f"{name} step {step}")
+    todo = {seed: specs for seed in f["seeds"]}
+    with evaluating([model]), kept_rng():
+        results = dict(_score(model, copy.deepcopy(tokenizer), max_length, todo, _Tasks(specs, f["include_path"]),
+                              how))
+    return _rows(results, specs, f["seeds"], bootstrap_iters, settings)
 
 
 EVALUATE_DOWNSTREAM_ORDER = ("runs", "tasks", "step", "seeds", "batch_size", "limit", "include_path", "device",

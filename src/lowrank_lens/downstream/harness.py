@@ -12,7 +12,8 @@ collect_env, ~6 s per call) that this project records elsewhere.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -63,13 +64,22 @@ def run_seed(lm: Any, task_dict: dict[str, Any], seed: int, limit: int | None = 
         elif task.get_config("num_fewshot") is None:
             task.set_config(key="num_fewshot", value=0)
         task.set_fewshot_seed(seed=seed)
+    with kept_rng(), hub_guard():
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        return lm_eval.evaluate(lm=lm, task_dict=task_dict, limit=limit, bootstrap_iters=0, log_samples=True)
+
+
+@contextmanager
+def kept_rng() -> Iterator[None]:
+    """The global random states (python, numpy, torch's CPU generator and, once CUDA is initialised, every CUDA
+    device's) put back on exit, so seeding an evaluation leaves a training loop's random stream as it was."""
     py_state, np_state = random.getstate(), np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
-        with torch.random.fork_rng(devices=[]), hub_guard():
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)
-            return lm_eval.evaluate(lm=lm, task_dict=task_dict, limit=limit, bootstrap_iters=0, log_samples=True)
+        with torch.random.fork_rng(devices=cuda):
+            yield
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)

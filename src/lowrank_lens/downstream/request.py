@@ -34,13 +34,47 @@ def parse_step(step: str | int) -> str | int:
     return int(text)
 
 
-def _int(name: str, value: Any, low: int | None = None, optional: bool = False) -> None:
+def check_int(name: str, value: Any, low: int | None = None, optional: bool = False) -> None:
     if value is None and optional:
         return
     if not isinstance(value, int) or isinstance(value, bool):
         raise LensError(f"downstream.{name} expects an integer{' or None' if optional else ''}, got {value!r}")
     if low is not None and value < low:
         raise LensError(f"{name} {value} is out of range: it must be at least {low}")
+
+
+SCORING_FIELDS = ("tasks", "seeds", "batch_size", "limit", "include_path", "bootstrap_iters", "num_fewshot",
+                  "max_length")
+"""How a model is scored: the fields DownstreamRequest shares with evaluate_model (a model in memory)."""
+
+
+def scoring_fields(tasks: Any, seeds: Any, batch_size: Any, limit: Any, include_path: Any, bootstrap_iters: Any,
+                   num_fewshot: Any, max_length: Any) -> dict[str, Any]:
+    """The SCORING_FIELDS normalised (tasks and include paths to tuples, seeds to a tuple of ints) and checked:
+    a bad one is one LensError line naming it."""
+    tasks = as_names(tasks, "downstream.tasks")  # none: resolve_tasks says what to give
+    if isinstance(seeds, str):
+        parts = [p.strip() for p in seeds.split(",") if p.strip()]
+        if not all(p.isdigit() for p in parts):
+            raise LensError(f"downstream.seeds {seeds!r}: pass comma-separated non-negative integers")
+        seeds = [int(p) for p in parts]
+    elif isinstance(seeds, int):
+        seeds = [seeds]
+    if not isinstance(seeds, Sequence):
+        raise LensError(f"downstream.seeds expects a list of integers, got {seeds!r}")
+    seeds = tuple(seeds)
+    for seed in seeds:
+        check_int("seeds", seed)
+    if not seeds:
+        raise LensError("give at least one evaluation seed")
+    for name, value, low in (("limit", limit, 1), ("num_fewshot", num_fewshot, 0), ("max_length", max_length, 1)):
+        check_int(name, value, low, optional=True)
+    check_int("bootstrap_iters", bootstrap_iters, 0)
+    if not isinstance(batch_size, str):
+        check_int("batch_size", batch_size, 1)
+    return {"tasks": tasks, "seeds": seeds, "batch_size": batch_size, "limit": limit,
+            "include_path": _include(include_path), "bootstrap_iters": bootstrap_iters, "num_fewshot": num_fewshot,
+            "max_length": max_length}
 
 
 @dataclass(frozen=True)
@@ -85,24 +119,9 @@ class DownstreamRequest:
         set_field(self, "runs", as_paths(self.runs, "downstream.runs"))
         if not self.runs:
             raise LensError("no run directory given; pass one or more runs/<run-id> folders")
-        set_field(self, "tasks", as_names(self.tasks, "downstream.tasks"))  # none: resolve_tasks says what to give
+        for name, value in scoring_fields(**{k: getattr(self, k) for k in SCORING_FIELDS}).items():
+            set_field(self, name, value)
         set_field(self, "step", parse_step(self.step))
-        seeds: Any = self.seeds
-        if isinstance(seeds, str):
-            parts = [p.strip() for p in seeds.split(",") if p.strip()]
-            if not all(p.isdigit() for p in parts):
-                raise LensError(f"downstream.seeds {seeds!r}: pass comma-separated non-negative integers")
-            seeds = [int(p) for p in parts]
-        elif isinstance(seeds, int):
-            seeds = [seeds]
-        if not isinstance(seeds, Sequence):
-            raise LensError(f"downstream.seeds expects a list of integers, got {seeds!r}")
-        set_field(self, "seeds", tuple(seeds))
-        for seed in self.seeds:
-            _int("seeds", seed)
-        if not self.seeds:
-            raise LensError("give at least one evaluation seed")
-        set_field(self, "include_path", _include(self.include_path))
         if self.cache_dir is not None:
             set_field(self, "cache_dir", as_path(self.cache_dir, "downstream.cache_dir"))
         out = (self.cache_dir or self.runs[0].parent) / "downstream" if self.out is None else self.out
@@ -111,11 +130,6 @@ class DownstreamRequest:
             raise LensError(f"dtype {self.dtype!r}: choose one of {', '.join(DTYPE_NAMES)}")
         if not isinstance(self.device, str):
             raise LensError(f"downstream.device expects auto, cpu, cuda or cuda:N, got {self.device!r}")
-        for name, low in (("limit", 1), ("num_fewshot", 0), ("max_length", 1)):
-            _int(name, getattr(self, name), low, optional=True)
-        _int("bootstrap_iters", self.bootstrap_iters, 0)
-        if not isinstance(self.batch_size, str):
-            _int("batch_size", self.batch_size, 1)
         for name in ("rebuild_tokenizer", "force"):
             if not isinstance(getattr(self, name), bool):
                 raise LensError(f"downstream.{name} expects true or false, got {getattr(self, name)!r}")
