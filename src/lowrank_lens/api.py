@@ -16,7 +16,6 @@ the package and library versions, each metric's config and version, the evaluati
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,15 +28,11 @@ import transformers
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from .analysis.base import Metric
-from .analysis.context import EvalSettings
-from .analysis.live import LiveContext, LiveModel, evaluating, live_runs, token_rows
-from .analysis.metrics import get_metric, metric_names
-from .analysis.runner import MetricOutcome, build_metrics, run_metric
+from .analysis.frames import analyze_live, chosen_metrics, eval_settings
+from .analysis.live import LiveModel, live_runs
 from .analysis.subjects import RunRef, check_steps
-from .analysis.tables import columns
 from .config import RunConfig
-from .downstream.evaluate import evaluate_runs
+from .downstream.evaluate import evaluate_model, evaluate_runs
 from .downstream.request import DownstreamRequest
 from .errors import LensError
 from .presets import build_config
@@ -102,49 +97,6 @@ def _split(subjects: Subject | Sequence[Subject] | Mapping[str, Subject | Sequen
     return folders, live
 
 
-def _options(metric_options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    for name, fields in metric_options.items():
-        get_metric(name)  # an unknown metric: one line with the valid names
-        if not isinstance(fields, Mapping):
-            raise LensError(f"options of metric {name} must be a dict of its fields, e.g. {name}={{'seed': 1}}; "
-                            f"got {fields!r}")
-    return {name: dict(fields) for name, fields in metric_options.items()}
-
-
-def _metrics(metrics: str | Sequence[str] | None, options: Mapping[str, Any], kinds: Sequence[str] | None = None
-             ) -> list[Metric]:
-    names = [metrics] if isinstance(metrics, str) else list(metrics or [])
-    if not names and kinds is not None:
-        names = [n for n in metric_names() if get_metric(n).subject_kind in kinds]
-    return build_metrics([n.strip() for n in names if n.strip()] or None, options=_options(options))
-
-
-def _settings(device: str, dtype: str, sequences: int, batch_size: int) -> EvalSettings:
-    return EvalSettings(sequences=sequences, batch_size=batch_size, device=device, dtype=dtype)
-
-
-def frame(outcomes: Sequence[MetricOutcome], settings: EvalSettings) -> pd.DataFrame:
-    """One row per subject (and metric), the CLI's table columns, with the provenance in attrs."""
-    rows = [row for o in outcomes for row in o.rows]
-    df = pd.DataFrame(rows, columns=columns(rows))  # the CLI tables' column order
-    df.attrs["lowrank_lens"] = {
-        "version": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-        "metrics": {o.metric.name: {"version": o.metric.version, "config": dataclasses.asdict(o.metric.cfg),
-                                    "computed": o.computed, "cached": o.cached} for o in outcomes},
-        "eval": dataclasses.asdict(settings)}
-    return df
-
-
-def _analyze(runs: list[RunRef], checkpoints: dict[Path, LoadedCheckpoint], models: list[nn.Module],
-             metrics: list[Metric], steps: list[int] | None, reference: RunRef | None, tokens: Any,
-             settings: EvalSettings, force: bool, cache_dir: str | Path | None) -> pd.DataFrame:
-    vocab = min((r.vocab_size for r in runs if r.vocab_size), default=None)
-    ctx = LiveContext(settings, checkpoints, token_rows(tokens, vocab))
-    with evaluating(models):
-        outcomes = [run_metric(m, runs, steps, reference, ctx, force, cache_dir) for m in metrics]
-    return frame(outcomes, settings)
-
-
 def analyze(subjects: Subject | Sequence[Subject] | Mapping[str, Subject], metrics: str | Sequence[str] | None = None,
             *, steps: Sequence[int] | None = None, tokens: np.ndarray | torch.Tensor | str | Path | None = None,
             reference: str | Path | Run | None = None, device: str = "auto", dtype: str = "auto",
@@ -170,9 +122,9 @@ def analyze(subjects: Subject | Sequence[Subject] | Mapping[str, Subject], metri
         ref = RunRef.open(reference.path if isinstance(reference, Run) else reference) if reference else None
     step_list = list(steps) if steps is not None else None
     check_steps(runs, step_list)
-    return _analyze(runs + mem_runs, checkpoints, [ck.model for ck in checkpoints.values()],
-                    _metrics(metrics, metric_options), step_list, ref, tokens,
-                    _settings(device, dtype, sequences, batch_size), force, cache_dir)
+    return analyze_live(runs + mem_runs, checkpoints, [ck.model for ck in checkpoints.values()],
+                    chosen_metrics(metrics, metric_options), step_list, ref, tokens,
+                    eval_settings(device, dtype, sequences, batch_size), force, cache_dir)
 
 
 def _as_checkpoint(item: Subject) -> nn.Module | LoadedCheckpoint:
@@ -189,11 +141,11 @@ def compare(a: Subject, b: Subject, metrics: str | Sequence[str] | None = None, 
     checkpoint). Pair metrics of one run (consecutive) see a -> b as two checkpoints of one run; the cross
     and reference ones see two runs, b the reference."""
     models = [_as_checkpoint(a), _as_checkpoint(b)]
-    chosen = _metrics(metrics, metric_options, kinds=PAIR_KINDS)
+    chosen = chosen_metrics(metrics, metric_options, kinds=PAIR_KINDS)
     if bad := [m.name for m in chosen if m.subject_kind not in PAIR_KINDS]:
         raise LensError(f"compare takes metrics of two models ({', '.join(PAIR_KINDS)} subjects); {bad} are of "
                         "one model: use analyze")
-    settings = _settings(device, dtype, sequences, batch_size)
+    settings = eval_settings(device, dtype, sequences, batch_size)
     pair_runs, pair_cks = live_runs([[LiveModel(models[0], names[0])], [LiveModel(models[1], names[1])]])
     (series,), series_cks = live_runs([[LiveModel(models[0], f"{names[0]}->{names[1]}", 0),
                                         LiveModel(models[1], f"{names[0]}->{names[1]}", 1)]])
@@ -203,21 +155,30 @@ def compare(a: Subject, b: Subject, metrics: str | Sequence[str] | None = None, 
             (pair_runs, pair_cks, pair_runs[1] if m.subject_kind == "reference" else None)
         runs = runs[:1] if m.subject_kind == "reference" else runs
         all_models = [ck.model for ck in cks.values()]
-        parts.append(_analyze(runs, cks, all_models, [m], None, ref, tokens, settings, False, None))
+        parts.append(analyze_live(runs, cks, all_models, [m], None, ref, tokens, settings, False, None))
     out = pd.concat(parts, ignore_index=True)
     metrics_info = {k: v for p in parts for k, v in p.attrs["lowrank_lens"]["metrics"].items()}
     out.attrs["lowrank_lens"] = {**parts[0].attrs["lowrank_lens"], "metrics": metrics_info}
     return out
 
 
-def evaluate(runs: str | Path | Run | Sequence[str | Path | Run], tasks: str | Sequence[str] = "lens_mc",
-             **fields: Any) -> pd.DataFrame:
-    """Zero-shot accuracy of run checkpoints through lm-evaluation-harness (the `eval` extra): the CLI's
-    downstream table. `fields` are DownstreamRequest's (step, seeds, limit, batch_size, device, ...)."""
-    items = [runs] if isinstance(runs, (str, Path, Run)) else list(runs)
-    paths = [r.path if isinstance(r, Run) else Path(r) for r in items]
-    req = DownstreamRequest(paths, tasks=tasks if isinstance(tasks, str) else ",".join(tasks), **fields)
-    df = pd.DataFrame(evaluate_runs(req))
+def evaluate(subjects: Subject | Sequence[Subject], tasks: str | Sequence[str] = "lens_mc", *,
+             tokenizer: Any = None, **fields: Any) -> pd.DataFrame:
+    """Zero-shot accuracy through lm-evaluation-harness (the `eval` extra), as the CLI's downstream table: of
+    run folders (`fields`: DownstreamRequest's step, seeds, limit, batch_size, device, ...), or of a model in
+    memory with its `tokenizer` (`fields`: evaluate_model's; scored where it lies, uncached, left as it was)."""
+    tasks = tasks if isinstance(tasks, str) else ",".join(tasks)
+    if isinstance(subjects, (nn.Module, LoadedCheckpoint)):
+        if tokenizer is None:
+            raise LensError("evaluating a model in memory needs its tokenizer: evaluate(model, tokenizer=TOK)")
+        df = pd.DataFrame(evaluate_model(subjects, tokenizer, tasks, **fields))
+        settings: dict[str, Any] = dict(fields)
+    else:
+        items = [subjects] if isinstance(subjects, (str, Path, Run)) else list(subjects)
+        paths = [r.path if isinstance(r, Run) else Path(r) for r in items]
+        req = DownstreamRequest(paths, tasks=tasks, **fields)
+        df = pd.DataFrame(evaluate_runs(req))
+        settings = req.score_settings
     df.attrs["lowrank_lens"] = {"version": __version__, "torch": torch.__version__,
-                                "transformers": transformers.__version__, "downstream": req.score_settings}
+                                "transformers": transformers.__version__, "downstream": settings}
     return df

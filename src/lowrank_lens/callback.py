@@ -4,8 +4,9 @@
     trainer = transformers.Trainer(model=model, args=args, train_dataset=ds, callbacks=[lens])   # or:
     for step in range(steps): ...; lens.observe(model, step)                                    # any loop
     lens.results                                      # one DataFrame: ll.analyze's rows, one set per step
+    ll.LensCallback(..., downstream="lens_mc", tokenizer=tok, downstream_options={"limit": 100})  # + lm-eval
 
-Each observation runs the metrics through the Python API's code (api.py `_analyze`, the CLI's runner), so a row
+Each observation runs the metrics through the Python API's code (analysis/frames.py, the CLI's runner), so a row
 equals what `ll.analyze` gives for the same weights. The training does not see it: every parameter a metric
 perturbs is restored bit for bit, each module's train/eval mode, the gradients and the python, numpy and torch
 random states are put back, so a run's losses are the same with and without the callback (tested with a real
@@ -18,11 +19,11 @@ so it cannot deadlock; the other ranks wait for rank 0 at their next gradient al
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
-import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,12 @@ import torch.distributed as dist
 from torch import nn
 from transformers import TrainerCallback
 
+from .analysis.frames import analyze_live, chosen_metrics, eval_settings
 from .analysis.live import LiveModel, live_runs
-from .api import _analyze, _metrics, _settings
+from .atomic import write_text_atomic
+from .downstream.evaluate import evaluate_model
 from .errors import LensError
+from .rng import kept_rng
 from .runfolder.loading import LoadedCheckpoint
 
 log = logging.getLogger("lowrank_lens")
@@ -46,24 +50,16 @@ DEFAULT_OPTIONS = {"landscape_random": {"directions": 2, "points": 7}}
 SINKS = ("jsonl", "tensorboard", "wandb")
 
 
-class _Untouched:
-    """Puts back what a computation on a live model could change: RNG states and gradients."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.py, self.np, self.cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        self.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in self.model.parameters()]
-
-    def __exit__(self, *exc: object) -> None:
-        random.setstate(self.py)
-        np.random.set_state(self.np)
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
-        for p, g in self.grads:
+@contextlib.contextmanager
+def untouched(model: nn.Module) -> Iterator[None]:
+    """What a computation on a live model could change, put back after: the global random states and the
+    gradients (a metric that calls backward would add to them)."""
+    grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()]
+    try:
+        with kept_rng():
+            yield
+    finally:
+        for p, g in grads:
             p.grad = g
 
 
@@ -75,18 +71,24 @@ class LensCallback(TrainerCallback):
                  tokens: np.ndarray | torch.Tensor | str | Path | None = None,
                  out: str | Path | None = None, sinks: Sequence[str] = ("jsonl",),
                  device: str = "auto", sequences: int = 64, batch_size: int = 16,
-                 metric_options: Mapping[str, Mapping[str, Any]] | None = None, name: str = "live") -> None:
+                 metric_options: Mapping[str, Mapping[str, Any]] | None = None, name: str = "live",
+                 pad_id: int = 0, downstream: str | Sequence[str] | None = None, tokenizer: Any = None,
+                 downstream_options: Mapping[str, Any] | None = None) -> None:
         if every < 1:
             raise LensError(f"every must be >= 1 (observe each N optimizer steps), got {every}")
         if bad := sorted(set(sinks) - set(SINKS)):
             raise LensError(f"unknown lens sink(s) {bad}; choose from {', '.join(SINKS)}")
         if "jsonl" in sinks and out is None:
             raise LensError("the jsonl sink needs out=PATH.jsonl (or sinks=() to keep the results in memory only)")
+        if downstream and tokenizer is None:
+            raise LensError("downstream evaluation in the lens needs the model's tokenizer: tokenizer=TOK")
+        self.downstream = (downstream if isinstance(downstream, str) else ",".join(downstream)) if downstream else ""
+        self.tokenizer, self.downstream_options = tokenizer, dict(downstream_options or {})
         options = {**DEFAULT_OPTIONS, **(metric_options or {})}
-        self.metrics = _metrics(list(metrics), {k: v for k, v in options.items() if k in metrics})
-        self.every, self.tokens, self.name, self.sinks = every, tokens, name, tuple(sinks)
+        self.metrics = chosen_metrics(list(metrics), {k: v for k, v in options.items() if k in metrics})
+        self.every, self.tokens, self.name, self.sinks, self.pad_id = every, tokens, name, tuple(sinks), pad_id
         self.out = Path(out) if out is not None else None
-        self.settings = _settings(device, "auto", sequences, batch_size)
+        self.settings = eval_settings(device, "auto", sequences, batch_size)
         self.rows: list[dict[str, Any]] = []
         self._previous: tuple[int, nn.Module | LoadedCheckpoint] | None = None
         self._tb: Any = None
@@ -100,7 +102,7 @@ class LensCallback(TrainerCallback):
             return None
         live = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         module = live.model if isinstance(live, LoadedCheckpoint) else live
-        with _Untouched(module):
+        with untouched(module):
             df = self._compute(live, step)
             self._previous = (step, self._snapshot(live))
         rows = df.to_dict("records")
@@ -113,15 +115,31 @@ class LensCallback(TrainerCallback):
         two = [m for m in self.metrics if m.subject_kind == "consecutive"]
         parts = []
         if one:
-            runs, cks = live_runs([[LiveModel(live, self.name, step)]])
-            parts.append(_analyze(runs, cks, [cks[next(iter(cks))].model], one, None, None, self.tokens,
+            runs, cks = live_runs([[LiveModel(live, self.name, step)]], pad_id=self.pad_id)
+            parts.append(analyze_live(runs, cks, [cks[next(iter(cks))].model], one, None, None, self.tokens,
                                   self.settings, False, None))
         if two and self._previous is not None and self._previous[0] < step:
             before, now = LiveModel(self._previous[1], self.name, self._previous[0]), LiveModel(live, self.name, step)
-            runs, cks = live_runs([[before, now]])
-            parts.append(_analyze(runs, cks, [ck.model for ck in cks.values()], two, None, None, self.tokens,
+            runs, cks = live_runs([[before, now]], pad_id=self.pad_id)
+            parts.append(analyze_live(runs, cks, [ck.model for ck in cks.values()], two, None, None, self.tokens,
                                   self.settings, False, None))
+        if self.downstream:  # lm-eval on the live model (uncached; its modes and random states put back)
+            parts.append(pd.DataFrame(evaluate_model(live, self.tokenizer, self.downstream, name=self.name,
+                                                     step=step, **self.downstream_options)))
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    def remember(self, model: nn.Module | LoadedCheckpoint, step: int) -> None:
+        """Keep `model` as the observation at `step` for the next metrics of consecutive checkpoints, computing
+        nothing: a resumed run's weights at its resumed step (rank 0 only)."""
+        if not (dist.is_initialized() and dist.get_rank() != 0):
+            self._previous = (step, self._snapshot(model))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the jsonl rows past `step` (a killed run's, which its resumed run computes again)."""
+        if self.out is None or not self.out.is_file() or (dist.is_initialized() and dist.get_rank() != 0):
+            return
+        kept = [line for line in self.out.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        write_text_atomic(self.out, "".join(line + "\n" for line in kept))
 
     @staticmethod
     def _snapshot(live: nn.Module | LoadedCheckpoint) -> nn.Module | LoadedCheckpoint:
@@ -137,13 +155,15 @@ class LensCallback(TrainerCallback):
 
     # ---- sinks ---------------------------------------------------------------------------------
     def scalars(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-        """'lens/<metric>/<column>' -> value of the numeric columns of this step's rows (one row per metric)."""
+        """'lens/<metric>/<column>' (downstream: 'lens/downstream/<task>/<column>') -> value of the numeric columns
+        of this step's rows."""
         out = {}
         for row in rows:
+            prefix = f"lens/{row['metric']}" + (f"/{row['task']}" if row.get("task") else "")
             for key, value in row.items():
                 if key not in ("step", "seed", "step_from") and isinstance(value, (int, float)) and \
                         not isinstance(value, bool) and np.isfinite(value):
-                    out[f"lens/{row['metric']}/{key}"] = float(value)
+                    out[f"{prefix}/{key}"] = float(value)
         return out
 
     def _write(self, rows: list[dict[str, Any]], step: int) -> None:

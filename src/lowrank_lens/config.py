@@ -164,6 +164,11 @@ class TrainConfig:
     """Warm start: load model weights from this checkpoint directory before the method wraps the model."""
     sinks: tuple[str, ...] = ()
     """Extra log sinks besides log.jsonl: 'wandb', 'tensorboard'."""
+    lens: tuple[str, ...] = ()
+    """Metrics computed on the live model while it trains (e.g. spectra,update_spectra), every lens_every steps
+    from step 0, into <run>/lens.jsonl; the training is unchanged (the Python API's LensCallback)."""
+    lens_every: int = 100
+    """Steps between two lens observations."""
     on_nonfinite: str = "stop"
     """A non-finite loss or gradient norm: 'stop' the run with one line (nothing is saved after the last good
     checkpoint), or 'skip' that update (the step counter and data order go on; 10 in a row still stop)."""
@@ -176,7 +181,7 @@ class TrainConfig:
         check_fields(self, "train")
         check(self.precision in PRECISIONS,
                f"train.precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        for name in ("steps", "total_batch_size", "micro_batch_size", "log_every"):
+        for name in ("steps", "total_batch_size", "micro_batch_size", "log_every", "lens_every"):
             check(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
         for name, zero in (("eval_every", "only at checkpoints"), ("eval_batch_size", "train.micro_batch_size"),
                            ("resume_every", "no rolling resume checkpoint")):

@@ -83,3 +83,22 @@ def test_bad_input_is_one_line_naming_the_fix(run: Path):
     model = load_checkpoint(resolve_checkpoint(run, "final")).model
     with pytest.raises(LensError, match=r"downstream.seeds 'a,b': pass comma-separated non-negative integers"):
         evaluate_model(model, tok, seeds="a,b")
+
+
+def test_the_lens_evaluates_downstream_on_the_live_model(run: Path, tmp_path: Path):
+    """LensCallback(downstream=...) gives evaluate_model's rows at each observed step, and ll.evaluate of the
+    model in memory the same rows."""
+    import lowrank_lens as ll
+
+    ck = load_checkpoint(resolve_checkpoint(run))
+    tok = load_run_tokenizer(run)
+    lens = ll.LensCallback(("spectra",), every=1, sinks=(), device="cpu", sequences=4, batch_size=4,
+                           downstream="lens_mc", tokenizer=tok, downstream_options={"limit": 6})
+    with one_torch_thread():
+        df = lens.observe(ck, step=8)
+        direct = ll.evaluate(ck, "lens_mc", tokenizer=tok, limit=6, name="live", step=8)
+    rows = df[df.metric == "downstream"].dropna(axis=1, how="all").reset_index(drop=True)
+    assert list(rows["task"]) == list(direct["task"]) and np.allclose(rows["acc"], direct["acc"], rtol=0, atol=0)
+    assert "lens/downstream/lens_mc/acc" in lens.scalars(df.to_dict("records"))
+    with pytest.raises(LensError, match="needs the model's tokenizer"):
+        ll.LensCallback(("spectra",), sinks=(), downstream="lens_mc")

@@ -79,12 +79,13 @@ def loaded(live: LiveModel) -> LoadedCheckpoint:
                             path=MEMORY / live.name / f"step-{live.step}")
 
 
-def live_runs(series: Sequence[Sequence[LiveModel]], method_labels: Sequence[str] | None = None
-              ) -> tuple[list[RunRef], dict[Path, LoadedCheckpoint]]:
+def live_runs(series: Sequence[Sequence[LiveModel]], method_labels: Sequence[str] | None = None,
+              pad_id: int = 0) -> tuple[list[RunRef], dict[Path, LoadedCheckpoint]]:
     """One RunRef per series (its models are the run's checkpoints, in step order) and the checkpoints by path.
 
     Every series shares seed 0 and one scale, so the cross-run metrics pair them; each is its own 'method'
-    (its name, or `method_labels`) so the cross pairs are not skipped as one method's."""
+    (its name, or `method_labels`) so the cross pairs are not skipped as one method's. `pad_id`: the token that
+    fills masked (-1) positions of the evaluation rows, as a run's data fingerprint records it."""
     runs, checkpoints = [], {}
     for i, models in enumerate(series):
         cks = [loaded(m) for m in models]
@@ -100,8 +101,9 @@ def live_runs(series: Sequence[Sequence[LiveModel]], method_labels: Sequence[str
             refs.append(CheckpointRef(name, MEMORY / name, ck.step, path, label))
         plugin = type(cks[0].method)
         runs.append(RunRef(run_dir=MEMORY / name, run_id=name, method=label, scale="memory", seed=0, checkpoints=refs,
-                           data={}, has_dense_view=plugin.has_dense_view, no_dense_reason=plugin.no_dense_reason,
-                           is_baseline=False, vocab_size=cks[0].cfg.model.vocab_size))
+                           data={"pad_id": pad_id}, has_dense_view=plugin.has_dense_view,
+                           no_dense_reason=plugin.no_dense_reason, is_baseline=False,
+                           vocab_size=cks[0].cfg.model.vocab_size))
     return runs, checkpoints
 
 

@@ -40,9 +40,10 @@ from ..analysis.request import from_call
 from ..analysis.subjects import RunRef
 from ..analysis.tables import write_csv, write_parquet
 from ..errors import LensError
+from ..rng import kept_rng
 from ..runfolder.checkpoint import checkpoint_sha256, read_meta
 from ..runfolder.loading import LoadedCheckpoint, expand_runs, load_checkpoint, parse_device, resolve_checkpoint
-from .harness import extract, kept_rng, make_lm, run_seed
+from .harness import extract, make_lm, run_seed
 from .request import DTYPE_NAMES, DownstreamRequest, check_int, scoring_fields
 from .stats import bootstrap_stderr, chance_level, closed_form_stderr, over_seeds, unit_value
 from .taskspec import TaskSpec, load_task, resolve_tasks, task_manager

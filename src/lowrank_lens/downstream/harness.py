@@ -12,14 +12,14 @@ collect_env, ~6 s per call) that this project records elsewhere.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..rng import kept_rng
 from .taskspec import TaskSpec, hub_guard, load_task, quiet_lm_eval
 
 
@@ -69,20 +69,6 @@ def run_seed(lm: Any, task_dict: dict[str, Any], seed: int, limit: int | None = 
         np.random.seed(seed)
         torch.manual_seed(seed)
         return lm_eval.evaluate(lm=lm, task_dict=task_dict, limit=limit, bootstrap_iters=0, log_samples=True)
-
-
-@contextmanager
-def kept_rng() -> Iterator[None]:
-    """The global random states (python, numpy, torch's CPU generator and, once CUDA is initialised, every CUDA
-    device's) put back on exit, so seeding an evaluation leaves a training loop's random stream as it was."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
 
 
 def _scalar_metrics(entry: dict[str, Any]) -> dict[str, float]:

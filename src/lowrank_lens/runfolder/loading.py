@@ -97,18 +97,26 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype:
     cfg = load_run_config(ckpt.parent.parent)
     meta = read_meta(ckpt)
     method = get_method(cfg.method)(cfg.method_cfg, cfg)
+    model = model_from_state(method, load_model_state(ckpt, verify=verify), ckpt)
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    return LoadedCheckpoint(model=model.eval(), method=method, cfg=cfg, meta=meta, path=ckpt)
+
+
+def model_from_state(method: Method, state: dict[str, torch.Tensor], ckpt: Path) -> torch.nn.Module:
+    """The method's model with the saved tensors `state` (of the checkpoint folder `ckpt`, or of a live run's
+    folder for the in-training lens): rebuilt from the run's config (same init seed and surgery, so buffers such
+    as SLTrain's sparse support match), every tensor loaded strictly."""
     reader = method.reader
     model = reader.base_model(ckpt.parent.parent)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(method.run.train.seed)
         model = method.prepare_model(model)
-    state = reader.adapt_state(load_model_state(ckpt, verify=verify))
+    state = reader.adapt_state(state)
     expected = reader.state_shapes(model)
     _check_fit(ckpt, expected, {k: v.shape for k, v in state.items()})
     # strict unless the method stores fewer tensors than the module has (tied weights, stored once)
     model.load_state_dict(state, strict=len(expected) == len(model.state_dict()))
-    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-    return LoadedCheckpoint(model=model.eval(), method=method, cfg=cfg, meta=meta, path=ckpt)
+    return model
 
 
 def _check_fit(ckpt: Path, expected: Mapping[str, Sequence[int]], saved: Mapping[str, Sequence[int]]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..callback import LensCallback, untouched
 from ..config import RunConfig
 from ..data import DataBundle, to_model_inputs
 from ..distributed import DistEnv
@@ -27,6 +28,7 @@ from ..errors import TrainingDiverged
 from ..evaluation import evaluate, token_nll
 from ..methods.base import Method
 from ..runfolder.checkpoint import RESUME_DIR, nonfinite_tensors, save_checkpoint, step_dir_name
+from ..runfolder.loading import LoadedCheckpoint, model_from_state
 from . import stop
 from .logs import RunLogger, format_train_line, format_val_line
 from .memory import measure_memory
@@ -68,6 +70,7 @@ class Trainer:
     state: TrainState = field(default_factory=TrainState)
     parallel: Replicated | None = None  # how the model is spread over ranks (None: one process)
     last_saved: int = -1  # step of the newest checkpoint written (or resumed from); -1 before step 0
+    lens: LensCallback | None = None  # train.lens: the metrics on the live model every train.lens_every steps
 
     def __post_init__(self) -> None:
         if self.parallel is None:
@@ -201,6 +204,26 @@ class Trainer:
         self.state.skipped = int(resume.get("skipped", 0))  # absent in checkpoints of older versions
         self.last_saved = self.state.step
 
+    def observe_lens(self, step: int, remember: bool = False) -> None:
+        """The lens at `step` (or, `remember`, only its copy for the next update metrics). Rank 0 computes on the
+        model itself (one process, DDP) or, under FSDP2, on a copy of the whole weights every rank gathers."""
+        assert self.lens is not None
+        with untouched(self.model):  # the copy's rebuild draws its init; the training's random stream stays
+            if self.parallel.lockstep:
+                state = self.parallel.model_state(self.model)
+                model = model_from_state(self.method, state, self.run_dir / "ckpt" / step_dir_name(step)) \
+                    if self.env.is_main else None
+            else:
+                model = self.model
+            if not self.env.is_main:
+                return
+            live = LoadedCheckpoint(model, self.method, self.cfg, {"step": step},
+                                    self.run_dir / "ckpt" / step_dir_name(step))
+            if remember:
+                self.lens.remember(live, step)
+            else:
+                self.lens.observe(live, step, force=True)
+
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         t = self.cfg.train
@@ -231,6 +254,8 @@ class Trainer:
                 self.save(last_val, rolling=True)
             if due_ckpt or t.resume_every:
                 interval_t = time.perf_counter()  # keep checkpoint time out of tok/s
+            if self.lens is not None and step % self.lens.every == 0:
+                self.observe_lens(step)
             if self.state.step < t.steps and stop.should_stop(self.env):
                 if self.last_saved != step:
                     self.save(last_val, rolling=True)

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..analysis.frames import chosen_metrics
 from ..atomic import write_atomic, write_json_atomic
+from ..callback import LensCallback
 from ..config import RunConfig
-from ..data import build_data
+from ..data import DataBundle, build_data
 from ..distributed import DistEnv, init_distributed, shutdown
 from ..errors import LensError
 from ..hashing import flatten
@@ -96,6 +98,8 @@ def build_components(cfg: RunConfig, device: torch.device, parallel: Replicated 
 def train(cfg: RunConfig, out: str | Path, run_name: str | None = None, resume: bool = False) -> Path:
     """Train (or resume) one run; returns its directory. Works alone and under torchrun (DDP or FSDP2)."""
     run_dir = Path(out) / check_run_name(run_name or default_run_name(cfg))
+    if cfg.train.lens:
+        chosen_metrics(cfg.train.lens, {})  # an unknown lens metric: one line, before the run folder exists
     env = init_distributed(cfg.train.device)
     lock, created = None, False
     try:
@@ -154,7 +158,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
                        trackers=saved_trackers(resume_state))
     trainer = Trainer(cfg=cfg, run_dir=run_dir, env=env, method=method, model=model, optimizer=optimizer,
                       data=data, logger=logger, ckpt_steps=checkpoint_steps(t.steps, t.checkpoints),
-                      parallel=parallel)
+                      parallel=parallel, lens=_lens(cfg, run_dir, data, env))
     if resume_from is not None and resume_state is not None:
         step, path = resume_from
         parallel.load_model_state(model, load_model_state(path))
@@ -162,8 +166,14 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
         if env.is_main:
             logger.truncate_after(step)
             log.info(f"resuming {run_dir.name} from step {step}")
+        if trainer.lens is not None:  # the killed run's later rows go; its copy at this step is the next 'before'
+            trainer.lens.truncate_after(step)
+            if step % t.lens_every == 0:
+                trainer.observe_lens(step, remember=True)
     else:
         trainer.save(trainer.validate())
+        if trainer.lens is not None:
+            trainer.observe_lens(0)
 
     n_params = sum(p.numel() for p in model.parameters())
     if env.is_main:
@@ -177,3 +187,12 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
     if env.is_main:
         log.info(f"done: {run_dir}")
     return run_dir
+
+
+def _lens(cfg: RunConfig, run_dir: Path, data: DataBundle, env: DistEnv) -> LensCallback | None:
+    """The in-training lens of train.lens: the run's validation rows, into <run>/lens.jsonl."""
+    t = cfg.train
+    if not t.lens:
+        return None
+    return LensCallback(t.lens, t.lens_every, tokens=data.val_rows, pad_id=data.pad_id, out=run_dir / "lens.jsonl",
+                        device=str(env.device), batch_size=t.eval_batch_size or t.micro_batch_size, name=run_dir.name)
