@@ -41,6 +41,7 @@ from .downstream.evaluate import evaluate_model
 from .errors import LensError
 from .rng import kept_rng
 from .runfolder.loading import LoadedCheckpoint
+from .runfolder.log import LENS_FILE, parse_log, read_lens_rows
 
 log = logging.getLogger("lowrank_lens")
 
@@ -138,7 +139,7 @@ class LensCallback(TrainerCallback):
         """Drop the jsonl rows past `step` (a killed run's, which its resumed run computes again)."""
         if self.out is None or not self.out.is_file() or (dist.is_initialized() and dist.get_rank() != 0):
             return
-        kept = [line for line in self.out.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        kept = [line for line, record in parse_log(self.out) if record["step"] <= step]
         write_text_atomic(self.out, "".join(line + "\n" for line in kept))
 
     @staticmethod
@@ -210,15 +211,10 @@ class LensCallback(TrainerCallback):
 
 
 def read_lens(path: str | Path) -> pd.DataFrame:
-    """The rows a LensCallback wrote to its jsonl file, as one DataFrame (ll.analyze's columns)."""
+    """The rows a LensCallback (or train.lens, in <run>/lens.jsonl) wrote, as one DataFrame (ll.analyze's
+    columns plus the training step); a run folder stands for its lens.jsonl."""
     path = Path(path)
-    if not path.is_file():
-        raise LensError(f"{path} does not exist; pass the out= file of a LensCallback")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise LensError(f"{path} line {i} is not JSON; is it a LensCallback's file?") from None
-    return pd.DataFrame(rows)
+    if not (path / LENS_FILE if path.is_dir() else path).is_file():
+        raise LensError(f"{path} holds no lens series; pass a LensCallback's out= file or a run trained with "
+                        "train.lens")
+    return pd.DataFrame(read_lens_rows(path))

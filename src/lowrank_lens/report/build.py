@@ -14,7 +14,7 @@ from ..analysis.base import DIMENSIONS
 from ..analysis.tables import columns, read_csv, write_csv
 from ..atomic import atomic_path
 from .collect import MetricData, Study, method_colour
-from .figures import downstream_figure, lr_sensitivity, plot_metric, training_curves
+from .figures import downstream_figure, lens_curves, lr_sensitivity, plot_metric, training_curves
 from .findings_files import Findings
 from .html import Table, fmt, make_table, mib
 from .published import published_for, sources_note
@@ -122,6 +122,13 @@ def runs_section(study: Study, fig_dir: Path, fig_href: str, tables_dir: Path, h
     if curve is not None:
         figs.append({"src": f"{fig_href}/{curve.name}", "caption": "training loss and validation perplexity "
                      "(both definitions) vs step; colour per method, thin lines: seeds, thick: their mean"})
+    lens, lens_rows = lens_curves(study.runs, fig_dir / "lens_curves.png")
+    if lens_rows:
+        write_csv(lens_rows, tables_dir / "lens.csv")
+    if lens is not None:
+        figs.append({"src": f"{fig_href}/{lens.name}", "caption": "the lens during training (train.lens): each "
+                     "metric's headline on the live model every train.lens_every steps; colour per method, thin "
+                     f"lines: seeds, thick: their mean. Every row: {href}/lens.csv"})
     tune_csv = study.dir / "tune" / "tune.csv"
     tune_rows = read_csv(tune_csv) if tune_csv.is_file() else []
     sensitivity = lr_sensitivity(tune_rows, fig_dir / "lr_sensitivity.png")

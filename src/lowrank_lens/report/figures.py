@@ -15,8 +15,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..analysis.metrics import get_metric, metric_names  # noqa: E402
 from ..analysis.plotting import SCALE_STYLES, method_legend, save_figure  # noqa: E402
 from ..errors import LensError  # noqa: E402
+from ..runfolder.log import read_lens_rows  # noqa: E402
 from .collect import MetricData, RunInfo, method_colour  # noqa: E402
 
 log = logging.getLogger("lowrank_lens")
@@ -121,6 +123,31 @@ def training_curves(runs: list[RunInfo], path: Path) -> Path | None:
     axes[2].set_yscale("log")
     method_legend(axes[2], [m for m, _ in groups], scales)
     return save_figure(fig, path)
+
+
+def lens_curves(runs: list[RunInfo], path: Path) -> tuple[Path | None, list[dict[str, Any]]]:
+    """The in-training lens (train.lens, each run's lens.jsonl): every observed metric's headline vs training
+    step, colour per method, line style per scale, seeds thin and their mean thick; and all the rows."""
+    series = {r.name: read_lens_rows(r.dir) for r in runs}
+    rows = [row for name in series for row in series[name]]
+    known = set(metric_names())
+    metrics = [m for m in dict.fromkeys(r.get("metric") for r in rows) if m in known and get_metric(m).headline]
+    if not metrics:
+        return None, rows
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), layout="constrained", squeeze=False)
+    scales = sorted({r.scale for r in runs})
+    groups = _groups([r for r in runs if series[r.name]])
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        key = get_metric(metric).headline
+        for (method, scale), group in groups.items():
+            curves = [[(int(e["step"]), float(e[key])) for e in series[r.name]
+                       if e.get("metric") == metric and isinstance(e.get(key), (int, float))] for r in group]
+            _seed_lines(ax, curves, method_colour(method), SCALE_STYLES[scales.index(scale) % len(SCALE_STYLES)], "o")
+        ax.set_title(f"{metric}: {key}", fontsize=10)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    method_legend(axes[0][-1], [m for m, _ in groups], scales)
+    return save_figure(fig, path), rows
 
 
 def matched_figure(runs: list[RunInfo], matches: list[dict[str, Any]], path: Path) -> Path | None:

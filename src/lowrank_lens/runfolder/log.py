@@ -1,4 +1,5 @@
-"""Reading a run's log.jsonl (one JSON record per logged step and per validation); train/logs.py writes it."""
+"""Reading a run's log.jsonl (one JSON record per logged step and per validation; train/logs.py writes it) and its
+lens.jsonl (the in-training lens, callback.py)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,14 @@ def read_log(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [r for _, r in parse_log(path) if kind is None or r.get("kind") == kind]
+
+
+LENS_FILE = "lens.jsonl"
+"""The in-training lens series of a run (train.lens): one record per metric and observed step."""
+
+
+def read_lens_rows(path: Path) -> list[dict[str, Any]]:
+    """The records of a lens series: a run folder's lens.jsonl, or a LensCallback's out file ([] if absent)."""
+    path = Path(path)
+    path = path / LENS_FILE if path.is_dir() else path
+    return [r for _, r in parse_log(path)] if path.is_file() else []

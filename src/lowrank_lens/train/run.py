@@ -36,6 +36,7 @@ from ..runfolder.checkpoint import (
 )
 from ..runfolder.files import load_run_config, run_name
 from ..runfolder.folder import RunLock, check_restartable, check_run_name, claim_run_dir, forget_unused_run_dir
+from ..runfolder.log import LENS_FILE
 from .fits import check_fits
 from .logs import RunLogger, saved_trackers
 from .loop import Trainer
@@ -194,5 +195,5 @@ def _lens(cfg: RunConfig, run_dir: Path, data: DataBundle, env: DistEnv) -> Lens
     t = cfg.train
     if not t.lens:
         return None
-    return LensCallback(t.lens, t.lens_every, tokens=data.val_rows, pad_id=data.pad_id, out=run_dir / "lens.jsonl",
+    return LensCallback(t.lens, t.lens_every, tokens=data.val_rows, pad_id=data.pad_id, out=run_dir / LENS_FILE,
                         device=str(env.device), batch_size=t.eval_batch_size or t.micro_batch_size, name=run_dir.name)
