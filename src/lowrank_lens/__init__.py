@@ -6,12 +6,12 @@ The Python API (api.py), for notebooks and training scripts:
     df = ll.analyze(model, metrics="spectra")          # a pandas DataFrame, provenance in df.attrs
 """
 
-from .api import analyze, compare, config, evaluate, train
+from .api import analyze, compare, evaluate, run_config, train_run
 from .callback import LensCallback, read_lens
 from .errors import LensError
 from .runfolder.loading import LoadedCheckpoint
 from .runfolder.run import Run, load_run
 from .version import __version__
 
-__all__ = ["LensCallback", "LensError", "LoadedCheckpoint", "Run", "__version__", "analyze", "compare", "config",
-           "evaluate", "load_run", "read_lens", "train"]
+__all__ = ["LensCallback", "LensError", "LoadedCheckpoint", "Run", "__version__", "analyze", "compare", "evaluate",
+           "load_run", "read_lens", "run_config", "train_run"]

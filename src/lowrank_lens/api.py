@@ -6,7 +6,7 @@ pandas DataFrames, on run folders, Hugging Face checkpoint folders and models in
                     landscape_random={"directions": 4})                         # an nn.Module in memory
     df = ll.compare(model_a, model_b, tokens=rows)                              # interpolation, IMIB, similarity
     run = ll.load_run("runs/micro-galore-seed0"); run.log; run.checkpoint()
-    run = ll.train(ll.config("nano", "galore", "train.steps=20"), out="runs")
+    run = ll.train_run(ll.run_config("nano", "galore", "train.steps=20"), out="runs")
     df = ll.evaluate("runs/micro-galore-seed0", tasks="lens_mc")                # needs the eval extra
 
 The same functions serve the CLI (analysis/runner.run_metric, downstream/evaluate.evaluate_runs, train.train),
@@ -38,7 +38,7 @@ from .errors import LensError
 from .presets import build_config
 from .runfolder.loading import LoadedCheckpoint, expand_runs
 from .runfolder.run import Run, load_run
-from .train import train as train_run
+from .train import train as train_loop
 from .version import __version__
 
 Subject = str | Path | Run | nn.Module | LoadedCheckpoint
@@ -47,14 +47,15 @@ causal LM in memory, or a loaded checkpoint of any method (`Run.checkpoint()`)."
 PAIR_KINDS = ("cross", "reference", "consecutive")
 
 
-def config(scale: str = "micro", method: str = "full-rank", *overrides: str) -> RunConfig:
+def run_config(scale: str = "micro", method: str = "full-rank", *overrides: str) -> RunConfig:
     """The resolved run config of a preset scale and method with `section.field=value` overrides (as --set)."""
     return build_config(scale, method, list(overrides))
 
 
-def train(cfg: RunConfig, out: str | Path = "runs", run_name: str | None = None, resume: bool = False) -> Run:
-    """Train (or resume) one run under `out` and return it; the CLI's `train` does the same."""
-    return load_run(train_run(cfg, out, run_name=run_name, resume=resume))
+def train_run(cfg: RunConfig, out: str | Path = "runs", run_name: str | None = None, resume: bool = False) -> Run:
+    """Train (or resume) one run under `out` and return it; the CLI's `train` does the same. (Not `train`: that
+    name is the training package, lowrank_lens.train, which a function of the same name would hide.)"""
+    return load_run(train_loop(cfg, out, run_name=run_name, resume=resume))
 
 
 def _is_hf_folder(path: Path) -> bool:

@@ -1,4 +1,4 @@
-"""`ll.train`, `ll.load_run` / `ll.Run` and `ll.analyze` on run folders: the same run folder, log and tables
+"""`ll.train_run`, `ll.load_run` / `ll.Run` and `ll.analyze` on run folders: the same run folder, log and tables
 as the command line's."""
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ SETS = ("train.steps=6", "train.checkpoints=2", "train.log_every=1", "train.eval
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> ll.Run:
-    return ll.train(ll.config("nano", "full-rank", *SETS), out=tmp_path_factory.mktemp("runs"))
+    return ll.train_run(ll.run_config("nano", "full-rank", *SETS), out=tmp_path_factory.mktemp("runs"))
 
 
 def test_train_returns_the_run_it_wrote(run):
     assert run.name == "nano-full-rank-seed0" and run.method == "full-rank"
-    assert run.config.train.steps == 6 and run.config.model == ll.config("nano").model
+    assert run.config.train.steps == 6 and run.config.model == ll.run_config("nano").model
     assert run.steps == [0, 3, 6]
     log = run.log
     assert isinstance(log, pd.DataFrame) and list(log["step"]) == [r["step"] for r in read_log(run.path, "train")]
@@ -66,4 +66,4 @@ def test_bad_paths_are_one_line_errors(tmp_path: Path):
     with pytest.raises(ll.LensError, match="not a run folder"):
         ll.load_run(tmp_path)
     with pytest.raises(ll.LensError, match="unknown preset"):
-        ll.config("huge", "full-rank")
+        ll.run_config("huge", "full-rank")

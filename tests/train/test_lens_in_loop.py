@@ -33,8 +33,8 @@ def same_weights(a: ll.Run, b: ll.Run, step: int = 6) -> bool:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("lens")
-    plain = ll.train(ll.config("nano", "lora", *BASE), out=root / "plain")
-    watched = ll.train(ll.config("nano", "lora", *BASE, *LENS), out=root / "watched")
+    plain = ll.train_run(ll.run_config("nano", "lora", *BASE), out=root / "plain")
+    watched = ll.train_run(ll.run_config("nano", "lora", *BASE, *LENS), out=root / "watched")
     return plain, watched
 
 
@@ -69,11 +69,11 @@ def test_a_resumed_run_has_the_uninterrupted_series(tmp_path):
     and the series equals the uninterrupted one's. (A run resumed between two observations loses the first
     update row after it: the weights of its last observation are not saved.)"""
     sets = (*BASE, *LENS, "train.checkpoints=3")
-    whole = ll.train(ll.config("nano", "lora", *sets), out=tmp_path / "whole")
+    whole = ll.train_run(ll.run_config("nano", "lora", *sets), out=tmp_path / "whole")
     copy = tmp_path / "killed" / whole.name
     shutil.copytree(whole.path, copy)
     shutil.rmtree(copy / "ckpt" / "step_000006")
-    resumed = ll.train(ll.config("nano", "lora", *sets), out=copy.parent, resume=True)
+    resumed = ll.train_run(ll.run_config("nano", "lora", *sets), out=copy.parent, resume=True)
     a, b = ll.read_lens(whole.path / "lens.jsonl"), ll.read_lens(resumed.path / "lens.jsonl")
     key = ["metric", "step"]
     pd.testing.assert_frame_equal(a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True),
@@ -82,7 +82,7 @@ def test_a_resumed_run_has_the_uninterrupted_series(tmp_path):
 
 def test_an_unknown_lens_metric_is_one_line_before_anything_is_written(tmp_path):
     with pytest.raises(ll.LensError, match="unknown metric"):
-        ll.train(ll.config("nano", "lora", *BASE, "train.lens=spectrum"), out=tmp_path / "runs")
+        ll.train_run(ll.run_config("nano", "lora", *BASE, "train.lens=spectrum"), out=tmp_path / "runs")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
