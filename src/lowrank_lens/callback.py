@@ -103,6 +103,10 @@ class LensCallback(TrainerCallback):
             return None
         live = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         module = live.model if isinstance(live, LoadedCheckpoint) else live
+        if any(getattr(p, "placements", None) is not None for p in module.parameters()):  # DTensor shards
+            raise LensError("the lens sees sharded (FSDP) parameters here, only this rank's part of each matrix; "
+                            "observe a model whose weights are whole (DDP, one process), or train with the "
+                            "toolkit's loop and train.lens, which gathers them")
         with untouched(module):
             df = self._compute(live, step)
             self._previous = (step, self._snapshot(live))

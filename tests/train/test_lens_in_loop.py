@@ -5,8 +5,10 @@ it completes without a deadlock and leaves the training unchanged."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -86,23 +88,28 @@ def test_an_unknown_lens_metric_is_one_line_before_anything_is_written(tmp_path)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lowrank_lens"]
+TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+DRIVER = Path(__file__).with_name("train_many.py")
+
+
+@pytest.fixture(scope="module")
+def two_process(tmp_path_factory) -> Path:
+    """With and without the lens, under DDP and FSDP2, on 2 gloo processes: one torchrun (one start-up)."""
+    out = tmp_path_factory.mktemp("two")
+    runs = [[str(out / parallel / name), "lora", [*BASE, f"train.parallel={parallel}", *extra]]
+            for parallel in ("ddp", "fsdp") for name, extra in (("plain", []), ("watched", list(LENS)))]
+    res = subprocess.run([*TORCHRUN, str(DRIVER), "--plan", json.dumps(runs)],
+                         env={**cli_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_gloo_processes_observe_once_and_train_the_same(parallel, tmp_path):
-    sets = [a for s in (*BASE, f"train.parallel={parallel}") for a in ("--set", s)]
-    lens = [a for s in LENS for a in ("--set", s)]
-    runs = {}
-    for name, extra in (("plain", []), ("watched", lens)):
-        cmd = [*TORCHRUN, "train", "--preset", "nano", "--method", "lora", "--out", str(tmp_path / name), *sets,
-               *extra]
-        res = subprocess.run(cmd, env={**cli_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                             timeout=600)
-        assert res.returncode == 0, res.stderr[-3000:]
-        runs[name] = ll.load_run(tmp_path / name / "nano-lora-seed0")
-    assert losses(runs["plain"]) == losses(runs["watched"]) and same_weights(runs["plain"], runs["watched"])
-    series = ll.read_lens(runs["watched"].path / "lens.jsonl")
+def test_two_gloo_processes_observe_once_and_train_the_same(parallel, two_process):
+    plain, watched = (ll.load_run(two_process / parallel / name / "nano-lora-seed0") for name in ("plain", "watched"))
+    assert '"world_size": 2' in (watched.path / "config.json").read_text()
+    assert losses(plain) == losses(watched) and same_weights(plain, watched)
+    series = ll.read_lens(watched.path / "lens.jsonl")
     assert sorted(series[series.metric == "spectra"]["step"]) == [0, 2, 4, 6]  # rank 0 only: each step once
     assert sorted(series[series.metric == "update_spectra"]["step"]) == [2, 4, 6]
