@@ -94,7 +94,14 @@ def _split(subjects: Subject | Sequence[Subject] | Mapping[str, Subject | Sequen
             continue
         name = key or f"model{len(live)}"
         series = list(item) if isinstance(item, (list, tuple)) else [item]
-        live.append([LiveModel(_model(m), name, step) for step, m in enumerate(series)])
+        if not series:
+            raise LensError(f"{name}: an empty list of models; give it a model or a list of its checkpoints")
+        models = [_model(m) for m in series]
+        if bad := [type(m).__name__ for m in models if not isinstance(m, (nn.Module, LoadedCheckpoint))]:
+            raise LensError(f"{name}: cannot analyse a {bad[0]}; pass run folders, HF checkpoint folders, Runs, "
+                            "torch.nn.Modules or loaded checkpoints")
+        live.append([LiveModel(m, name, None if isinstance(m, LoadedCheckpoint) else step)
+                     for step, m in enumerate(models)])
     return folders, live
 
 
@@ -147,9 +154,15 @@ def compare(a: Subject, b: Subject, metrics: str | Sequence[str] | None = None, 
         raise LensError(f"compare takes metrics of two models ({', '.join(PAIR_KINDS)} subjects); {bad} are of "
                         "one model: use analyze")
     settings = eval_settings(device, dtype, sequences, batch_size)
-    pair_runs, pair_cks = live_runs([[LiveModel(models[0], names[0])], [LiveModel(models[1], names[1])]])
+    if names[0] == names[1]:
+        raise LensError(f"compare needs two different names, got {names}")
+    # One step (0) for both in the pair runs, so the cross and reference metrics pair them whatever their steps;
+    # 0 -> 1 in the series, so the update is a -> b.
+    pair_runs, pair_cks = live_runs([[LiveModel(models[0], names[0], 0)], [LiveModel(models[1], names[1], 0)]],
+                                    method_labels=names)
     (series,), series_cks = live_runs([[LiveModel(models[0], f"{names[0]}->{names[1]}", 0),
-                                        LiveModel(models[1], f"{names[0]}->{names[1]}", 1)]])
+                                        LiveModel(models[1], f"{names[0]}->{names[1]}", 1)]],
+                                      method_labels=[f"{names[0]}->{names[1]}"])
     parts = []
     for m in chosen:
         runs, cks, ref = ([series], series_cks, None) if m.subject_kind == "consecutive" else \

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -67,3 +68,23 @@ def test_bad_paths_are_one_line_errors(tmp_path: Path):
         ll.load_run(tmp_path)
     with pytest.raises(ll.LensError, match="unknown preset"):
         ll.run_config("huge", "full-rank")
+
+
+def test_tokens_replace_a_run_folders_rows(run):
+    """tokens= is what a run folder is evaluated on too (and the cache keys on it), as for a model in memory."""
+    other = np.random.default_rng(5).integers(0, run.config.model.vocab_size, size=(8, 16))
+    options = {"landscape_random": {"directions": 2, "points": 5}}
+    own = ll.analyze(run, metrics="landscape_random", steps=[-1], device="cpu", sequences=8, **options)
+    given = ll.analyze(run, metrics="landscape_random", steps=[-1], device="cpu", sequences=8, tokens=other, **options)
+    in_memory = ll.analyze({run.name: run.checkpoint()}, metrics="landscape_random", device="cpu", sequences=8,
+                           tokens=other, **options)
+    assert given["loss_centre"].item() != own["loss_centre"].item()
+    assert given["loss_centre"].item() == in_memory["loss_centre"].item()
+
+
+def test_compare_takes_a_run_folder_and_a_checkpoint_of_any_step(run):
+    df = ll.compare(run.path, run.checkpoint(0), metrics=["update_spectra", "imib"], device="cpu", sequences=8,
+                    imib={"points": 5})
+    update = df[df.metric == "update_spectra"]
+    assert list(update["step_from"]) == [0] and list(update["step"]) == [1] and update["update_fro_mean"].item() > 0
+    assert len(df[df.metric == "imib"]) == 1

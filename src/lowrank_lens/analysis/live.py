@@ -41,7 +41,8 @@ class LiveModel:
 
     model: nn.Module | LoadedCheckpoint
     name: str
-    step: int = 0
+    step: int | None = None
+    """The step the tables give it; None: a loaded checkpoint's own step, 0 for a module."""
 
 
 def _hf_run_config(model: nn.Module, name: str) -> RunConfig:
@@ -69,28 +70,38 @@ def _hf_run_config(model: nn.Module, name: str) -> RunConfig:
 def loaded(live: LiveModel) -> LoadedCheckpoint:
     """The model as the metrics load a checkpoint: its method plugin, run config and step."""
     if isinstance(live.model, LoadedCheckpoint):
-        return live.model
+        ck = live.model
+        if live.step is None or live.step == ck.step:
+            return ck
+        return LoadedCheckpoint(ck.model, ck.method, ck.cfg, {**ck.meta, "step": live.step}, ck.path)
     if not isinstance(live.model, nn.Module):
         raise LensError(f"{live.name}: expected a torch.nn.Module, a run folder or a loaded checkpoint, got "
                         f"{type(live.model).__name__}")
     cfg = _hf_run_config(live.model, live.name)
     method = get_method(cfg.method)(cfg.method_cfg, cfg)
-    return LoadedCheckpoint(model=live.model, method=method, cfg=cfg, meta={"step": live.step},
-                            path=MEMORY / live.name / f"step-{live.step}")
+    step = live.step or 0
+    return LoadedCheckpoint(model=live.model, method=method, cfg=cfg, meta={"step": step},
+                            path=MEMORY / live.name / f"step-{step}")
 
 
 def live_runs(series: Sequence[Sequence[LiveModel]], method_labels: Sequence[str] | None = None,
               pad_id: int = 0) -> tuple[list[RunRef], dict[Path, LoadedCheckpoint]]:
     """One RunRef per series (its models are the run's checkpoints, in step order) and the checkpoints by path.
 
-    Every series shares seed 0 and one scale, so the cross-run metrics pair them; each is its own 'method'
-    (its name, or `method_labels`) so the cross pairs are not skipped as one method's. `pad_id`: the token that
-    fills masked (-1) positions of the evaluation rows, as a run's data fingerprint records it."""
+    A checkpoint of a run keeps its run's method, scale and seed in the tables. A model from elsewhere (an HF
+    model in memory) has none: its series share seed 0 and one scale, so the cross-run metrics pair them, and
+    each is its own 'method' (its name, or `method_labels`, which also label runs' checkpoints this way: a
+    comparison of two models), so the pairs are not skipped as one method's.
+    `pad_id`: the token that fills masked (-1) positions of the evaluation rows, as a run's data fingerprint
+    records it."""
     runs, checkpoints = [], {}
     for i, models in enumerate(series):
+        if not models:
+            raise LensError("an empty list of models; give each name one model or a list of its checkpoints")
         cks = [loaded(m) for m in models]
-        name = models[0].name
-        label = method_labels[i] if method_labels else name
+        name, cfg = models[0].name, cks[0].cfg
+        own = cfg.method != "pretrained" and not method_labels  # a run's checkpoint, labelled as its run
+        label = method_labels[i] if method_labels else cfg.method if own else name
         steps = [c.step for c in cks]
         if len(set(steps)) != len(steps):
             raise LensError(f"{name}: two models at one step ({steps}); give each checkpoint its own step")
@@ -100,7 +111,8 @@ def live_runs(series: Sequence[Sequence[LiveModel]], method_labels: Sequence[str
             checkpoints[path] = ck
             refs.append(CheckpointRef(name, MEMORY / name, ck.step, path, label))
         plugin = type(cks[0].method)
-        runs.append(RunRef(run_dir=MEMORY / name, run_id=name, method=label, scale="memory", seed=0, checkpoints=refs,
+        runs.append(RunRef(run_dir=MEMORY / name, run_id=name, method=label, scale=cfg.scale if own else "memory",
+                           seed=cfg.train.seed if own else 0, checkpoints=refs,
                            data={"pad_id": pad_id}, has_dense_view=plugin.has_dense_view,
                            no_dense_reason=plugin.no_dense_reason, is_baseline=False,
                            vocab_size=cks[0].cfg.model.vocab_size))
@@ -129,13 +141,16 @@ class LiveContext(Context):
         self.checkpoints, self.given_rows = checkpoints, rows
 
     def rows(self, run: RunRef) -> np.ndarray:
+        """The rows passed in, for every run (a run folder's val_tokens.npy only when none were)."""
+        if self.given_rows is not None:
+            return np.ascontiguousarray(self.given_rows[: self.settings.sequences])
         if run.run_dir.parent != MEMORY:
             return super().rows(run)
-        if self.given_rows is None:
-            raise LensError(f"{run.run_id}: no evaluation rows; {TOKENS_FIX}")
-        return np.ascontiguousarray(self.given_rows[: self.settings.sequences])
+        raise LensError(f"{run.run_id}: no evaluation rows; {TOKENS_FIX}")
 
     def missing_rows(self, run: RunRef) -> str:
+        if self.given_rows is not None:
+            return ""
         if run.run_dir.parent != MEMORY:
             return super().missing_rows(run)
         return "" if self.given_rows is not None else f"no evaluation rows: {TOKENS_FIX}"
