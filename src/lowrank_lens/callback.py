@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,12 +37,13 @@ from transformers import TrainerCallback
 
 from .analysis.frames import analyze_live, chosen_metrics, eval_settings
 from .analysis.live import LiveModel, live_runs
-from .atomic import write_text_atomic
+from .atomic import write_json_atomic, write_text_atomic
 from .downstream.evaluate import evaluate_model
 from .errors import LensError
 from .rng import kept_rng
 from .runfolder.loading import LoadedCheckpoint
 from .runfolder.log import LENS_FILE, parse_log, read_lens_rows
+from .version import __version__
 
 log = logging.getLogger("lowrank_lens")
 
@@ -49,19 +51,27 @@ DEFAULT_METRICS = ("spectra", "update_spectra", "landscape_random")
 """The cheap ones: weight and update spectra (stable and effective rank), a few-direction random landscape."""
 DEFAULT_OPTIONS = {"landscape_random": {"directions": 2, "points": 7}}
 SINKS = ("jsonl", "tensorboard", "wandb")
+LIVE_KINDS = ("checkpoint", "consecutive")
+"""What one model, or it and its previous observation, can be the subject of."""
 
 
 @contextlib.contextmanager
 def untouched(model: nn.Module) -> Iterator[None]:
     """What a computation on a live model could change, put back after: the global random states and the
     gradients (a metric that calls backward would add to them)."""
-    grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()]
+    # Each gradient tensor itself and a copy of its values (none when there is no gradient, as after zero_grad):
+    # put back in place, so a DDP bucket view stays the same tensor.
+    grads = [(p, p.grad, p.grad.detach().clone()) for p in model.parameters() if p.grad is not None]
+    nones = [p for p in model.parameters() if p.grad is None]
     try:
         with kept_rng():
             yield
     finally:
-        for p, g in grads:
-            p.grad = g
+        for p, tensor, values in grads:
+            p.grad = tensor
+            tensor.copy_(values)
+        for p in nones:
+            p.grad = None
 
 
 class LensCallback(TrainerCallback):
@@ -75,8 +85,8 @@ class LensCallback(TrainerCallback):
                  metric_options: Mapping[str, Mapping[str, Any]] | None = None, name: str = "live",
                  pad_id: int = 0, downstream: str | Sequence[str] | None = None, tokenizer: Any = None,
                  downstream_options: Mapping[str, Any] | None = None) -> None:
-        if every < 1:
-            raise LensError(f"every must be >= 1 (observe each N optimizer steps), got {every}")
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise LensError(f"every must be an int >= 1 (observe each N optimizer steps), got {every!r}")
         if bad := sorted(set(sinks) - set(SINKS)):
             raise LensError(f"unknown lens sink(s) {bad}; choose from {', '.join(SINKS)}")
         if "jsonl" in sinks and out is None:
@@ -85,8 +95,14 @@ class LensCallback(TrainerCallback):
             raise LensError("downstream evaluation in the lens needs the model's tokenizer: tokenizer=TOK")
         self.downstream = (downstream if isinstance(downstream, str) else ",".join(downstream)) if downstream else ""
         self.tokenizer, self.downstream_options = tokenizer, dict(downstream_options or {})
+        names = [metrics] if isinstance(metrics, str) else list(metrics)
         options = {**DEFAULT_OPTIONS, **(metric_options or {})}
-        self.metrics = chosen_metrics(list(metrics), {k: v for k, v in options.items() if k in metrics})
+        self.metrics = chosen_metrics(names, {k: v for k, v in options.items() if k in names})
+        if bad := [m.name for m in self.metrics if m.subject_kind not in LIVE_KINDS]:
+            raise LensError(f"the lens computes metrics of one model or of consecutive observations; {bad} need "
+                            "other runs or a run's whole trajectory: compute them after training with ll.analyze")
+        if tokens is None and (bad := [m.name for m in self.metrics if m.needs_tokens]):
+            raise LensError(f"{bad} evaluate the model: pass tokens=ROWS (int token ids [N, T], -1 = masked)")
         self.every, self.tokens, self.name, self.sinks, self.pad_id = every, tokens, name, tuple(sinks), pad_id
         self.out = Path(out) if out is not None else None
         self.settings = eval_settings(device, "auto", sequences, batch_size)
@@ -99,17 +115,20 @@ class LensCallback(TrainerCallback):
         """The metrics on `model` at `step` when step is a multiple of `every` (or `force`); None otherwise and
         on ranks other than 0. `model` is an HF causal LM, a DDP-wrapped one, or a LoadedCheckpoint (the
         toolkit's own methods)."""
-        if not (force or step % self.every == 0) or (dist.is_initialized() and dist.get_rank() != 0):
+        if not (force or step % self.every == 0):
             return None
         live = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         module = live.model if isinstance(live, LoadedCheckpoint) else live
-        if any(getattr(p, "placements", None) is not None for p in module.parameters()):  # DTensor shards
-            raise LensError("the lens sees sharded (FSDP) parameters here, only this rank's part of each matrix; "
-                            "observe a model whose weights are whole (DDP, one process), or train with the "
-                            "toolkit's loop and train.lens, which gathers them")
+        if any(_sharded(p) for p in module.parameters()):  # checked on every rank: all raise, none waits
+            raise LensError("the lens sees sharded parameters (FSDP, DeepSpeed ZeRO-3), only this rank's part of "
+                            "each matrix; observe a model whose weights are whole (DDP, one process), or train "
+                            "with the toolkit's loop and train.lens, which gathers them")
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return None
         with untouched(module):
             df = self._compute(live, step)
-            self._previous = (step, self._snapshot(live))
+            if any(m.subject_kind == "consecutive" for m in self.metrics):
+                self._previous = (step, self._snapshot(live))
         rows = df.to_dict("records")
         self.rows += rows
         self._write(rows, step)
@@ -136,8 +155,13 @@ class LensCallback(TrainerCallback):
     def remember(self, model: nn.Module | LoadedCheckpoint, step: int) -> None:
         """Keep `model` as the observation at `step` for the next metrics of consecutive checkpoints, computing
         nothing: a resumed run's weights at its resumed step (rank 0 only)."""
-        if not (dist.is_initialized() and dist.get_rank() != 0):
+        wanted = any(m.subject_kind == "consecutive" for m in self.metrics)
+        if wanted and not (dist.is_initialized() and dist.get_rank() != 0):
             self._previous = (step, self._snapshot(model))
+
+    def observed(self, step: int) -> bool:
+        """Whether the out file holds rows of `step` (a resumed run's last observation, written before it died)."""
+        return self.out is not None and any(r.get("step") == step for r in read_lens_rows(self.out))
 
     def truncate_after(self, step: int) -> None:
         """Drop the jsonl rows past `step` (a killed run's, which its resumed run computes again)."""
@@ -171,10 +195,19 @@ class LensCallback(TrainerCallback):
                     out[f"{prefix}/{key}"] = float(value)
         return out
 
+    def provenance(self) -> dict[str, Any]:
+        """How the series is computed (written beside it as <out>.settings.json): versions, each metric's config
+        and version, the evaluation settings, the interval, the downstream tasks."""
+        return {"version": __version__, "torch": torch.__version__, "every": self.every,
+                "eval": dataclasses.asdict(self.settings), "downstream": self.downstream,
+                "downstream_options": self.downstream_options,
+                "metrics": {m.name: {"version": m.version, "config": dataclasses.asdict(m.cfg)} for m in self.metrics}}
+
     def _write(self, rows: list[dict[str, Any]], step: int) -> None:
         if "jsonl" in self.sinks:
             assert self.out is not None
             self.out.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.out.with_suffix(".settings.json"), self.provenance())
             with self.out.open("a") as f:
                 for row in rows:
                     f.write(json.dumps(row, default=float) + "\n")
@@ -196,8 +229,18 @@ class LensCallback(TrainerCallback):
 
     # ---- transformers.Trainer ------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
-        if model is not None and state.global_step == 0:  # the initial weights, the first 'previous'
+        if model is None:
+            return
+        if state.global_step == 0:  # the initial weights, the first 'previous'
             self._observe_in_trainer(model, state, force=True)
+            return
+        # resumed from a checkpoint: the killed run's later rows go; these weights are the next 'before'
+        step = state.global_step
+        self.truncate_after(step)
+        if step % self.every == 0 and not self.observed(step):
+            self._observe_in_trainer(model, state)
+        elif step % self.every == 0:
+            self.remember(model, step)
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
         if model is not None and state.global_step % self.every == 0:
@@ -212,6 +255,11 @@ class LensCallback(TrainerCallback):
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _sharded(p: torch.Tensor) -> bool:
+    """A parameter that holds only this rank's shard: a DTensor (FSDP2), FSDP1's flat parameter, a ZeRO-3 one."""
+    return getattr(p, "placements", None) is not None or getattr(p, "_is_flat_param", False) or hasattr(p, "ds_id")
 
 
 def read_lens(path: str | Path) -> pd.DataFrame:

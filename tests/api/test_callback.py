@@ -90,3 +90,34 @@ def test_any_loop_observes_every_n_steps(tmp_path):
         ll.LensCallback(("spectra",), sinks=("jsonl",))
     with pytest.raises(ll.LensError, match="unknown lens sink"):
         ll.LensCallback(("spectra",), sinks=("csv",), out=tmp_path / "x.jsonl")
+
+
+def test_a_resumed_trainer_keeps_one_row_per_step(tmp_path):
+    """Trainer.train(resume_from_checkpoint=...) with the same out file: the killed run's rows after the
+    checkpoint go, the resumed weights are the next 'before', and the series equals an uninterrupted run's."""
+    def run(out, steps, resume=None, save=False):
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=32,
+                                           attn_implementation="eager"))
+        lens = ll.LensCallback(("spectra", "update_spectra"), every=2, out=out, **SETTINGS)
+        args = TrainingArguments(output_dir=str(tmp_path / "ckpts"), max_steps=steps, per_device_train_batch_size=4,
+                                 learning_rate=1e-3, report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+                                 save_strategy="steps" if save else "no", save_steps=4, dataloader_num_workers=0)
+        Trainer(model=model, args=args, train_dataset=Rows(), callbacks=[lens]).train(resume_from_checkpoint=resume)
+
+    run(tmp_path / "whole.jsonl", 6)
+    run(tmp_path / "resumed.jsonl", 6, save=True)  # its rows at 6 stand for a run killed after step 6
+    run(tmp_path / "resumed.jsonl", 6, resume=str(tmp_path / "ckpts" / "checkpoint-4"))
+    whole, resumed = ll.read_lens(tmp_path / "whole.jsonl"), ll.read_lens(tmp_path / "resumed.jsonl")
+    key = ["metric", "step"]
+    assert not resumed.duplicated(key).any()
+    pd.testing.assert_frame_equal(whole.sort_values(key).reset_index(drop=True),
+                                  resumed.sort_values(key).reset_index(drop=True), check_exact=True)
+
+
+def test_metrics_the_lens_cannot_compute_are_refused(tmp_path):
+    with pytest.raises(ll.LensError, match="need other runs"):
+        ll.LensCallback(("imib",), sinks=())
+    with pytest.raises(ll.LensError, match="pass tokens"):
+        ll.LensCallback(("landscape_random",), sinks=())
+    assert [m.name for m in ll.LensCallback("spectra", sinks=()).metrics] == ["spectra"]

@@ -82,6 +82,25 @@ def test_a_resumed_run_has_the_uninterrupted_series(tmp_path):
                                   check_exact=True)
 
 
+def test_a_run_killed_before_its_rows_observes_its_resumed_step(tmp_path):
+    """Killed after step 4's checkpoint but before step 4's rows were written: the resumed run observes step 4
+    (its weights are the checkpoint's), so no observation step is lost; the update into step 4 is, because the
+    weights of step 2 were not saved."""
+    sets = (*BASE, *LENS, "train.checkpoints=3")
+    whole = ll.train_run(ll.run_config("nano", "lora", *sets), out=tmp_path / "whole")
+    copy = tmp_path / "killed" / whole.name
+    shutil.copytree(whole.path, copy)
+    shutil.rmtree(copy / "ckpt" / "step_000006")
+    lines = (copy / "lens.jsonl").read_text().splitlines()
+    (copy / "lens.jsonl").write_text("".join(x + "\n" for x in lines if json.loads(x)["step"] <= 2))
+    resumed = ll.read_lens(ll.train_run(ll.run_config("nano", "lora", *sets), out=copy.parent, resume=True).path)
+    assert sorted(resumed[resumed.metric == "spectra"]["step"]) == [0, 2, 4, 6]
+    assert sorted(resumed[resumed.metric == "update_spectra"]["step"]) == [2, 6]
+    full = ll.read_lens(whole.path)
+    pick = lambda df: df[(df.metric == "spectra") & (df.step == 4)].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(pick(resumed), pick(full), check_exact=True)
+
+
 def test_an_unknown_lens_metric_is_one_line_before_anything_is_written(tmp_path):
     with pytest.raises(ll.LensError, match="unknown metric"):
         ll.train_run(ll.run_config("nano", "lora", *BASE, "train.lens=spectrum"), out=tmp_path / "runs")

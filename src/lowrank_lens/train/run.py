@@ -167,10 +167,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, env: DistEnv) -> Path:
         if env.is_main:
             logger.truncate_after(step)
             log.info(f"resuming {run_dir.name} from step {step}")
-        if trainer.lens is not None:  # the killed run's later rows go; its copy at this step is the next 'before'
+        if trainer.lens is not None:  # the killed run's later rows go; these weights are the next 'before'
             trainer.lens.truncate_after(step)
-            if step % t.lens_every == 0:
-                trainer.observe_lens(step, remember=True)
+            if step % t.lens_every == 0:  # observed again if it died between this checkpoint and its rows
+                trainer.observe_lens(step, remember=trainer.lens.observed(step))
     else:
         trainer.save(trainer.validate())
         if trainer.lens is not None:
