@@ -89,8 +89,9 @@ class LensCallback(TrainerCallback):
             raise LensError(f"every must be an int >= 1 (observe each N optimizer steps), got {every!r}")
         if bad := sorted(set(sinks) - set(SINKS)):
             raise LensError(f"unknown lens sink(s) {bad}; choose from {', '.join(SINKS)}")
-        if "jsonl" in sinks and out is None:
-            raise LensError("the jsonl sink needs out=PATH.jsonl (or sinks=() to keep the results in memory only)")
+        if {"jsonl", "tensorboard"} & set(sinks) and out is None:
+            raise LensError("the jsonl and tensorboard sinks need out=PATH.jsonl (the TensorBoard folder goes "
+                            "beside it), or sinks=() to keep the results in memory only")
         if downstream and tokenizer is None:
             raise LensError("downstream evaluation in the lens needs the model's tokenizer: tokenizer=TOK")
         self.downstream = (downstream if isinstance(downstream, str) else ",".join(downstream)) if downstream else ""
@@ -109,6 +110,9 @@ class LensCallback(TrainerCallback):
         self.rows: list[dict[str, Any]] = []
         self._previous: tuple[int, nn.Module | LoadedCheckpoint] | None = None
         self._tb: Any = None
+        self._wandb: Any = None
+        if "tensorboard" in self.sinks or "wandb" in self.sinks:
+            self._open_trackers()
 
     # ---- any loop ------------------------------------------------------------------------------
     def observe(self, model: nn.Module | LoadedCheckpoint, step: int, force: bool = False) -> pd.DataFrame | None:
@@ -212,20 +216,30 @@ class LensCallback(TrainerCallback):
                 for row in rows:
                     f.write(json.dumps(row, default=float) + "\n")
         values = self.scalars(rows)
-        if "tensorboard" in self.sinks:
-            if self._tb is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str((self.out or Path("lens.jsonl")).with_suffix("")) + "-tb")
+        if self._tb is not None:
             for key, value in values.items():
                 self._tb.add_scalar(key, value, step)
             self._tb.flush()
-        if "wandb" in self.sinks:
-            import wandb
-
-            if wandb.run is None:
+        if self._wandb is not None:
+            if self._wandb.run is None:
                 raise LensError("the wandb lens sink needs an active run (wandb.init, or the Trainer's report_to)")
-            wandb.log({**values, "train/global_step": step})
+            self._wandb.log({**values, "train/global_step": step})
+
+    def _open_trackers(self) -> None:
+        """The optional trackers' modules, checked when the callback is made, not at its first observation."""
+        if "tensorboard" in self.sinks:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise LensError("the tensorboard lens sink needs tensorboard: pip install tensorboard") from None
+            assert self.out is not None
+            self._tb = SummaryWriter(str(self.out.with_suffix("")) + "-tb")
+        if "wandb" in self.sinks:
+            try:
+                import wandb
+            except ImportError:
+                raise LensError("the wandb lens sink needs wandb: pip install wandb") from None
+            self._wandb = wandb
 
     # ---- transformers.Trainer ------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
