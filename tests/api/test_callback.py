@@ -86,7 +86,7 @@ def test_any_loop_observes_every_n_steps(tmp_path):
     lens = ll.LensCallback(("spectra",), every=3, sinks=(), **SETTINGS)
     seen = [step for step in range(7) if lens.observe(model, step) is not None]
     assert seen == [0, 3, 6] and len(lens.results) == 3
-    with pytest.raises(ll.LensError, match="needs out="):
+    with pytest.raises(ll.LensError, match="need out="):
         ll.LensCallback(("spectra",), sinks=("jsonl",))
     with pytest.raises(ll.LensError, match="unknown lens sink"):
         ll.LensCallback(("spectra",), sinks=("csv",), out=tmp_path / "x.jsonl")
