@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import transformers
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from .analysis.frames import analyze_live, chosen_metrics, eval_settings
+from .analysis.frames import analyze_live, chosen_metrics, eval_settings, versions
 from .analysis.live import LiveModel, live_runs
 from .analysis.subjects import RunRef, check_steps
 from .config import RunConfig
@@ -39,7 +38,6 @@ from .presets import build_config
 from .runfolder.loading import LoadedCheckpoint, expand_runs
 from .runfolder.run import Run, load_run
 from .train import train as train_loop
-from .version import __version__
 
 Subject = str | Path | Run | nn.Module | LoadedCheckpoint
 """What the API analyses: a run folder (or a folder of runs), a Hugging Face checkpoint folder, a `Run`, a
@@ -130,9 +128,8 @@ def analyze(subjects: Subject | Sequence[Subject] | Mapping[str, Subject], metri
         ref = RunRef.open(reference.path if isinstance(reference, Run) else reference) if reference else None
     step_list = list(steps) if steps is not None else None
     check_steps(runs, step_list)
-    return analyze_live(runs + mem_runs, checkpoints, [ck.model for ck in checkpoints.values()],
-                    chosen_metrics(metrics, metric_options), step_list, ref, tokens,
-                    eval_settings(device, dtype, sequences, batch_size), force, cache_dir)
+    return analyze_live(runs + mem_runs, checkpoints, chosen_metrics(metrics, metric_options), step_list, ref,
+                        tokens, eval_settings(device, dtype, sequences, batch_size), force, cache_dir)
 
 
 def _as_checkpoint(item: Subject) -> nn.Module | LoadedCheckpoint:
@@ -168,8 +165,7 @@ def compare(a: Subject, b: Subject, metrics: str | Sequence[str] | None = None, 
         runs, cks, ref = ([series], series_cks, None) if m.subject_kind == "consecutive" else \
             (pair_runs, pair_cks, pair_runs[1] if m.subject_kind == "reference" else None)
         runs = runs[:1] if m.subject_kind == "reference" else runs
-        all_models = [ck.model for ck in cks.values()]
-        parts.append(analyze_live(runs, cks, all_models, [m], None, ref, tokens, settings, False, None))
+        parts.append(analyze_live(runs, cks, [m], None, ref, tokens, settings, False, None))
     out = pd.concat(parts, ignore_index=True)
     metrics_info = {k: v for p in parts for k, v in p.attrs["lowrank_lens"]["metrics"].items()}
     out.attrs["lowrank_lens"] = {**parts[0].attrs["lowrank_lens"], "metrics": metrics_info}
@@ -193,6 +189,5 @@ def evaluate(subjects: Subject | Sequence[Subject], tasks: str | Sequence[str] =
         req = DownstreamRequest(paths, tasks=tasks, **fields)
         df = pd.DataFrame(evaluate_runs(req))
         settings = req.score_settings
-    df.attrs["lowrank_lens"] = {"version": __version__, "torch": torch.__version__,
-                                "transformers": transformers.__version__, "downstream": settings}
+    df.attrs["lowrank_lens"] = {**versions(), "downstream": settings}
     return df

@@ -35,15 +35,14 @@ import torch.distributed as dist
 from torch import nn
 from transformers import TrainerCallback
 
-from .analysis.frames import analyze_live, chosen_metrics, eval_settings
-from .analysis.live import LiveModel, live_runs
+from .analysis.frames import analyze_live, chosen_metrics, eval_settings, metric_provenance, versions
+from .analysis.live import LiveModel, live_runs, token_rows
 from .atomic import write_json_atomic, write_text_atomic
 from .downstream.evaluate import evaluate_model
 from .errors import LensError
 from .rng import kept_rng
 from .runfolder.loading import LoadedCheckpoint
 from .runfolder.log import LENS_FILE, parse_log, read_lens_rows
-from .version import __version__
 
 log = logging.getLogger("lowrank_lens")
 
@@ -104,7 +103,9 @@ class LensCallback(TrainerCallback):
                             "other runs or a run's whole trajectory: compute them after training with ll.analyze")
         if tokens is None and (bad := [m.name for m in self.metrics if m.needs_tokens]):
             raise LensError(f"{bad} evaluate the model: pass tokens=ROWS (int token ids [N, T], -1 = masked)")
-        self.every, self.tokens, self.name, self.sinks, self.pad_id = every, tokens, name, tuple(sinks), pad_id
+        self.every, self.name, self.sinks, self.pad_id = every, name, tuple(sinks), pad_id
+        self.tokens = token_rows(tokens, None)  # a file read once, not at every observation
+        self._updates = any(m.subject_kind == "consecutive" for m in self.metrics)  # a previous copy is needed
         self.out = Path(out) if out is not None else None
         self.settings = eval_settings(device, "auto", sequences, batch_size)
         self.rows: list[dict[str, Any]] = []
@@ -131,8 +132,7 @@ class LensCallback(TrainerCallback):
             return None
         with untouched(module):
             df = self._compute(live, step)
-            if any(m.subject_kind == "consecutive" for m in self.metrics):
-                self._previous = (step, self._snapshot(live))
+            self.remember(live, step)
         rows = df.to_dict("records")
         self.rows += rows
         self._write(rows, step)
@@ -144,13 +144,11 @@ class LensCallback(TrainerCallback):
         parts = []
         if one:
             runs, cks = live_runs([[LiveModel(live, self.name, step)]], pad_id=self.pad_id)
-            parts.append(analyze_live(runs, cks, [cks[next(iter(cks))].model], one, None, None, self.tokens,
-                                  self.settings, False, None))
+            parts.append(analyze_live(runs, cks, one, None, None, self.tokens, self.settings, False, None))
         if two and self._previous is not None and self._previous[0] < step:
             before, now = LiveModel(self._previous[1], self.name, self._previous[0]), LiveModel(live, self.name, step)
             runs, cks = live_runs([[before, now]], pad_id=self.pad_id)
-            parts.append(analyze_live(runs, cks, [ck.model for ck in cks.values()], two, None, None, self.tokens,
-                                  self.settings, False, None))
+            parts.append(analyze_live(runs, cks, two, None, None, self.tokens, self.settings, False, None))
         if self.downstream:  # lm-eval on the live model (uncached; its modes and random states put back)
             parts.append(pd.DataFrame(evaluate_model(live, self.tokenizer, self.downstream, name=self.name,
                                                      step=step, **self.downstream_options)))
@@ -159,8 +157,7 @@ class LensCallback(TrainerCallback):
     def remember(self, model: nn.Module | LoadedCheckpoint, step: int) -> None:
         """Keep `model` as the observation at `step` for the next metrics of consecutive checkpoints, computing
         nothing: a resumed run's weights at its resumed step (rank 0 only)."""
-        wanted = any(m.subject_kind == "consecutive" for m in self.metrics)
-        if wanted and not (dist.is_initialized() and dist.get_rank() != 0):
+        if self._updates and not (dist.is_initialized() and dist.get_rank() != 0):
             self._previous = (step, self._snapshot(model))
 
     def observed(self, step: int) -> bool:
@@ -202,10 +199,10 @@ class LensCallback(TrainerCallback):
     def provenance(self) -> dict[str, Any]:
         """How the series is computed (written beside it as <out>.settings.json): versions, each metric's config
         and version, the evaluation settings, the interval, the downstream tasks."""
-        return {"version": __version__, "torch": torch.__version__, "every": self.every,
+        return {**versions(), "every": self.every,
                 "eval": dataclasses.asdict(self.settings), "downstream": self.downstream,
                 "downstream_options": self.downstream_options,
-                "metrics": {m.name: {"version": m.version, "config": dataclasses.asdict(m.cfg)} for m in self.metrics}}
+                "metrics": {m.name: metric_provenance(m) for m in self.metrics}}
 
     def _write(self, rows: list[dict[str, Any]], step: int) -> None:
         if "jsonl" in self.sinks:

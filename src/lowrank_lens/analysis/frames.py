@@ -12,7 +12,6 @@ from typing import Any
 import pandas as pd
 import torch
 import transformers
-from torch import nn
 
 from ..errors import LensError
 from ..runfolder.loading import LoadedCheckpoint
@@ -49,23 +48,33 @@ def eval_settings(device: str, dtype: str, sequences: int, batch_size: int) -> E
     return EvalSettings(sequences=sequences, batch_size=batch_size, device=device, dtype=dtype)
 
 
+def versions() -> dict[str, str]:
+    """The package and library versions every result's provenance names."""
+    return {"version": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def metric_provenance(metric: Metric) -> dict[str, Any]:
+    return {"version": metric.version, "config": dataclasses.asdict(metric.cfg)}
+
+
 def frame(outcomes: Sequence[MetricOutcome], settings: EvalSettings) -> pd.DataFrame:
     """One row per subject (and metric), the CLI's table columns, with the provenance in attrs."""
     rows = [row for o in outcomes for row in o.rows]
     df = pd.DataFrame(rows, columns=columns(rows))  # the CLI tables' column order
     df.attrs["lowrank_lens"] = {
-        "version": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-        "metrics": {o.metric.name: {"version": o.metric.version, "config": dataclasses.asdict(o.metric.cfg),
-                                    "computed": o.computed, "cached": o.cached} for o in outcomes},
+        **versions(),
+        "metrics": {o.metric.name: {**metric_provenance(o.metric), "computed": o.computed, "cached": o.cached}
+                    for o in outcomes},
         "eval": dataclasses.asdict(settings)}
     return df
 
 
-def analyze_live(runs: list[RunRef], checkpoints: dict[Path, LoadedCheckpoint], models: list[nn.Module],
-             metrics: list[Metric], steps: list[int] | None, reference: RunRef | None, tokens: Any,
-             settings: EvalSettings, force: bool, cache_dir: str | Path | None) -> pd.DataFrame:
+def analyze_live(runs: list[RunRef], checkpoints: dict[Path, LoadedCheckpoint], metrics: list[Metric],
+                 steps: list[int] | None, reference: RunRef | None, tokens: Any, settings: EvalSettings,
+                 force: bool, cache_dir: str | Path | None) -> pd.DataFrame:
+    """The metrics over run folders and the models in memory of `checkpoints` (each in eval mode meanwhile)."""
     vocab = min((r.vocab_size for r in runs if r.vocab_size), default=None)
     ctx = LiveContext(settings, checkpoints, token_rows(tokens, vocab))
-    with evaluating(models):
+    with evaluating([ck.model for ck in checkpoints.values()]):
         outcomes = [run_metric(m, runs, steps, reference, ctx, force, cache_dir) for m in metrics]
     return frame(outcomes, settings)
