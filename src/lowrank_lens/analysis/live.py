@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ..config import DataConfig, RunConfig, TrainConfig
 from ..data.cache import check_token_rows, load_token_rows
 from ..errors import LensError
-from ..imports.checks import hf_sizes
+from ..imports.checks import descriptive_shape
 from ..methods import get_method
 from ..model.architectures import known_model_types
 from ..runfolder.files import run_config_from_dict
@@ -53,11 +53,7 @@ def _hf_run_config(model: nn.Module, name: str) -> RunConfig:
         raise LensError(f"{name}: {type(model).__name__} is not a Hugging Face causal LM of a known architecture "
                         f"({', '.join(known_model_types())}); pass one, a run folder, or a loaded checkpoint "
                         "(lowrank_lens.load_run(RUN).checkpoint(STEP))")
-    sizes = hf_sizes(hf_config.to_dict())
-    try:
-        shape = ModelConfig(**sizes)
-    except LensError:  # a head size the LLaMA-shaped record rejects: record one head, as the importer does
-        shape = ModelConfig(**{**sizes, "num_heads": 1})
+    shape = descriptive_shape(hf_config.to_dict())
     plugin = get_method("pretrained")
     cfg = RunConfig(scale="memory", method="pretrained", model=shape, data=DataConfig(), train=TrainConfig(steps=1),
                     method_cfg=plugin.Config(model_type=model_type),

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import MODEL_LIMITS
+from ..config import MODEL_LIMITS, ModelConfig
 from ..errors import LensError, first_line
 
 SIZE_KEYS = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "n_embd": "hidden_size",
@@ -64,6 +64,16 @@ def hf_sizes(hf: dict[str, Any]) -> dict[str, int]:
     return dict(hidden_size=h, intermediate_size=get("intermediate_size", "n_inner", default=4 * h),
                 num_layers=get("num_hidden_layers", "n_layer"), num_heads=get("num_attention_heads", "n_head"),
                 vocab_size=get("vocab_size"), max_seq_len=get("max_position_embeddings", "n_positions", default=1024))
+
+
+def descriptive_shape(hf: dict[str, Any]) -> ModelConfig:
+    """The run config's model section for an HF architecture (the model itself is built from its own config):
+    an import's and a model in memory's."""
+    kw = hf_sizes(hf)
+    try:
+        return ModelConfig(**kw)
+    except LensError:  # a head size this LLaMA-shaped record rejects (odd): record one head, the rest holds
+        return ModelConfig(**{**kw, "num_heads": 1})
 
 
 def parameter_count(hf: dict[str, Any]) -> int:

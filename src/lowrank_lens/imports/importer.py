@@ -45,7 +45,7 @@ from ..runfolder.files import run_config_from_dict
 from ..runfolder.folder import MARKER
 from ..runfolder.loading import load_checkpoint
 from ..tempdirs import finish_temp_dir, make_temp_dir, sweep_stale
-from .checks import check_checkpoint, hf_sizes, parameter_count, reading
+from .checks import check_checkpoint, descriptive_shape, parameter_count, reading
 from .layouts import convert, detect_layout, layouts, llama_shape, read_state, weight_keys
 from .sources import Snapshot, hub_series, local_series, looks_like_repo_id
 from .tokens import TOKENIZER_FILES, evaluation_rows
@@ -103,21 +103,12 @@ def _checked_config(series: list[Snapshot], root: Path) -> dict[str, Any]:
     return first
 
 
-def _descriptive_shape(hf: dict[str, Any]) -> ModelConfig:
-    """The run config's model section for an HF architecture (the model itself is built from hf_config/)."""
-    kw = hf_sizes(hf)
-    try:
-        return ModelConfig(**kw)
-    except LensError:  # a head size this LLaMA-shaped record rejects (odd): record one head, the rest holds
-        return ModelConfig(**{**kw, "num_heads": 1})
-
-
 def _run_config(layout: str, hf: dict[str, Any], series: list[Snapshot], opts: ImportOptions,
                 fields: dict[str, Any]) -> RunConfig:
     plugin = "pretrained" if layout == "hf" else layout
     cls = get_method(plugin)
     if layout == "hf":
-        model = _descriptive_shape(hf)
+        model = descriptive_shape(hf)
         method_cfg = cls.Config(model_type=str(hf.get("model_type", "")), targets=tuple(opts.targets), **fields)
     else:
         model = llama_shape(hf, series[0].folder)

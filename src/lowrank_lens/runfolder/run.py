@@ -60,14 +60,13 @@ class Run:
 
     def checkpoint(self, step: int = -1, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedCheckpoint:
         """The checkpoint at `step` (-1: the last) in its method's own parameterization, on `device`."""
-        steps = self.steps
-        if not steps:
+        saved = {s: p for s, p in complete_checkpoints(self.path) if p.name != "resume"}  # one listing
+        if not saved:
             raise LensError(f"run {self.path} has no complete checkpoint yet; train it first")
-        chosen = steps[-1] if step == -1 else step
-        if chosen not in steps:
-            raise LensError(f"run {self.path} has no checkpoint at step {step}; it has {steps}")
-        path = next(p for s, p in complete_checkpoints(self.path) if s == chosen and p.name != "resume")
-        return load_checkpoint(path, parse_device(device, "device"), dtype)
+        chosen = max(saved) if step == -1 else step
+        if chosen not in saved:
+            raise LensError(f"run {self.path} has no checkpoint at step {step}; it has {sorted(saved)}")
+        return load_checkpoint(saved[chosen], parse_device(device, "device"), dtype)
 
 
 def load_run(path: str | Path) -> Run:
