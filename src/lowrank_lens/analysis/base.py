@@ -5,7 +5,7 @@
         Config = MyConfig                              # a dataclass; every constant is a field
         def compute(self, subject, ctx) -> Result      # the expensive part, cached by content
         def summarize(self, result) -> dict            # scalar columns for tables (default: scalars)
-        def plot(self, results, out_dir) -> list[Path] # cheap; reads only Results
+        def charts(self, results) -> list[Chart]       # cheap; reads only Results (charts.py)
 
 `compute` must be deterministic given (config, subject, evaluation tokens, seed), must never mutate a
 checkpoint, and never plots. The runner (runner.py) enumerates subjects, looks results up in the cache
@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from .plotting import chart_png
 from .subjects import enumerate_subjects
 
 if TYPE_CHECKING:
+    from .charts import Chart
     from .context import Context
     from .subjects import RunRef, Subject
 
@@ -106,9 +108,15 @@ class Metric:
         """Scalar columns for tables (default: every scalar of the result)."""
         return dict(result.scalars)
 
-    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
-        """Figures from cached results (default: none). Returns the files written."""
+    def charts(self, results: list[Result]) -> list[Chart]:
+        """The metric's figures as data (charts.py), from cached results only (default: none). The report
+        draws them interactive, and plot() writes them as PNG."""
         return []
+
+    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
+        """Figure files from cached results: each chart of charts() as `<out_dir>/<chart.name>.png`. A
+        plugin may override it to draw with its own code (the report then shows its files as images)."""
+        return [chart_png(c, out_dir / f"{c.name}.png") for c in self.charts(results)]
 
 
 def part_range(total: int, part: int, parts: int) -> range:

@@ -8,17 +8,22 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D
+import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
 from ..errors import LensError
 from ..methods import get_method
-from .base import Result  # noqa: E402
+from .charts import Chart, Heatmap, Series, finite  # noqa: E402
+
+if TYPE_CHECKING:
+    from .base import Result
 
 
 def method_colour(method: str) -> str:
@@ -99,4 +104,95 @@ def line_plot_by_method(results: list[Result], key: str, path: Path, ylabel: str
     ax.set_ylabel(ylabel)
     outside_legend(ax)
     ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+MPL_DASHES = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-."}
+MAX_PANELS = 16
+"""Views drawn as panels in a chart's PNG; the interactive figure selects among all of them."""
+
+
+def _draw_series(ax, s: Series, categories: list[str], bar_slot: tuple[int, int]) -> None:
+    colour = s.colour or (method_colour(s.method) if s.method else None)
+    label = s.name if s.legend else "_nolegend_"
+    pts = [(x, finite(y), finite(lo) if s.low is not None else None, finite(hi) if s.high is not None else None)
+           for x, y, lo, hi in zip(s.x, s.y, s.low if s.low is not None else [None] * len(s.y),
+                                   s.high if s.high is not None else [None] * len(s.y), strict=True)]
+    if s.mode == "bar":
+        slot, slots = bar_slot
+        width = 0.8 / slots
+        xs = [categories.index(str(x)) - 0.4 + (slot + 0.5) * width for x, *_ in pts]
+        ys = [y if y is not None else float("nan") for _, y, *_ in pts]
+        err = None
+        if s.low is not None and s.high is not None:
+            err = [[(y - lo) if None not in (y, lo) else 0.0 for _, y, lo, _ in pts],
+                   [(hi - y) if None not in (y, hi) else 0.0 for _, y, _, hi in pts]]
+        ax.bar(xs, ys, width, yerr=err, color=colour, label=label, capsize=2, alpha=s.opacity)
+        return
+    xs = [categories.index(str(x)) if categories else x for x, *_ in pts]
+    ys = [y if y is not None else float("nan") for _, y, *_ in pts]
+    ls = MPL_DASHES.get(s.dash, "-") if "lines" in s.mode else "none"
+    marker = "o" if "markers" in s.mode else None
+    if s.low is not None and s.high is not None and s.interval == "bars":
+        ax.errorbar(xs, ys, yerr=[[y - lo if None not in (y, lo) else 0.0 for _, y, lo, _ in pts],
+                                  [hi - y if None not in (y, hi) else 0.0 for _, y, _, hi in pts]],
+                    color=colour, ls=ls, marker=marker, ms=s.marker_size * 0.75, lw=s.width, capsize=2,
+                    alpha=s.opacity, label=label)
+        return
+    ax.plot(xs, ys, color=colour, ls=ls, marker=marker, ms=s.marker_size * 0.75, lw=s.width, alpha=s.opacity,
+            label=label)
+    if s.low is not None and s.high is not None:
+        lows = [lo if lo is not None else float("nan") for *_, lo, _ in pts]
+        highs = [hi if hi is not None else float("nan") for *_, hi in pts]
+        ax.fill_between(xs, lows, highs, color=colour, alpha=0.2 * s.opacity, lw=0)
+
+
+def _draw_heatmap(fig, ax, h: Heatmap) -> None:
+    z = np.array([[v if (v := finite(c)) is not None else np.nan for c in row] for row in h.z], dtype=float)
+    im = ax.imshow(z, aspect="auto", cmap="magma")
+    ax.set_xticks(range(len(h.x)), list(h.x), fontsize=7, rotation=45 if len(h.x) > 8 else 0)
+    ax.set_yticks(range(len(h.y)), list(h.y), fontsize=7)
+    fig.colorbar(im, ax=ax, label=h.colour_label)
+
+
+def chart_png(chart: Chart, path: Path) -> Path:
+    """Draw `chart` with matplotlib into `path` (PNG, or SVG by suffix): one panel per view (at most
+    MAX_PANELS), one legend entry per legend series, to the right of the last panel."""
+    views = chart.views[:MAX_PANELS] or [""]
+    cols = min(4, len(views))
+    rows = -(-len(views) // cols)
+    size = (5.5, 3.6) if len(views) == 1 else (3.6, 2.8)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False,
+                             layout="constrained")
+    categories = list(dict.fromkeys(str(x) for s in chart.series if isinstance(s, Series)
+                                    for x in s.x if isinstance(x, str)))
+    for ax, view in zip(axes.flat, views, strict=False):
+        drawn = [s for s in chart.series if not s.view or not view or s.view == view]
+        bars = [s for s in drawn if isinstance(s, Series) and s.mode == "bar"]
+        for s in drawn:
+            if isinstance(s, Heatmap):
+                _draw_heatmap(fig, ax, s)
+            else:
+                _draw_series(ax, s, categories, (bars.index(s) if s in bars else 0, max(1, len(bars))))
+        if categories and not any(isinstance(s, Heatmap) for s in drawn):
+            ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 3 else 0,
+                          ha="right" if len(categories) > 3 else "center", fontsize=7)
+        if view:
+            ax.set_title(view, fontsize=9)
+        ax.set_xlabel(chart.x_label, fontsize=8)
+        ax.set_ylabel(chart.y_label, fontsize=8)
+        ax.set_xscale("log" if chart.x_log else "linear")
+        ax.set_yscale("log" if chart.y_log else "linear")
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(views):]:
+        ax.set_visible(False)
+    entries: dict[str, object] = {}
+    for ax in list(axes.flat)[:len(views)]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        axes.flat[len(views) - 1].legend(list(entries.values()), list(entries), fontsize=7, loc="upper left",
+                                         bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(chart.title, fontsize=10)
     return save_figure(fig, path)
