@@ -101,13 +101,14 @@ def run_label(r: Result) -> tuple[str, str]:
 
 
 def one_legend_entry(series: list[Series]) -> list[Series]:
-    """Keep one legend entry per method: the first series of each method shows in the legend, the rest
-    (its other seeds or runs) toggle with it. Series without a method keep their own entry."""
-    seen: set[str] = set()
+    """Keep one legend entry per method (per view, in a chart with views: the interactive figure shows one
+    view at a time, so each view keeps its own entry): the first series of each method shows in the
+    legend, the rest (its other seeds or runs) toggle with it. Series without a method keep their own entry."""
+    seen: set[tuple[str, str]] = set()
     for s in series:
         if s.method:
-            s.legend = s.method not in seen
-            seen.add(s.method)
+            s.legend = (s.method, s.view) not in seen
+            seen.add((s.method, s.view))
     return series
 
 
