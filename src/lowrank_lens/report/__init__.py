@@ -29,10 +29,11 @@ from ..atomic import write_text_atomic
 from ..errors import LensError
 from ..tempdirs import make_temp_dir, replace_dir, sweep_stale
 from .build import dimensions, downstream_section, overview, prediction_section, provenance, runs_section
-from .collect import load_study, run_records
+from .collect import load_study, method_colour, run_records
 from .figures import REPORT_FILE_SUFFIXES, fresh_dir
 from .findings_files import load_findings, missing_message
 from .html import render
+from .interactive import write_assets
 from .sections import claims_section, matched_section, statistics_section
 from .summary import summary
 
@@ -96,6 +97,9 @@ def _build(study_dir: Path, study, findings, out: Path) -> Path:
     fig_href, href = "figures", "tables"
     dims = dimensions(study, findings, figs, fig_href, tables, href)
     context = {
+        "assets": write_assets(out),
+        "methods": [(m, method_colour(m)) for m in dict.fromkeys(r.method for r in sorted(
+            study.runs, key=lambda r: not r.is_baseline) if r.config)],
         "title": f"lowrank-lens study: {study.spec.get('name') or study_dir.name}",
         "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "version": _version(), "study_dir": str(study_dir.resolve()),

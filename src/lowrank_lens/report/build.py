@@ -14,9 +14,17 @@ from ..analysis.base import DIMENSIONS
 from ..analysis.tables import columns, read_csv, write_csv
 from ..atomic import atomic_path
 from .collect import MetricData, Study, method_colour
-from .figures import downstream_figure, lens_curves, lr_sensitivity, plot_metric, training_curves
+from .figures import (
+    downstream_chart,
+    lens_charts,
+    lr_sensitivity_chart,
+    metric_charts,
+    prediction_chart,
+    training_charts,
+)
 from .findings_files import Findings
 from .html import Table, fmt, make_table, mib
+from .interactive import render_charts
 from .published import published_for, sources_note
 from .sections import seed_summary_table
 
@@ -117,26 +125,21 @@ def runs_section(study: Study, fig_dir: Path, fig_href: str, tables_dir: Path, h
                      "problem": r.problem})
     cols = [c for c in rows[0] if any(row.get(c) not in (None, "") for row in rows)] if rows else []
     write_csv(rows, tables_dir / "runs.csv")
-    figs = []
-    curve = training_curves(study.runs, fig_dir / "training_curves.png")
-    if curve is not None:
-        figs.append({"src": f"{fig_href}/{curve.name}", "caption": "training loss and validation perplexity "
-                     "(both definitions) vs step; colour per method, thin lines: seeds, thick: their mean"})
-    lens, lens_rows = lens_curves(study.runs, fig_dir / "lens_curves.png")
+    charts = training_charts(study.runs)
+    lens, lens_rows = lens_charts(study.runs)
     if lens_rows:
         write_csv(lens_rows, tables_dir / "lens.csv")
-    if lens is not None:
-        figs.append({"src": f"{fig_href}/{lens.name}", "caption": "the lens during training (train.lens): each "
-                     "metric's headline on the live model every train.lens_every steps; colour per method, thin "
-                     f"lines: seeds, thick: their mean. Every row: {href}/lens.csv"})
+    for c in lens:
+        c.caption = (f"{c.title}: the metric's headline on the live model every train.lens_every steps; seeds thin, "
+                     f"their mean thick. Every row: {href}/lens.csv")
     tune_csv = study.dir / "tune" / "tune.csv"
     tune_rows = read_csv(tune_csv) if tune_csv.is_file() else []
-    sensitivity = lr_sensitivity(tune_rows, fig_dir / "lr_sensitivity.png")
+    sensitivity = lr_sensitivity_chart(tune_rows)
     if sensitivity is not None:
         write_csv(tune_rows, tables_dir / "tune.csv")
-        figs.append({"src": f"{fig_href}/{sensitivity.name}", "caption": "learning-rate sensitivity (the tune "
-                     "stage): each proxy run's final validation loss vs its lr, one line per method; ring: the lr "
-                     f"the study trained with; cross: diverged. Every proxy: {href}/tune.csv"})
+        sensitivity.caption = f"{sensitivity.title}. Every proxy: {href}/tune.csv"
+        lens.append(sensitivity)
+    figs = render_charts(charts + lens, fig_dir, fig_href, "runs")
     note = PPL_NOTE + (" " + sources_note(cited) if cited else "")
     return {"note": note, "table": make_table(rows, cols, csv=f"{href}/runs.csv"), "figures": figs}
 
@@ -156,9 +159,10 @@ def metric_context(md: MetricData, findings: Findings | None, fig_root: Path, fi
     """One metric's subsection: definition, settings, its own figures (plot() on the cached results), its
     table and, with several seeds, the table over seeds."""
     out_dir = fig_root / md.name
-    paths, error = plot_metric(md, out_dir)
-    figs = [{"src": f"{fig_href}/{md.name}/{p.relative_to(out_dir).as_posix()}", "caption": p.stem}
-            for p in paths if p.resolve().is_relative_to(out_dir.resolve())]
+    charts, paths, error = metric_charts(md, out_dir)
+    figs = render_charts(charts, out_dir, f"{fig_href}/{md.name}", md.name)
+    figs += [{"src": f"{fig_href}/{md.name}/{p.relative_to(out_dir).as_posix()}", "caption": p.stem}
+             for p in paths if p.resolve().is_relative_to(out_dir.resolve())]
     figs += [{"src": _copy(p, out_dir, fig_href, md.name), "caption": p.stem}
              for p in paths if not p.resolve().is_relative_to(out_dir.resolve())]
     table: Table = make_table([])
@@ -210,10 +214,8 @@ def downstream_section(study: Study, fig_dir: Path, fig_href: str, tables_dir: P
         write_csv(t.rows, tables_dir / f"downstream_{t.name}.csv")
         cols = [c for c in columns(t.rows) if c != "metric"]
         tables.append(make_table(t.rows, cols, csv=f"{href}/downstream_{t.name}.csv", caption=f"{t.name}.csv"))
-        if any("task" in r for r in t.rows):
-            fig = downstream_figure(t.rows, fig_dir / f"downstream_{t.name}.png")
-            if fig is not None:
-                figs.append({"src": f"{fig_href}/{fig.name}", "caption": f"zero-shot accuracy ({t.name})"})
+        chart = downstream_chart(t.rows, t.name) if any("task" in r for r in t.rows) else None
+        figs += render_charts([chart] if chart else [], fig_dir, fig_href, "downstream")
     return {"tables": tables, "figures": figs,
             "message": "no downstream tables in <study>/downstream/ (the downstream stage was not run, or the "
                        "study has no downstream tasks)"}
@@ -226,10 +228,9 @@ def prediction_section(study: Study, fig_dir: Path, fig_href: str, tables_dir: P
         copy_atomic(t.path, tables_dir / f"prediction_{t.name}.csv")
         caption = f"{t.name}: {PREDICTION_TABLES[t.name]}" if t.name in PREDICTION_TABLES else t.name
         tables.append(make_table(t.rows, csv=f"{href}/prediction_{t.name}.csv", caption=caption))
-    if study.prediction_figure is not None:
-        copy_atomic(study.prediction_figure, fig_dir / study.prediction_figure.name)
-        figs.append({"src": f"{fig_href}/{study.prediction_figure.name}",
-                     "caption": "out-of-fold predicted vs actual downstream accuracy"})
+    predicted = next((t for t in study.prediction if t.name == "predictions"), None)
+    chart = prediction_chart(predicted.rows) if predicted is not None else None
+    figs += render_charts([chart] if chart else [], fig_dir, fig_href, "prediction")
     return {"tables": tables, "figures": figs, "note": study.prediction_note,
             "message": "no prediction tables in <study>/prediction/ (the predict stage was not run)"}
 

@@ -344,7 +344,6 @@ class Study:
     timings: dict[str, Any]
     downstream: list[CsvTable]
     prediction: list[CsvTable]
-    prediction_figure: Path | None
     prediction_note: str
 
     @property
@@ -373,9 +372,7 @@ def load_study(study_dir: Path) -> Study:
     metrics = [collect_metric(n, run_dirs, study_dir / "analysis", expected.get(n)) for n in metric_names()]
     timings = _read_json(study_dir / "timings.json") if (study_dir / "timings.json").is_file() else {}
     pred_dir = study_dir / "prediction"
-    figure = pred_dir / "predicted_vs_actual.png"
     skipped = pred_dir / "skipped.txt"
     return Study(dir=study_dir, spec=spec, runs=runs, metrics=metrics, timings=timings or {},
                  downstream=read_tables(study_dir / "downstream"), prediction=read_tables(pred_dir),
-                 prediction_figure=figure if figure.is_file() else None,
                  prediction_note=skipped.read_text().strip() if skipped.is_file() else "")

@@ -1,6 +1,8 @@
-"""Report figures: each metric's own plot() on its cached Results, plus the few report-level figures
-(training curves, matched-perplexity targets, downstream accuracy). Method colours are the fixed ones of
-docs/study.md §1.1 (Method.colour). Every figure reads files already gathered (collect.py), never a checkpoint.
+"""Report figures as Charts (analysis/charts.py): each metric's own charts() on its cached Results, plus the
+report-level ones (training curves, the lens during training, matched-perplexity targets, downstream accuracy,
+learning-rate sensitivity, predicted vs actual accuracy). The page draws them interactive and writes each as
+PNG (interactive.py). Method colours are the fixed ones of docs/study.md §1.1 (Method.colour). Every figure
+reads files already gathered (collect.py), never a checkpoint.
 """
 
 from __future__ import annotations
@@ -10,23 +12,18 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..analysis.metrics import get_metric, metric_names  # noqa: E402
-from ..analysis.plotting import SCALE_STYLES, method_legend, save_figure  # noqa: E402
-from ..errors import LensError  # noqa: E402
-from ..runfolder.log import read_lens_rows  # noqa: E402
-from .collect import MetricData, RunInfo, method_colour  # noqa: E402
+from ..analysis.charts import DASHES, Chart, Series, finite, one_legend_entry
+from ..analysis.metrics import get_metric, metric_names
+from ..errors import LensError
+from ..runfolder.log import read_lens_rows
+from .collect import MetricData, RunInfo
 
 log = logging.getLogger("lowrank_lens")
 
 IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif")
 
 
-REPORT_FILE_SUFFIXES = (*IMAGE_SUFFIXES, ".csv", ".parquet")
+REPORT_FILE_SUFFIXES = (*IMAGE_SUFFIXES, ".csv", ".parquet", ".js")
 
 
 def fresh_dir(path: Path) -> Path:
@@ -45,18 +42,20 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-def plot_metric(md: MetricData, out_dir: Path) -> tuple[list[Path], str]:
-    """Call the metric's plot() on its computed results into `out_dir`; (figures written, error or '')."""
+def metric_charts(md: MetricData, out_dir: Path) -> tuple[list[Chart], list[Path], str]:
+    """The metric's figures from its computed results: its charts() (drawn by the page), or the files its own
+    plot() wrote into `out_dir` where it overrides plot() (shown as images); (charts, files, error or '')."""
     done = [r for r in md.results if not r.skipped]
     if not done:
-        return [], ""
+        return [], [], ""
     try:
-        paths = md.metric.plot(done, out_dir)
+        charts = md.metric.charts(done)
+        paths = [] if charts else md.metric.plot(done, out_dir)
     except Exception as e:  # a broken plot must not cost the whole report; the section says what failed
-        log.warning(f"report: {md.name}.plot failed: {type(e).__name__}: {e}")
-        return [], f"{type(e).__name__}: {e}"
+        log.warning(f"report: {md.name} figures failed: {type(e).__name__}: {e}")
+        return [], [], f"{type(e).__name__}: {e}"
     files = [Path(p) for p in paths or [] if p is not None]
-    return [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES], ""
+    return charts, [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES], ""
 
 
 def _groups(runs: list[RunInfo]) -> dict[tuple[str, str], list[RunInfo]]:
@@ -83,172 +82,188 @@ def _val_series(r: RunInfo, key: str) -> list[tuple[int, float]]:
     return [(s, v) for s, v in pts if math.isfinite(v)]
 
 
-def _seed_lines(ax, curves: list[list[tuple[int, float]]], colour: str, ls: str, marker: str | None) -> None:
-    """One run: its line. Several seeds: each seed thin and pale, their mean thick, in the method's colour."""
-    curves = [c for c in curves if c]
-    if not curves:  # e.g. runs without a training log: nothing to draw on this axis
-        return
-    if len(curves) == 1:
-        ax.plot(*zip(*curves[0], strict=True), color=colour, ls=ls, lw=1.2, marker=marker, ms=3)
-        return
-    for c in curves:
-        ax.plot(*zip(*c, strict=True), color=colour, ls=ls, lw=0.7, alpha=0.45)
-    mean = _mean_curve(curves)
+def _dash(scales: list[str], scale: str) -> str:
+    return DASHES[scales.index(scale) % len(DASHES)]
+
+
+def seed_series(group: list[RunInfo], curves: list[list[tuple[int, float]]], dash: str,
+                markers: bool) -> list[Series]:
+    """One run: its line. Several seeds: each seed thin and pale, their mean thick, in the method's colour
+    (hover: run, seed, scale; the mean says over how many seeds)."""
+    mode = "lines+markers" if markers else "lines"
+    kept = [(r, c) for r, c in zip(group, curves, strict=True) if c]
+    if not kept:  # e.g. runs without a training log: nothing to draw
+        return []
+    method, scale = kept[0][0].method, kept[0][0].scale
+    def one(r: RunInfo, c: list[tuple[int, float]], **style) -> Series:
+        return Series([s for s, _ in c], [v for _, v in c], name=r.name, method=method, mode=mode, dash=dash,
+                      hover={"seed": [r.seed] * len(c), "scale": [scale] * len(c)}, **style)
+    if len(kept) == 1:
+        return [one(*kept[0])]
+    out = [one(r, c, width=0.8, opacity=0.45, marker_size=2) for r, c in kept]
+    mean = _mean_curve([c for _, c in kept])
     if mean:
-        ax.plot(*zip(*mean, strict=True), color=colour, ls=ls, lw=1.8, marker=marker, ms=3)
+        out.append(Series([s for s, _ in mean], [v for _, v in mean], name=f"{method} {scale} (mean)", method=method,
+                          mode=mode, dash=dash, width=2.2, hover={"seeds": [len(kept)] * len(mean)}))
+    return out
 
 
-def training_curves(runs: list[RunInfo], path: Path) -> Path | None:
+def training_charts(runs: list[RunInfo]) -> list[Chart]:
     """Training loss, validation perplexity (token-weighted) and the reference definition vs step: colour
     per method, line style per scale; with several seeds each seed is a thin line and their mean a thick
-    one. The legend lists each method once (and each scale), not each run."""
+    one. The legend lists each method once."""
     runs = [r for r in runs if r.checkpoints or r.log]
     if not runs:
-        return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained")
+        return []
     scales = sorted({r.scale for r in runs})
     groups = _groups(runs)
-    for (method, scale), group in groups.items():
-        colour, ls = method_colour(method), SCALE_STYLES[scales.index(scale) % len(SCALE_STYLES)]
+    loss, ppl, ref = [], [], []
+    for (_, scale), group in groups.items():
+        dash = _dash(scales, scale)
         train = [[(e["step"], e["loss"]) for e in r.log if e.get("kind") == "train" and "loss" in e] for r in group]
-        _seed_lines(axes[0], train, colour, ls, None)
-        for ax, key in ((axes[1], "val_ppl"), (axes[2], "val_ppl_reference")):
-            _seed_lines(ax, [_val_series(r, key) for r in group], colour, ls, "o")
-    titles = ("training loss", "validation perplexity (token-weighted)", "validation perplexity (reference def.)")
-    for ax, title in zip(axes, titles, strict=True):
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("training step")
-        ax.grid(alpha=0.3)
-    axes[1].set_yscale("log")
-    axes[2].set_yscale("log")
-    method_legend(axes[2], [m for m, _ in groups], scales)
-    return save_figure(fig, path)
+        loss += seed_series(group, train, dash, markers=False)
+        ppl += seed_series(group, [_val_series(r, "val_ppl") for r in group], dash, markers=True)
+        ref += seed_series(group, [_val_series(r, "val_ppl_reference") for r in group], dash, markers=True)
+    return [Chart("training_loss", "training loss", "training step", "loss", one_legend_entry(loss)),
+            Chart("val_ppl", "validation perplexity (token-weighted)", "training step", "val_ppl",
+                  one_legend_entry(ppl), y_log=True),
+            Chart("val_ppl_reference", "validation perplexity (reference definition)", "training step",
+                  "val_ppl_ref", one_legend_entry(ref), y_log=True)]
 
 
-def lens_curves(runs: list[RunInfo], path: Path) -> tuple[Path | None, list[dict[str, Any]]]:
+def lens_charts(runs: list[RunInfo]) -> tuple[list[Chart], list[dict[str, Any]]]:
     """The in-training lens (train.lens, each run's lens.jsonl): every observed metric's headline vs training
     step, colour per method, line style per scale, seeds thin and their mean thick; and all the rows."""
     series = {r.name: read_lens_rows(r.dir) for r in runs}
     rows = [row for name in series for row in series[name]]
     known = set(metric_names())
     metrics = [m for m in dict.fromkeys(r.get("metric") for r in rows) if m in known and get_metric(m).headline]
-    if not metrics:
-        return None, rows
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), layout="constrained", squeeze=False)
     scales = sorted({r.scale for r in runs})
     groups = _groups([r for r in runs if series[r.name]])
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    charts = []
+    for metric in metrics:
         key = get_metric(metric).headline
-        for (method, scale), group in groups.items():
+        lines: list[Series] = []
+        for (_, scale), group in groups.items():
             curves = [[(int(e["step"]), float(e[key])) for e in series[r.name]
                        if e.get("metric") == metric and isinstance(e.get(key), (int, float))] for r in group]
-            _seed_lines(ax, curves, method_colour(method), SCALE_STYLES[scales.index(scale) % len(SCALE_STYLES)], "o")
-        ax.set_title(f"{metric}: {key}", fontsize=10)
-        ax.set_xlabel("training step")
-        ax.grid(alpha=0.3)
-    method_legend(axes[0][-1], [m for m, _ in groups], scales)
-    return save_figure(fig, path), rows
+            lines += seed_series(group, curves, _dash(scales, scale), markers=True)
+        charts.append(Chart(f"lens_{metric}", f"lens during training: {metric} {key}", "training step", key,
+                            one_legend_entry(lines)))
+    return charts, rows
 
 
-def matched_figure(runs: list[RunInfo], matches: list[dict[str, Any]], path: Path) -> Path | None:
-    """Validation perplexity vs step per run (one panel per scale; colour per method, every seed a thin
-    line), each group's target as a dashed line and each run's matched checkpoint as a large marker: how
-    close each match is, at a glance. One legend entry per method."""
+def matched_chart(runs: list[RunInfo], matches: list[dict[str, Any]]) -> Chart | None:
+    """Validation perplexity vs step per run (a view per scale; colour per method), each group's target as a
+    dashed grey line and each run's matched checkpoint as a large marker: how close each match is."""
     if not matches:
         return None
     by_name = {r.name: r for r in runs}
     scales = sorted({str(m.get("scale")) for m in matches})
-    fig, axes = plt.subplots(1, len(scales), figsize=(5.5 * len(scales), 3.8), squeeze=False, layout="constrained")
-    methods: list[str] = []
-    for ax, scale in zip(axes[0], scales, strict=True):
+    views = [f"scale {s}" for s in scales] if len(scales) > 1 else []
+    out: list[Series] = []
+    for scale in scales:
+        view = f"scale {scale}" if views else ""
+        steps: list[int] = []
         for m in (m for m in matches if str(m.get("scale")) == scale):
-            run = by_name.get(m["run"])
-            colour = method_colour(str(m["method"]))
-            methods.append(str(m["method"]))
-            if run is not None:
-                pts = [(c["step"], c["val_ppl"]) for c in run.checkpoints if math.isfinite(c["val_ppl"])]
-                if pts:
-                    ax.plot(*zip(*pts, strict=True), color=colour, lw=0.9, alpha=0.7)
+            run, method = by_name.get(m["run"]), str(m["method"])
+            pts = [(c["step"], c["val_ppl"]) for c in run.checkpoints if math.isfinite(c["val_ppl"])] if run else []
+            steps += [s for s, _ in pts]
+            if pts:
+                out.append(Series([s for s, _ in pts], [v for _, v in pts], name=str(m["run"]), method=method,
+                                  mode="lines", width=0.9, opacity=0.7, view=view))
             if m.get("step") is not None and m.get("val_ppl") is not None:
-                ax.plot([m["step"]], [m["val_ppl"]], "o", ms=9, mfc="none", mec=colour, mew=2)
+                out.append(Series([m["step"]], [m["val_ppl"]], name=f"{m['run']} matched", method=method,
+                                  mode="markers", marker_size=11, view=view, legend=False,
+                                  hover={"target": [m.get("target")], "gap": [m.get("gap")]}))
         for target in sorted({float(m["target"]) for m in matches if str(m.get("scale")) == scale}):
-            ax.axhline(target, color="0.3", ls="--", lw=1)
-        ax.set_title(f"{scale}: matched validation perplexity (dashed: target)", fontsize=10)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("val_ppl")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    method_legend(axes[0][-1], sorted(set(methods), key=methods.index))
-    return save_figure(fig, path)
+            span = [min(steps), max(steps)] if steps else [0, 1]
+            out.append(Series(span, [target, target], name=f"target {scale}", colour="#555555", mode="lines",
+                              dash="dash", width=1, view=view))
+    return Chart("matched_perplexity", "matched validation perplexity (dashed: target; large dot: matched "
+                 "checkpoint)", "training step", "val_ppl", one_legend_entry(out), y_log=True, views=views,
+                 view_label="scale")
 
 
-def downstream_figure(rows: list[dict[str, Any]], path: Path, value: str = "acc") -> Path | None:
+def downstream_chart(rows: list[dict[str, Any]], name: str, value: str = "acc") -> Chart | None:
     """Zero-shot accuracy per task (groups) and run (bars, coloured by method), with the seed std as error
-    bars and the chance level as a tick where the table has one."""
-    rows = [r for r in rows if isinstance(r.get(value), (int, float)) and math.isfinite(float(r[value]))]
+    bars and the chance level as a black marker where the table has one."""
+    rows = [r for r in rows if finite(r.get(value)) is not None]
     if not rows:
         return None
     tasks = list(dict.fromkeys(str(r["task"]) for r in rows))
-    runs = list(dict.fromkeys(str(r["run"]) for r in rows))
-    at: dict[tuple[str, str], dict[str, Any]] = {(str(r["task"]), str(r["run"])): r for r in rows}
-    method = {str(r["run"]): str(r.get("method")) for r in rows}
-    width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.35 * len(tasks) * len(runs)), 4.0), layout="constrained")
-    for j, run in enumerate(runs):
-        xs, ys, es = [], [], []
-        for i, task in enumerate(tasks):
-            r = at.get((task, run))
-            if r is None:
-                continue
-            xs.append(i - 0.4 + (j + 0.5) * width)
-            ys.append(float(r[value]))
-            err = r.get(f"{value}_std_seeds")
-            es.append(float(err) if isinstance(err, (int, float)) and math.isfinite(float(err)) else 0.0)
-        first = method[run] not in [method[r] for r in runs[:j]]  # one legend entry per method, not per run
-        ax.bar(xs, ys, width, yerr=es, color=method_colour(method[run]), label=method[run] if first else "_nolegend_",
-               capsize=2)
-    chance: dict[int, float] = {}
-    for i, task in enumerate(tasks):
-        c = [r.get("chance") for r in rows if str(r["task"]) == task and isinstance(r.get("chance"), float)]
-        if c:
-            chance[i] = c[0]
-            ax.hlines(c[0], i - 0.45, i + 0.45, color="k", ls=":", lw=1)
-    ax.set_xticks(range(len(tasks)), tasks, rotation=30 if len(tasks) > 3 else 0, ha="right" if len(tasks) > 3
-                  else "center", fontsize=8)
-    ax.set_ylabel(f"{value} (dotted: chance)" if chance else value)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7, ncol=2)
-    return save_figure(fig, path)
+    bars = []
+    for run in dict.fromkeys(str(r["run"]) for r in rows):
+        mine = {str(r["task"]): r for r in rows if str(r["run"]) == run}
+        xs = [t for t in tasks if t in mine]
+        ys = [float(mine[t][value]) for t in xs]
+        err = [finite(mine[t].get(f"{value}_std_seeds")) or 0.0 for t in xs]
+        first = next(iter(mine.values()))
+        bars.append(Series(xs, ys, name=run, method=str(first.get("method")), mode="bar",
+                           low=[y - e for y, e in zip(ys, err, strict=True)],
+                           high=[y + e for y, e in zip(ys, err, strict=True)],
+                           hover={"seed": [mine[t].get("seed") for t in xs], "n": [mine[t].get("n") for t in xs]}))
+    chance: dict[str, float] = {}
+    for r in rows:
+        if (c := finite(r.get("chance"))) is not None:
+            chance.setdefault(str(r["task"]), c)
+    out = one_legend_entry(bars)
+    if chance:
+        out.append(Series(list(chance), list(chance.values()), name="chance", colour="#000000",
+                          mode="markers", marker_size=9))
+    return Chart(f"downstream_{name}", f"zero-shot {value} ({name}); error bars: seed std", "task", value, out)
 
 
-def lr_sensitivity(rows: list[dict[str, Any]], path: Path) -> Path | None:
+def lr_sensitivity_chart(rows: list[dict[str, Any]]) -> Chart | None:
     """The tune stage's proxies (tune/tune.csv): final validation loss vs lr (log axis), one line per method
-    and scale, the chosen lr as a large ring, diverged proxies as crosses on the top edge."""
+    and scale, the chosen lr as a large marker, diverged proxies as markers on the top edge."""
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4), layout="constrained")
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((str(r["method"]), str(r["scale"])), []).append(r)
     scales = sorted({s for _, s in groups})
-    finite = [float(r["val_loss"]) for r in rows if isinstance(r.get("val_loss"), (int, float))
-              and math.isfinite(r["val_loss"])]
-    top = max(finite) if finite else 1.0
+    finite_loss = [v for r in rows if (v := finite(r.get("val_loss"))) is not None]
+    top = max(finite_loss) if finite_loss else 1.0
+    out = []
     for (method, scale), group in sorted(groups.items()):
-        colour, ls = method_colour(method), SCALE_STYLES[scales.index(scale) % len(SCALE_STYLES)]
         group = sorted(group, key=lambda r: float(r["lr"]))
         ok = [r for r in group if r.get("status") == "ok"]
-        ax.plot([float(r["lr"]) for r in ok], [float(r["val_loss"]) for r in ok], linestyle=ls, color=colour,
-                marker="o", ms=3.5, lw=1.4)
+        dash = _dash(scales, scale)
+        out.append(Series([float(r["lr"]) for r in ok], [float(r["val_loss"]) for r in ok], name=f"{method} {scale}",
+                          method=method, dash=dash, hover={"scale": [scale] * len(ok)}))
         bad = [float(r["lr"]) for r in group if r.get("status") == "diverged"]
         if bad:
-            ax.plot(bad, [top] * len(bad), "x", color=colour, ms=7, mew=2)
-        for r in ok:
-            if str(r.get("chosen")) == "True":
-                ax.plot([float(r["lr"])], [float(r["val_loss"])], "o", ms=11, mfc="none", mec=colour, mew=2)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (optim.lr)")
-    ax.set_ylabel("final validation loss of the proxy run")
-    ax.grid(alpha=0.3)
-    method_legend(ax, sorted({m for m, _ in groups}), scales)
-    return save_figure(fig, path)
+            out.append(Series(bad, [top] * len(bad), name=f"{method} {scale} diverged", method=method,
+                              mode="markers", marker_size=8, legend=False))
+        chosen = [r for r in ok if str(r.get("chosen")) == "True"]
+        if chosen:
+            out.append(Series([float(r["lr"]) for r in chosen], [float(r["val_loss"]) for r in chosen],
+                              name=f"{method} {scale} chosen", method=method, mode="markers", marker_size=13,
+                              opacity=0.5, legend=False))
+    return Chart("lr_sensitivity", "learning-rate sensitivity (tune stage): large dot = lr trained with, "
+                 "top edge = diverged", "learning rate (optim.lr)", "final validation loss of the proxy run",
+                 one_legend_entry(out), x_log=True)
+
+
+def prediction_chart(rows: list[dict[str, Any]]) -> Chart | None:
+    """The predict stage's out-of-fold predictions (prediction/predictions.csv): predicted vs actual
+    downstream accuracy per unit, a view per feature set, points coloured by method, the identity line."""
+    rows = [r for r in rows if finite(r.get("actual")) is not None and finite(r.get("predicted")) is not None]
+    if not rows:
+        return None
+    split = "loo" if any(r.get("split") == "loo" for r in rows) else str(rows[0].get("split"))
+    rows = [r for r in rows if str(r.get("split")) == split]
+    sets = list(dict.fromkeys(str(r["feature_set"]) for r in rows))
+    values = [float(r[k]) for r in rows for k in ("actual", "predicted")]
+    out = [Series([min(values), max(values)], [min(values), max(values)], name="identity", colour="#777777",
+                  mode="lines", dash="dash", width=1)]
+    for fs in sets:
+        for method in dict.fromkeys(str(r["method"]) for r in rows):
+            mine = [r for r in rows if str(r["feature_set"]) == fs and str(r["method"]) == method]
+            if mine:
+                out.append(Series([float(r["actual"]) for r in mine], [float(r["predicted"]) for r in mine],
+                                  name=method, method=method, mode="markers", marker_size=8, view=fs,
+                                  hover={"unit": [r.get("unit") for r in mine], "seed": [r.get("seed") for r in mine]}))
+    return Chart("predicted_vs_actual", f"out-of-fold predicted vs actual downstream accuracy ({split})",
+                 "actual", "predicted", one_legend_entry(out), views=sets, view_label="feature set")

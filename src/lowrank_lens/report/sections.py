@@ -17,7 +17,7 @@ from typing import Any
 
 from ..analysis.tables import write_csv
 from .collect import MetricData, Study
-from .figures import matched_figure
+from .figures import matched_chart
 from .findings_files import (
     MATCHED_CHECKPOINTS,
     MATCHED_METRICS,
@@ -27,6 +27,7 @@ from .findings_files import (
     missing_message,
 )
 from .html import Table, fmt, make_table
+from .interactive import render_charts
 
 PAIR_COLUMNS = ("scale", "kind", "step", "match", "column", "method_a", "method_b", "mean_a", "mean_b", "diff",
                 "std_a", "std_b", "n_a", "n_b", "p", "p_adjusted", "verdict")
@@ -132,11 +133,8 @@ def matched_section(study: Study, findings: Findings | None, tables_dir: Path, h
              "val_ppl among the methods, and each run contributes its checkpoint closest to it. The gap "
              "(val_ppl - target, and relative to the target) says how close each match is; the match can "
              "only be as fine as the checkpoint spacing."]
-    figs = []
-    fig = matched_figure(study.runs, matches, figure_dir / "matched_perplexity.png")
-    if fig is not None:
-        figs.append({"src": f"{figure_href}/{fig.name}", "caption": "validation perplexity per run; dashed: "
-                     "target; circles: matched checkpoints"})
+    chart = matched_chart(study.runs, matches)
+    figs = render_charts([chart] if chart else [], figure_dir, figure_href, "matched")
     tables = []
     summary, pairs = findings.rows(MATCHED_METRICS), findings.rows(MATCHED_PAIRWISE)
     if summary:

@@ -37,7 +37,6 @@ CLAIM_PLOTS: dict[int, tuple[str | None, str, bool]] = {
 """claim id -> (the key of Claim.values to plot, or None for all its Stats; the quantity's name; whether
 the claim compares with 0, so the axis shows 0). A claim missing here, or whose key matches nothing, plots
 every Stats in its values; a claim without Stats (claim 7: permutation p-values) has no plot."""
-MAX_PLOT_ROWS = 12
 PLOT = {"width": 270, "label": 98, "pitch": 9, "axis": 13, "right": 8}
 """Interval plot geometry in px: total width, label column, row pitch, axis band, right margin."""
 
@@ -66,7 +65,6 @@ class IntervalPlot:
     rows: list[IntervalRow]
     ticks: list[tuple[float, str]]
     zero: float | None = None
-    more: int = 0
     single_seed: bool = False
 
 
@@ -99,8 +97,6 @@ def interval_plot(claim_id: int, values: Any) -> IntervalPlot | None:
         leaves = [(p, s) for p, s in leaves if focus in p]
     if not leaves:
         return None
-    more = max(0, len(leaves) - MAX_PLOT_ROWS)
-    leaves = leaves[:MAX_PLOT_ROWS]
     # a row is named by its last key other than the plotted quantity (the method or pair: it also picks the
     # colour), preceded by the other keys that tell the rows apart (the scale, with several scales)
     names = [next((k for k in reversed(p) if k != focus), "") for p, _ in leaves]
@@ -137,7 +133,7 @@ def interval_plot(claim_id: int, values: Any) -> IntervalPlot | None:
     lo_t, hi_t = lo + pad, hi - pad
     ticks = [(x(lo_t), fmt(lo_t)), (x(hi_t), fmt(hi_t))]
     return IntervalPlot(caption, g["width"], height, x0, x1, rows, ticks, x(0.0) if lo <= 0 <= hi else None,
-                        more, all(int(s.get("n", 0)) < 2 for _, s in leaves))
+                        all(int(s.get("n", 0)) < 2 for _, s in leaves))
 
 
 def verdict_rows(claims: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

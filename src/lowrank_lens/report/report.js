@@ -1,0 +1,59 @@
+/* lowrank-lens report: draws every figure of the page with the bundled Plotly (assets/plotly.min.js), offline.
+   Each <figure class="ifig"> holds its Plotly figure as JSON (a <script type="application/json">). A trace's
+   meta names its method and view: it is shown when its view is the one selected in the figure's selector (if
+   the figure has views) and its method is not unticked in the page's method filter. A legend click is
+   Plotly's own (it hides the method's group in that one figure) and is kept when the filter changes. */
+(function () {
+  'use strict';
+  var hidden = {};
+
+  function visibility(div) {
+    var view = div.getAttribute('data-view') || '';
+    return div.data.map(function (t) {
+      var meta = t.meta || {};
+      if (meta.method && hidden[meta.method]) return false;
+      if (meta.view && view && meta.view !== view) return false;
+      return t.visible === 'legendonly' ? 'legendonly' : true;
+    });
+  }
+
+  function refresh(div) {
+    if (div.data) Plotly.restyle(div, {visible: visibility(div)});
+  }
+
+  function draw(fig) {
+    var spec = JSON.parse(fig.querySelector('script.spec').textContent);
+    var div = fig.querySelector('.plot');
+    var view = spec.views.length ? spec.views[0] : '';
+    div.setAttribute('data-view', view);
+    spec.data.forEach(function (t) {
+      var meta = t.meta || {};
+      t.visible = !((meta.method && hidden[meta.method]) || (meta.view && view && meta.view !== view));
+    });
+    return Plotly.newPlot(div, spec.data, spec.layout, {responsive: true, displaylogo: false}).then(function () {
+      fig.setAttribute('data-rendered', '1');
+    });
+  }
+
+  function start() {
+    var figs = Array.prototype.slice.call(document.querySelectorAll('figure.ifig'));
+    figs.forEach(function (fig) {
+      var select = fig.querySelector('select.view');
+      if (select) select.addEventListener('change', function () {
+        var div = fig.querySelector('.plot');
+        div.setAttribute('data-view', select.value);
+        refresh(div);
+      });
+    });
+    document.querySelectorAll('.method-filter input[type=checkbox]').forEach(function (box) {
+      box.addEventListener('change', function () {
+        hidden[box.value] = !box.checked;
+        figs.forEach(function (fig) { refresh(fig.querySelector('.plot')); });
+      });
+    });
+    var done = figs.map(draw);
+    Promise.all(done).then(function () { document.body.setAttribute('data-figures-rendered', String(figs.length)); });
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start); else start();
+})();
