@@ -52,7 +52,8 @@ class Series:
     legend: bool = True
     """Whether it has its own legend entry (seeds after the first share their method's)."""
     group: str = ""
-    """Legend group: series of one group toggle together (default: the method, else the name)."""
+    """Legend group: series of one group toggle together, and its legend label (default: the method, else
+    the name; the name is what a hover shows)."""
 
 
 @dataclass
