@@ -114,20 +114,17 @@ def _summary_kind(rows: Sequence[dict[str, Any]], subject_kind: str) -> str | No
     return max(set(kinds), key=kinds.count) if kinds else None
 
 
-def headline(study: StudyTables) -> list[dict[str, Any]]:
-    """Per scale and method: the final val_ppl and each per-method metric's headline column at each run's
-    final step, over seeds (mean, n, 95% CI). Metrics over pairs of methods (subject kind 'cross') have no
-    per-method value and are left out."""
-
+def headline_samples(study: StudyTables) -> list[tuple[dict[str, Any], list[float]]]:
+    """Per scale and method: the seed values of the final val_ppl and of each per-method metric's headline
+    column at each run's final step, as ({scale, method, metric, column}, values). Metrics over pairs of
+    methods (subject kind 'cross') have no per-method value and are left out."""
     out = []
     records = study.records
     for scale in sorted({str(r["scale"]) for r in records}):
         for method in dict.fromkeys(r["method"] for r in records):
-            mine = [r for r in records if r["method"] == method and str(r["scale"]) == scale]
+            mine = [r["final_val_ppl"] for r in records if r["method"] == method and str(r["scale"]) == scale]
             if mine:
-                s = describe([r["final_val_ppl"] for r in mine])
-                out.append({"scale": scale, "method": method, "metric": "", "column": "final_val_ppl",
-                            "mean": s.mean, "n": s.n, "ci_low": s.ci_low, "ci_high": s.ci_high})
+                out.append(({"scale": scale, "method": method, "metric": "", "column": "final_val_ppl"}, mine))
         for md in study.metrics:
             if not (md.cls.headline and md.rows and md.cls.subject_kind != "cross"):
                 continue
@@ -135,10 +132,19 @@ def headline(study: StudyTables) -> list[dict[str, Any]]:
             for method in dict.fromkeys(r["method"] for r in records):
                 vals = [float(r[md.cls.headline]) for r in finals if r.get("method") == method
                         and str(r.get("scale")) == scale and finite(r.get(md.cls.headline))]
-                s = describe(vals)
-                if s.n:
-                    out.append({"scale": scale, "method": method, "metric": md.name, "column": md.cls.headline,
-                                "mean": s.mean, "n": s.n, "ci_low": s.ci_low, "ci_high": s.ci_high})
+                if vals:
+                    out.append(({"scale": scale, "method": method, "metric": md.name, "column": md.cls.headline},
+                                vals))
+    return out
+
+
+def headline(study: StudyTables) -> list[dict[str, Any]]:
+    """headline_samples over seeds: mean, n and 95% CI per scale, method and quantity."""
+    out = []
+    for key, values in headline_samples(study):
+        s = describe(values)
+        if s.n or not key["metric"]:  # a method's perplexity row stays even when every run diverged
+            out.append({**key, "mean": s.mean, "n": s.n, "ci_low": s.ci_low, "ci_high": s.ci_high})
     return out
 
 

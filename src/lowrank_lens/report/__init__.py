@@ -33,8 +33,9 @@ from .collect import load_study, method_colour, run_records
 from .figures import REPORT_FILE_SUFFIXES, fresh_dir
 from .findings_files import load_findings, missing_message
 from .html import render
-from .interactive import write_assets
+from .interactive import render_charts, write_assets
 from .sections import claims_section, matched_section, statistics_section
+from .sources import load_sources, merged_study, sources_context
 from .summary import summary
 
 log = logging.getLogger("lowrank_lens")
@@ -56,8 +57,12 @@ def write_report(study_dir: Path) -> Path:
     swapped in whole (tempdirs.py): the folder holds the old complete report or the new one, never a mix.
     Returns the page's path."""
     study_dir = Path(study_dir)
-    study = load_study(study_dir)
-    findings = load_findings(study_dir)
+    combined = load_sources(study_dir)
+    if combined is not None:  # a report over several sources (report/sources.py)
+        findings, listing, studies = combined
+        study, sources = merged_study(study_dir, studies), (listing, studies)
+    else:
+        study, findings, sources = load_study(study_dir), load_findings(study_dir), None
     if findings is None:
         log.warning(f"report: {missing_message(study_dir)}")
     out = study_dir / REPORT_DIR
@@ -67,7 +72,7 @@ def write_report(study_dir: Path) -> Path:
         log.info(f"report: {done}")
     tmp = make_temp_dir(study_dir, REPORT_DIR)  # built beside the old report, swapped in whole at the end
     try:
-        page = _build(study_dir, study, findings, tmp)
+        page = _build(study_dir, study, findings, tmp, sources)
         _keep_user_files(out, tmp)
         replace_dir(tmp, out)
     except BaseException:  # an error, Ctrl-C or SIGTERM: the old report stays as it was
@@ -90,8 +95,9 @@ def _keep_user_files(old: Path, new: Path) -> None:
             shutil.copy2(f, new / rel, follow_symlinks=False)
 
 
-def _build(study_dir: Path, study, findings, out: Path) -> Path:
-    """The page, figures and tables in the (new, empty) folder `out`."""
+def _build(study_dir: Path, study, findings, out: Path, sources=None) -> Path:
+    """The page, figures and tables in the (new, empty) folder `out`; `sources` (the findings' source list
+    and the sources read as studies) for a report over several sources."""
     figs = fresh_dir(out / "figures")
     tables = fresh_dir(out / "tables")
     fig_href, href = "figures", "tables"
@@ -113,9 +119,15 @@ def _build(study_dir: Path, study, findings, out: Path) -> Path:
         "prediction": prediction_section(study, figs / "prediction", f"{fig_href}/prediction", tables, href),
         "provenance": provenance(study),
     }
-    context["summary"] = summary(study, findings, context["claims"], context["matched"])
+    context["summary"] = None if sources else summary(study, findings, context["claims"], context["matched"])
+    context["sources"] = None
+    if sources:
+        context["sources"] = sources_context(findings, *sources, tables, href)
+        chart = context["sources"].pop("chart")
+        context["sources"]["figures"] = render_charts([chart] if chart else [], figs / "sources",
+                                                      f"{fig_href}/sources", "sources")
     context["toc"] = [
-        ("summary", "Findings", []),
+        ("sources", "Sources side by side", []) if sources else ("summary", "Findings", []),
         ("overview", "Overview", [("settings", "Settings used")] + ([("timings", "Timings")]
                                                                      if context["overview"]["timings"] else [])),
         ("runs", "Runs", []),

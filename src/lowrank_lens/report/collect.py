@@ -68,6 +68,8 @@ class RunInfo:
     log: list[dict[str, Any]] = field(default_factory=list)
     problem: str = ""
     """Why the run is missing or unreadable ('' when it is fine)."""
+    source: str = ""
+    """The source it came from in a report over several (report/sources.py); '' in a study's own report."""
 
     @property
     def method(self) -> str:
@@ -362,11 +364,15 @@ def load_study(study_dir: Path) -> Study:
     if not study_dir.is_dir():
         raise LensError(f"study directory {study_dir} does not exist")
     meta = _read_json(study_dir / "study.json") if (study_dir / "study.json").is_file() else None
-    spec = (meta or {}).get("spec") or {}
     run_dirs = study_run_dirs(study_dir)
     if not run_dirs:
         raise LensError(f"{study_dir} holds no run (no study.json run list and no runs/ folder); is it a study "
                         f"directory written by `lowrank-lens study`?")
+    return study_of_runs(study_dir, (meta or {}).get("spec") or {}, run_dirs)
+
+
+def study_of_runs(study_dir: Path, spec: dict[str, Any], run_dirs: list[Path]) -> Study:
+    """The Study of `run_dirs` with the optional outputs of `study_dir` (a run folder is its own study_dir)."""
     runs = [read_run(d) for d in run_dirs]
     expected = expected_configs(spec)
     metrics = [collect_metric(n, run_dirs, study_dir / "analysis", expected.get(n)) for n in metric_names()]

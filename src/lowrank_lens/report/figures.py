@@ -58,11 +58,11 @@ def metric_charts(md: MetricData, out_dir: Path) -> tuple[list[Chart], list[Path
     return charts, [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES], ""
 
 
-def _groups(runs: list[RunInfo]) -> dict[tuple[str, str], list[RunInfo]]:
-    """(method, scale) -> its runs (the seeds), baseline method first, then in run order."""
-    out: dict[tuple[str, str], list[RunInfo]] = {}
+def _groups(runs: list[RunInfo]) -> dict[tuple[str, str, str], list[RunInfo]]:
+    """(method, scale, source) -> its runs (the seeds), baseline method first, then in run order."""
+    out: dict[tuple[str, str, str], list[RunInfo]] = {}
     for r in sorted(runs, key=lambda r: not r.is_baseline):
-        out.setdefault((r.method, r.scale), []).append(r)
+        out.setdefault((r.method, r.scale, r.source), []).append(r)
     return out
 
 
@@ -82,8 +82,13 @@ def _val_series(r: RunInfo, key: str) -> list[tuple[int, float]]:
     return [(s, v) for s, v in pts if math.isfinite(v)]
 
 
-def _dash(scales: list[str], scale: str) -> str:
-    return DASHES[scales.index(scale) % len(DASHES)]
+def _dash(runs: list[RunInfo], run: RunInfo) -> str:
+    """The line style of a run's group: per source in a report over several sources, else per scale."""
+    sources = sorted({r.source for r in runs})
+    if len(sources) > 1:
+        return DASHES[sources.index(run.source) % len(DASHES)]
+    scales = sorted({r.scale for r in runs})
+    return DASHES[scales.index(run.scale) % len(DASHES)]
 
 
 def seed_series(group: list[RunInfo], curves: list[list[tuple[int, float]]], dash: str,
@@ -94,17 +99,20 @@ def seed_series(group: list[RunInfo], curves: list[list[tuple[int, float]]], das
     kept = [(r, c) for r, c in zip(group, curves, strict=True) if c]
     if not kept:  # e.g. runs without a training log: nothing to draw
         return []
-    method, scale = kept[0][0].method, kept[0][0].scale
+    method, scale, source = kept[0][0].method, kept[0][0].scale, kept[0][0].source
+    group = f"{method} ({source})" if source else ""
+
     def one(r: RunInfo, c: list[tuple[int, float]], **style) -> Series:
         return Series([s for s, _ in c], [v for _, v in c], name=r.name, method=method, mode=mode, dash=dash,
-                      hover={"seed": [r.seed] * len(c), "scale": [scale] * len(c)}, **style)
+                      group=group, hover={"seed": [r.seed] * len(c), "scale": [scale] * len(c)}, **style)
     if len(kept) == 1:
         return [one(*kept[0])]
     out = [one(r, c, width=0.8, opacity=0.45, marker_size=2) for r, c in kept]
     mean = _mean_curve([c for _, c in kept])
     if mean:
-        out.append(Series([s for s, _ in mean], [v for _, v in mean], name=f"{method} {scale} (mean)", method=method,
-                          mode=mode, dash=dash, width=2.2, hover={"seeds": [len(kept)] * len(mean)}))
+        out.append(Series([s for s, _ in mean], [v for _, v in mean], name=f"{group or method} {scale} (mean)",
+                          method=method, mode=mode, dash=dash, width=2.2, group=group,
+                          hover={"seeds": [len(kept)] * len(mean)}))
     return out
 
 
@@ -115,11 +123,10 @@ def training_charts(runs: list[RunInfo]) -> list[Chart]:
     runs = [r for r in runs if r.checkpoints or r.log]
     if not runs:
         return []
-    scales = sorted({r.scale for r in runs})
     groups = _groups(runs)
     loss, ppl, ref = [], [], []
-    for (_, scale), group in groups.items():
-        dash = _dash(scales, scale)
+    for group in groups.values():
+        dash = _dash(runs, group[0])
         train = [[(e["step"], e["loss"]) for e in r.log if e.get("kind") == "train" and "loss" in e] for r in group]
         loss += seed_series(group, train, dash, markers=False)
         ppl += seed_series(group, [_val_series(r, "val_ppl") for r in group], dash, markers=True)
@@ -138,16 +145,15 @@ def lens_charts(runs: list[RunInfo]) -> tuple[list[Chart], list[dict[str, Any]]]
     rows = [row for name in series for row in series[name]]
     known = set(metric_names())
     metrics = [m for m in dict.fromkeys(r.get("metric") for r in rows) if m in known and get_metric(m).headline]
-    scales = sorted({r.scale for r in runs})
     groups = _groups([r for r in runs if series[r.name]])
     charts = []
     for metric in metrics:
         key = get_metric(metric).headline
         lines: list[Series] = []
-        for (_, scale), group in groups.items():
+        for group in groups.values():
             curves = [[(int(e["step"]), float(e[key])) for e in series[r.name]
                        if e.get("metric") == metric and isinstance(e.get(key), (int, float))] for r in group]
-            lines += seed_series(group, curves, _dash(scales, scale), markers=True)
+            lines += seed_series(group, curves, _dash(runs, group[0]), markers=True)
         charts.append(Chart(f"lens_{metric}", f"lens during training: {metric} {key}", "training step", key,
                             one_legend_entry(lines)))
     return charts, rows
@@ -229,7 +235,7 @@ def lr_sensitivity_chart(rows: list[dict[str, Any]]) -> Chart | None:
     for (method, scale), group in sorted(groups.items()):
         group = sorted(group, key=lambda r: float(r["lr"]))
         ok = [r for r in group if r.get("status") == "ok"]
-        dash = _dash(scales, scale)
+        dash = DASHES[scales.index(scale) % len(DASHES)]
         out.append(Series([float(r["lr"]) for r in ok], [float(r["val_loss"]) for r in ok], name=f"{method} {scale}",
                           method=method, dash=dash, hover={"scale": [scale] * len(ok)}))
         bad = [float(r["lr"]) for r in group if r.get("status") == "diverged"]

@@ -37,6 +37,8 @@ MATCHED_METRICS = "matched_metrics.csv"
 MATCHED_PAIRWISE = "matched_pairwise.csv"
 CLAIMS = "claims.json"
 SETUP = "setup.json"
+SOURCE_HEADLINE = "source_headline.csv"
+SOURCE_DIFFERENCES = "source_differences.csv"
 
 
 def json_safe(obj: Any) -> Any:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..analysis.tables import write_csv
 from ..atomic import write_json_atomic
 from ..findings.parts import compute_findings
+from ..findings.sources import source_findings
 from ..report.collect import Study, load_study
 from ..report.findings_files import (
     CLAIMS,
@@ -36,8 +38,12 @@ from ..report.findings_files import (
     PAIRWISE,
     SEED_SUMMARY_DIR,
     SETUP,
+    SOURCE_DIFFERENCES,
+    SOURCE_HEADLINE,
     json_safe,
+    load_findings,
 )
+from ..report.sources import read_source, source_kind, source_labels
 
 log = logging.getLogger("lowrank_lens")
 
@@ -66,20 +72,16 @@ def _write(folder: Path, parts: dict[str, Any], study: Study) -> None:
     write_json_atomic(folder / INDEX, json_safe(index))
 
 
-def write_findings(study_dir: Path) -> Path:
-    """Compute the findings of the study in `study_dir` and write <study_dir>/findings/ (replaced whole);
-    returns the folder."""
-    study_dir = Path(study_dir)
-    study = load_study(study_dir)
-    parts = compute_findings(study)
-    final = study_dir / FINDINGS_DIR
-    staging = study_dir / f".{FINDINGS_DIR}.partial"
-    old = study_dir / f".{FINDINGS_DIR}.old"
+def _swap_in(folder: Path, write: Callable[[Path], None]) -> Path:
+    """Write <folder>/findings/ with `write(staging)` beside the old one, then swap it in whole."""
+    final = folder / FINDINGS_DIR
+    staging = folder / f".{FINDINGS_DIR}.partial"
+    old = folder / f".{FINDINGS_DIR}.old"
     for leftover in (staging, old):  # from an interrupted earlier write
         shutil.rmtree(leftover, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        _write(staging, parts, study)
+        write(staging)
         if final.exists():
             final.rename(old)
         try:
@@ -91,6 +93,51 @@ def write_findings(study_dir: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def write_findings(study_dir: Path) -> Path:
+    """Compute the findings of the study in `study_dir` and write <study_dir>/findings/ (replaced whole);
+    returns the folder."""
+    study_dir = Path(study_dir)
+    study = load_study(study_dir)
+    parts = compute_findings(study)
+    final = _swap_in(study_dir, lambda staging: _write(staging, parts, study))
     failed = [k for k, (_, s) in parts.items() if not s["available"]]
     log.info(f"findings: {final}" + (f" (not available: {', '.join(failed)})" if failed else ""))
+    return final
+
+
+PER_SOURCE = "computed per source: each source's own report (`lowrank-lens report <source>`) has it"
+
+
+def write_source_findings(paths: list[Path], out: Path) -> Path:
+    """The findings of a report over several sources (report/sources.py) in <out>/findings/: the sources
+    (label, path, kind, claim verdicts from each one's own findings), each one's headline quantities and
+    the differences between them (findings/sources.py). Returns the folder."""
+    out = Path(out)
+    labels = source_labels(paths)
+    studies = [(label, read_source(p)) for label, p in zip(labels, paths, strict=True)]
+    found = source_findings(studies)
+    listing = []
+    for label, p in zip(labels, paths, strict=True):
+        own = load_findings(Path(p)) if (Path(p) / FINDINGS_DIR).is_dir() else None
+        listing.append({"label": label, "path": str(Path(p).resolve()), "kind": source_kind(Path(p)),
+                        "findings": str(own.folder) if own is not None else "",
+                        "claims": [{k: c.get(k) for k in ("id", "text", "verdict")} for c in own.claims]
+                        if own is not None else []})
+    ok = {"available": True, "message": ""}
+    parts = {p: {"available": False, "message": PER_SOURCE}
+             for p in ("seed_summary", "headline", "statistics", "matched", "claims", "setup")}
+
+    def write(staging: Path) -> None:
+        write_csv(found["headline"], staging / SOURCE_HEADLINE)
+        if found["differences"]:
+            write_csv(found["differences"], staging / SOURCE_DIFFERENCES)
+        write_json_atomic(staging / INDEX, json_safe({"format": FORMAT, "study": " vs ".join(labels),
+                                                      "sources": listing, "parts": parts | {"sources": ok}}))
+
+    out.mkdir(parents=True, exist_ok=True)
+    final = _swap_in(out, write)
+    log.info(f"findings: {final} ({len(found['differences'])} differences between {len(labels)} sources)")
     return final
