@@ -1,12 +1,11 @@
-"""Small matplotlib helpers shared by metric plots: fixed method colours, one line per run vs step.
+"""matplotlib for the analysis and report figures: fixed method colours, the atomic save, and chart_png,
+which draws a Chart (charts.py) as a PNG (or SVG).
 
-Figures read only Results (never checkpoints) and are written atomically as PNG.
+Figures read only Results (never checkpoints) and are written atomically.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from ..atomic import atomic_path  # noqa: E402
 from ..errors import LensError
 from ..methods import get_method
-from .charts import Chart, Heatmap, Series, finite  # noqa: E402
+from .charts import Chart, Heatmap, Series, finite, lines_by_method  # noqa: E402
 
 if TYPE_CHECKING:
     from .base import Result
@@ -42,33 +41,6 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def series_by_run(results: list[Result], value: Callable[[Result], float | None],
-                  label: Callable[[Result], str] | None = None) -> dict[tuple[str, str], list[tuple[int, float]]]:
-    """{(series label, method): [(step, value), ...] sorted by step}; results whose value is None are left out."""
-    out: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
-    for r in results:
-        v = value(r)
-        if v is None:
-            continue
-        name = label(r) if label else r.subject.get("run", "?")
-        out[(name, r.subject.get("method", "?"))].append((int(r.subject.get("step", 0)), float(v)))
-    return {k: sorted(v) for k, v in out.items()}
-
-
-def legend_labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """Legend label of each (run, method) line: the run when every method has one run, else the method on
-    its first line only ("_nolegend_" hides the rest), so 18 runs give 6 legend entries, not 18."""
-    methods = [m for _, m in keys]
-    if len(set(methods)) == len(methods):
-        return {k: k[0] for k in keys}
-    seen: set[str] = set()
-    out = {}
-    for run, method in sorted(keys):
-        out[(run, method)] = "_nolegend_" if method in seen else method
-        seen.add(method)
-    return out
-
-
 SCALE_STYLES = ("-", "--", ":", "-.")
 """Line style per scale (in sorted order) where one figure shows several scales; colour is the method."""
 
@@ -85,26 +57,10 @@ def method_legend(ax, methods: list[str], scales: list[str] | None = None, fonts
         ax.legend(handles=handles, fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
-def outside_legend(ax, fontsize: int = 7) -> None:
-    """The legend to the right of the axes, where it hides no line (save_figure's tight bbox keeps it)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-
-
-def line_plot_by_method(results: list[Result], key: str, path: Path, ylabel: str,
-                        label: Callable[[Result], str] | None = None) -> Path:
-    """One line per run (coloured by method) of scalar `key` against the training step."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    series = series_by_run(results, lambda r: r.scalars.get(key), label)
-    labels = legend_labels(list(series))
-    for (name, method), pts in sorted(series.items()):
-        xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, marker="o", ms=3, color=method_colour(method), label=labels[(name, method)])
-    ax.set_xlabel("training step")
-    ax.set_ylabel(ylabel)
-    outside_legend(ax)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+def line_plot_by_method(results: list[Result], key: str, path: Path, ylabel: str) -> Path:
+    """One line per run (coloured by method) of scalar `key` against the training step, drawn into `path`
+    (charts.lines_by_method as a PNG; kept for plugins that override plot())."""
+    return chart_png(lines_by_method(results, key, path.stem, ylabel), path)
 
 
 MPL_DASHES = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-."}
@@ -112,16 +68,19 @@ MAX_PANELS = 16
 """Views drawn as panels in a chart's PNG; the interactive figure selects among all of them."""
 
 
-def _draw_series(ax, s: Series, categories: list[str], bar_slot: tuple[int, int]) -> None:
+def _draw_series(ax, s: Series, categories: list[str], bar_slots: dict[str, tuple[int, int]]) -> None:
+    """bar_slots: for a bar series, {category: (its place among the bar series with that category, their
+    count)}, so bars of series with disjoint categories (one series per pair) each take the full width."""
     colour = s.colour or (method_colour(s.method) if s.method else None)
-    label = s.name if s.legend else "_nolegend_"
+    label = (s.group or s.method or s.name) if s.legend else "_nolegend_"
     pts = [(x, finite(y), finite(lo) if s.low is not None else None, finite(hi) if s.high is not None else None)
            for x, y, lo, hi in zip(s.x, s.y, s.low if s.low is not None else [None] * len(s.y),
                                    s.high if s.high is not None else [None] * len(s.y), strict=True)]
     if s.mode == "bar":
-        slot, slots = bar_slot
-        width = 0.8 / slots
-        xs = [categories.index(str(x)) - 0.4 + (slot + 0.5) * width for x, *_ in pts]
+        slots = [bar_slots.get(str(x), (0, 1)) for x, *_ in pts]
+        width = [0.8 / n for _, n in slots]
+        xs = [categories.index(str(x)) - 0.4 + (k + 0.5) * w for (x, *_), (k, _), w in zip(pts, slots, width,
+                                                                                         strict=True)]
         ys = [y if y is not None else float("nan") for _, y, *_ in pts]
         err = None
         if s.low is not None and s.high is not None:
@@ -168,12 +127,17 @@ def chart_png(chart: Chart, path: Path) -> Path:
                                     for x in s.x if isinstance(x, str)))
     for ax, view in zip(axes.flat, views, strict=False):
         drawn = [s for s in chart.series if not s.view or not view or s.view == view]
+        ax.set_xscale("log" if chart.x_log else "linear")  # before any tick: setting a scale resets them
+        ax.set_yscale("log" if chart.y_log else "linear")
         bars = [s for s in drawn if isinstance(s, Series) and s.mode == "bar"]
+        sharing = {c: [i for i, b in enumerate(bars) if c in {str(x) for x in b.x}] for c in categories}
         for s in drawn:
             if isinstance(s, Heatmap):
                 _draw_heatmap(fig, ax, s)
             else:
-                _draw_series(ax, s, categories, (bars.index(s) if s in bars else 0, max(1, len(bars))))
+                mine = next((i for i, b in enumerate(bars) if b is s), None)
+                slots = {c: (ids.index(mine), len(ids)) for c, ids in sharing.items() if mine in ids}
+                _draw_series(ax, s, categories, slots)
         if categories and not any(isinstance(s, Heatmap) for s in drawn):
             ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 3 else 0,
                           ha="right" if len(categories) > 3 else "center", fontsize=7)
@@ -181,10 +145,9 @@ def chart_png(chart: Chart, path: Path) -> Path:
             ax.set_title(view, fontsize=9)
         ax.set_xlabel(chart.x_label, fontsize=8)
         ax.set_ylabel(chart.y_label, fontsize=8)
-        ax.set_xscale("log" if chart.x_log else "linear")
-        ax.set_yscale("log" if chart.y_log else "linear")
         ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
+        if not any(isinstance(s, Heatmap) for s in drawn):
+            ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(views):]:
         ax.set_visible(False)
     entries: dict[str, object] = {}

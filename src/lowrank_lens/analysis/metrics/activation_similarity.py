@@ -23,18 +23,19 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ...errors import LensError
 from ..base import Metric, Result
+from ..charts import Chart, Heatmap, Series, one_legend_entry, run_label
 from ..context import Context
 from ..maths.loss import IGNORE_INDEX, eval_mode
 from ..maths.similarity import LayerwiseSimilarity
-from ..plotting import method_colour, plt, save_figure, series_by_run
 from ..subjects import Subject
 from . import register
 
@@ -142,78 +143,75 @@ class ActivationSimilarity(Metric):
                   "target": f"{target_ref.run_id}@{target_ref.step}", "baseline": f"{base_ref.run_id}@{base_ref.step}",
                   "layer_0": "embedding output", "layer_last": "last block after the final norm (HF)"})
 
-    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
-        """Per-layer, mean-over-layers and last-layer metrics vs step, and a runs x layers heatmap at each
-        run's last step (docs/study.md §4 figure 6 a-d), one set per model scale."""
-        files: list[Path] = []
+    def charts(self, results: list[Result]) -> list[Chart]:
+        """Per-layer, mean-over-layers and last-layer metrics vs step, and a runs x hidden states heatmap at
+        each run's last step (docs/study.md §4 figure 6 a-d), one set per model scale."""
+        charts: list[Chart] = []
         by_scale: dict[str, list[Result]] = defaultdict(list)
         for r in results:
             if "per_layer" in r.arrays:
                 by_scale[str(r.subject.get("scale", "?"))].append(r)
         for scale, rs in sorted(by_scale.items()):
-            stem = out_dir / f"{self.name}"
-            for key in PLOTTED:
-                files.append(_per_layer_plot(rs, key, Path(f"{stem}_per_layer_{key}_{scale}.png")))
-            for which in ("mean", "last"):
-                files.append(_summary_plot(rs, which, Path(f"{stem}_{which}_{scale}.png")))
-            files.append(_heatmap(rs, Path(f"{stem}_heatmap_{scale}.png")))
-        return files
+            charts += [_per_layer_chart(rs, key, f"{self.name}_per_layer_{key}_{scale}") for key in PLOTTED]
+            charts += [_summary_chart(rs, which, f"{self.name}_{which}_{scale}") for which in ("mean", "last")]
+            charts.append(_heatmap_chart(rs, f"{self.name}_heatmap_{scale}"))
+        return charts
 
 
 def _column(r: Result, key: str) -> np.ndarray:
     return r.arrays["per_layer"][:, KEYS.index(key)]
 
 
-def _lines(ax, results: list[Result], value) -> bool:
-    series = series_by_run(results, value)
-    for (name, method), pts in sorted(series.items()):
-        xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, marker="o", ms=3, color=method_colour(method), label=name)
-    ax.grid(alpha=0.3)
-    return bool(series)
+def hidden_state(j: int) -> str:
+    return "embedding" if j == 0 else f"layer {j}"
 
 
-def _grid(n: int, ncols: int, size: tuple[float, float] = (3.6, 2.8)):
-    ncols = min(n, ncols)
-    nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
-                             layout="constrained")
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat[:n])
+def _lines(results: list[Result], value: Callable[[Result], float | None], view: str,
+           extra: dict[str, Any] | None = None) -> list[Series]:
+    """One line per run of value(r) vs step in `view`; hover run, seed, reference, tokens (and `extra`)."""
+    points: dict[tuple[str, str], list[tuple[int, float, Result]]] = defaultdict(list)
+    for r in results:
+        v = value(r)
+        if v is not None:
+            points[run_label(r)].append((int(r.subject.get("step", 0)), float(v), r))
+    series = []
+    for (run, method), pts in sorted(points.items()):
+        pts.sort(key=lambda p: p[0])
+        n = len(pts)
+        hover = {"run": [run] * n, "seed": [p[2].subject.get("seed") for p in pts],
+                 "reference": [p[2].subject.get("other_run") for p in pts],
+                 "tokens": [p[2].info.get("n_tokens") for p in pts]} | {k: [v] * n for k, v in (extra or {}).items()}
+        series.append(Series([p[0] for p in pts], [p[1] for p in pts], name=run, method=method, view=view,
+                             hover=hover))
+    return series
 
 
-def _per_layer_plot(results: list[Result], key: str, path: Path) -> Path:
-    """One panel per hidden-state index: metric `key` vs step, one line per run."""
+def _per_layer_chart(results: list[Result], key: str, name: str) -> Chart:
+    """Metric `key` vs step, one view per hidden state ("embedding", "layer i"), one line per run."""
     n = max(r.arrays["per_layer"].shape[0] for r in results)
-    fig, axes = _grid(n, 5)
-    for layer, ax in enumerate(axes):
-        has = _lines(ax, results, lambda r, j=layer: float(_column(r, key)[j]) if j < len(_column(r, key)) else None)
-        ax.set_title("embedding" if layer == 0 else f"layer {layer}" + (" (final norm)" if layer == n - 1 else ""),
-                     fontsize=8)
-        ax.set_xlabel("training step", fontsize=7)
-        if has and layer == 0:
-            ax.legend(fontsize=6)
-    fig.suptitle(f"{PLOTTED[key]} to the reference, per hidden state")
-    return save_figure(fig, path)
+    series = []
+    for j in range(n):
+        series += _lines(results, lambda r, j=j: float(_column(r, key)[j]) if j < len(_column(r, key)) else None,
+                         hidden_state(j), {"hidden state": hidden_state(j)})
+    return Chart(name=name, title=f"{PLOTTED[key]} to the reference, per hidden state", x_label="training step",
+                 y_label=PLOTTED[key], series=one_legend_entry(series), views=[hidden_state(j) for j in range(n)],
+                 view_label="hidden state",
+                 caption=f"{PLOTTED[key]} between each run's and the reference's activations at the same step; "
+                         f"the last hidden state ({hidden_state(n - 1)}) is after the final norm.")
 
 
-def _summary_plot(results: list[Result], which: str, path: Path) -> Path:
-    """One panel per metric (A1-A4): the mean over hidden states (or the last one) vs step."""
-    fig, axes = _grid(len(PLOTTED), 4, (4.2, 3.2))
-    for ax, (key, label) in zip(axes, PLOTTED.items(), strict=True):
-        has = _lines(ax, results, lambda r, k=f"{SCALAR_NAMES[key]}_{which}": r.scalars.get(k))
-        ax.set_xlabel("training step")
-        ax.set_ylabel(label, fontsize=8)
-        if has and key == "cka":
-            ax.legend(fontsize=6)
-    fig.suptitle(("mean over hidden states" if which == "mean" else "last hidden state") + " vs the reference")
-    return save_figure(fig, path)
+def _summary_chart(results: list[Result], which: str, name: str) -> Chart:
+    """The mean over hidden states (or the last one) vs step, one view per metric (A1-A4)."""
+    series = []
+    for key, label in PLOTTED.items():
+        series += _lines(results, lambda r, k=f"{SCALAR_NAMES[key]}_{which}": r.scalars.get(k), label)
+    what = "mean over hidden states" if which == "mean" else "last hidden state"
+    return Chart(name=name, title=f"{what} vs the reference", x_label="training step", y_label=what,
+                 series=one_legend_entry(series), views=list(PLOTTED.values()), view_label="metric")
 
 
-def _heatmap(results: list[Result], path: Path) -> Path:
-    """Runs x hidden states at each run's last analysed step, annotated; RdYlGn for cosine/CKA (green =
-    close to the reference), reversed for the distances."""
+def _heatmap_chart(results: list[Result], name: str) -> Chart:
+    """Runs x hidden states at each run's last analysed step, one view per metric (A1-A4)."""
     last: dict[str, Result] = {}
     for r in results:
         run = r.subject.get("run", "?")
@@ -224,17 +222,8 @@ def _heatmap(results: list[Result], path: Path) -> Path:
     labels = [f"{m}@{r.subject.get('step')}" if methods.count(m) == 1 else f"{r.subject.get('run')}@"
               f"{r.subject.get('step')}" for m, r in zip(methods, rs, strict=True)]
     n = min(r.arrays["per_layer"].shape[0] for r in rs)
-    fig, axes = _grid(len(PLOTTED), 2 if n <= 10 else 1, (0.6 * n + 3.0, 0.45 * len(rs) + 1.6))
-    for ax, (key, label) in zip(axes, PLOTTED.items(), strict=True):
-        data = np.stack([_column(r, key)[:n] for r in rs])  # [runs, layers]
-        similar = key in ("cka", "cosine")
-        vmin, vmax = (min(0.0, float(np.nanmin(data))), 1.0) if similar else (None, None)
-        im = ax.imshow(data, cmap="RdYlGn" if similar else "RdYlGn_r", vmin=vmin, vmax=vmax, aspect="auto")
-        for (i, j), v in np.ndenumerate(data):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
-        ax.set_yticks(range(len(rs)), labels, fontsize=7)
-        ax.set_xticks(range(n), ["emb"] + [str(j) for j in range(1, n)], fontsize=7)
-        ax.set_xlabel("hidden state")
-        ax.set_title(label, fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.04)
-    return save_figure(fig, path)
+    maps: list[Series | Heatmap] = [
+        Heatmap(z=np.stack([_column(r, key)[:n] for r in rs]).tolist(), x=["emb"] + [str(j) for j in range(1, n)],
+                y=labels, name=label, colour_label=label, view=label) for key, label in PLOTTED.items()]
+    return Chart(name=name, title="similarity to the reference at each run's last step", x_label="hidden state",
+                 y_label="run", series=maps, views=list(PLOTTED.values()), view_label="metric")

@@ -28,13 +28,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ...errors import LensError
 from ..base import Metric, Result, part_range
+from ..charts import Chart, Series, lines_by_method, one_legend_entry, run_label
 from ..context import Context
 from ..maths.curvature import (
     HVP_METHODS,
@@ -44,7 +44,6 @@ from ..maths.curvature import (
     power_iteration,
     trace_estimate,
 )
-from ..plotting import legend_labels, line_plot_by_method, method_colour, outside_legend, plt, save_figure
 from ..subjects import Subject
 from . import register
 
@@ -254,28 +253,28 @@ class Curvature(Metric):
         info["hvps"] = sum(int(p.info["hvps"]) for p in pieces)
         return Result(metric=self.name, subject=subject.describe(), scalars=scalars, arrays=arrays, info=info)
 
-    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
-        return [line_plot_by_method(results, "top_eigenvalue", out_dir / "curvature_top_eigenvalue.png",
-                                    "top Hessian eigenvalue"),
-                _trace_plot(results, out_dir / "curvature_trace.png")]
+    def charts(self, results: list[Result]) -> list[Chart]:
+        return [lines_by_method(results, "top_eigenvalue", "curvature_top_eigenvalue", "top Hessian eigenvalue"),
+                _trace_chart(results, self.cfg.confidence)]
 
 
-def _trace_plot(results: list[Result], path: Path) -> Path:
+def _trace_chart(results: list[Result], confidence: float) -> Chart:
     """Hutchinson trace vs step, one line per run (coloured by method), with its confidence interval as bars."""
-    series: dict[tuple[str, str], list[tuple[int, float, float, float]]] = defaultdict(list)
+    by_run: dict[tuple[str, str], list[Result]] = defaultdict(list)
     for r in results:
         if "trace" in r.scalars:
-            s = r.scalars
-            series[(r.subject.get("run", "?"), r.subject.get("method", "?"))].append(
-                (int(r.subject.get("step", 0)), s["trace"], s["trace_ci_low"], s["trace_ci_high"]))
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    labels = legend_labels(list(series))
-    for (name, method), pts in sorted(series.items()):
-        step, mean, low, high = (np.array(c) for c in zip(*sorted(pts), strict=True))
-        ax.errorbar(step, mean, yerr=[mean - low, high - mean], marker="o", ms=3, capsize=2,
-                    color=method_colour(method), label=labels[(name, method)])
-    ax.set_xlabel("training step")
-    ax.set_ylabel("Hessian trace (Hutchinson, CI)")
-    outside_legend(ax)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+            by_run[run_label(r)].append(r)
+    series = []
+    for (run, method), rs in sorted(by_run.items()):
+        rs.sort(key=lambda r: int(r.subject.get("step", 0)))
+        sc = [r.scalars for r in rs]
+        series.append(Series(
+            [int(r.subject.get("step", 0)) for r in rs], [s["trace"] for s in sc], name=run, method=method,
+            low=[s["trace_ci_low"] for s in sc], high=[s["trace_ci_high"] for s in sc], interval="bars",
+            hover={"run": [run] * len(rs), "seed": [r.subject.get("seed") for r in rs],
+                   "scale": [r.subject.get("scale") for r in rs], "stderr": [s.get("trace_stderr") for s in sc],
+                   "probes": [len(r.arrays.get("trace_samples", ())) for r in rs]}))
+    return Chart(name="curvature_trace", title="Hessian trace (Hutchinson)", x_label="training step",
+                 y_label="Hessian trace (Hutchinson, CI)", series=one_legend_entry(series),
+                 caption=f"Hutchinson estimate of the Hessian trace with its {100 * confidence:g}% confidence "
+                         "interval (Student t), one line per run.")

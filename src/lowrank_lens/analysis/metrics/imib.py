@@ -17,17 +17,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
 
 from ...errors import LensError
 from ..base import Metric, Result, finite_or_nan
+from ..charts import Chart, Heatmap, Series
 from ..context import Context
 from ..maths.interpolation import interpolation_barrier
 from ..maths.landscape import ENGINE_METHODS
-from ..plotting import method_colour, plt, save_figure
 from ..subjects import Subject
 from . import register
 from .interpolation import alpha_grid, check_same_buffers, curve_between, params_of
@@ -100,64 +101,58 @@ class IMIB(Metric):
                       info={"baseline": "midpoint", "view": "dense", "step": ca.step,
                             "methods": [r.method for r in subject.runs]})
 
-    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
-        if not results:
+    def charts(self, results: list[Result]) -> list[Chart]:
+        rs = [r for r in results if "imib" in r.scalars]
+        if not rs:
             return []
-        by_pair: dict[str, dict[int, float]] = defaultdict(dict)
-        colours: dict[str, tuple[str, str]] = {}
-        for r in results:
-            label = pair_label(r.subject)
-            by_pair[label][int(r.subject["step"])] = r.scalars["imib"]
-            colours[label] = (method_colour(r.subject.get("method", "?")),
-                              method_colour(r.subject.get("other_method", "?")))
+        by_pair: dict[str, dict[int, Result]] = defaultdict(dict)
+        for r in rs:
+            by_pair[pair_label(r.subject)][int(r.subject["step"])] = r
         pairs = sorted(by_pair)
-        return [_final_bars(by_pair, colours, pairs, out_dir / "imib_final.png"),
-                _vs_step(by_pair, colours, pairs, out_dir / "imib_vs_step.png"),
-                _heatmap(by_pair, pairs, out_dir / "imib_heatmap.png")]
+        return [_final_bars(by_pair, pairs), _vs_step(by_pair, pairs), _heatmap(by_pair, pairs)]
 
 
-def _final_bars(by_pair: dict[str, dict[int, float]], colours: dict[str, tuple[str, str]], pairs: list[str],
-                path: Path) -> Path:
-    """IMIB per pair at each pair's last (final) step; bar face and edge are the two methods' colours."""
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(pairs) + 1.5), 3.6))
-    for i, p in enumerate(pairs):
-        step = max(by_pair[p])
-        ax.bar(i, by_pair[p][step], color=colours[p][0], edgecolor=colours[p][1], linewidth=2.5)
-    ax.set_xticks(range(len(pairs)), pairs, rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("IMIB at the final step")
-    ax.axhline(0, color="k", lw=0.6)
-    ax.grid(alpha=0.3, axis="y")
-    return save_figure(fig, path)
+# A pair's series shows two methods. Series.method holds the first one (the bars' colour, and what the report's
+# method filter reads); the hover names both ("method A", "method B"), so a filter can hide the pair when EITHER
+# method is filtered out, and `group` is the pair, so each pair keeps its own legend entry (labelled by the pair)
+# and a legend click hides that pair only. The lines vs step override the colour: one per pair, as before.
 
 
-def _vs_step(by_pair: dict[str, dict[int, float]], colours: dict[str, tuple[str, str]], pairs: list[str],
-             path: Path) -> Path:
-    """IMIB against the training step, one line per pair (a distinct colour per pair; markers filled and
-    edged with the two methods' colours)."""
-    fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    cmap = plt.get_cmap("tab10" if len(pairs) <= 10 else "tab20")
+def _pair_series(rs: list[Result], x: list, pair: str, **kw: Any) -> Series:
+    sub = rs[0].subject
+    n = len(rs)
+    hover = {"method A": [sub.get("method")] * n, "method B": [sub.get("other_method")] * n,
+             "run A": [r.subject.get("run") for r in rs], "run B": [r.subject.get("other_run") for r in rs],
+             "seed": [r.subject.get("seed") for r in rs], "scale": [r.subject.get("scale") for r in rs],
+             "step": [r.subject.get("step") for r in rs], "relative IMIB": [r.scalars.get("relative_imib") for r in rs],
+             "argmax alpha": [r.scalars.get("argmax_alpha") for r in rs]}
+    return Series(x, [r.scalars["imib"] for r in rs], name=pair, method=str(sub.get("method", "")), hover=hover,
+                  group=pair, **kw)
+
+
+def _final_bars(by_pair: dict[str, dict[int, Result]], pairs: list[str]) -> Chart:
+    """IMIB per pair at each pair's last (final) step, one bar per pair in its first method's colour."""
+    series: list[Series | Heatmap] = [_pair_series([by_pair[p][max(by_pair[p])]], [p], p, mode="bar")
+                                      for p in pairs]
+    return Chart(name="imib_final", title="IMIB at the final step", x_label="method pair",
+                 y_label="IMIB at the final step", series=series)
+
+
+def _vs_step(by_pair: dict[str, dict[int, Result]], pairs: list[str]) -> Chart:
+    """IMIB against the training step, one line per pair, a distinct colour per pair (tab10/tab20)."""
+    cmap = colormaps["tab10" if len(pairs) <= 10 else "tab20"]
+    series: list[Series | Heatmap] = []
     for i, p in enumerate(pairs):
         steps = sorted(by_pair[p])
-        ax.plot(steps, [by_pair[p][s] for s in steps], color=cmap(i % cmap.N), marker="o", ms=5,
-                markerfacecolor=colours[p][0], markeredgecolor=colours[p][1], markeredgewidth=1.5, label=p)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("IMIB")
-    ax.legend(fontsize=6)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+        series.append(_pair_series([by_pair[p][s] for s in steps], steps, p, marker_size=6.0,
+                                   colour=to_hex(cmap(i % cmap.N))))
+    return Chart(name="imib_vs_step", title="IMIB vs training step", x_label="training step", y_label="IMIB",
+                 series=series)
 
 
-def _heatmap(by_pair: dict[str, dict[int, float]], pairs: list[str], path: Path) -> Path:
+def _heatmap(by_pair: dict[str, dict[int, Result]], pairs: list[str]) -> Chart:
     """Pair x step matrix of IMIB (blank where a pair lacks the step)."""
     steps = sorted({s for d in by_pair.values() for s in d})
-    grid = np.full((len(pairs), len(steps)), np.nan)
-    for i, p in enumerate(pairs):
-        for j, s in enumerate(steps):
-            grid[i, j] = by_pair[p].get(s, np.nan)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(steps) + 2.5), max(2.5, 0.35 * len(pairs) + 1.2)))
-    im = ax.imshow(grid, aspect="auto", cmap="magma")
-    ax.set_xticks(range(len(steps)), [str(s) for s in steps], fontsize=7)
-    ax.set_yticks(range(len(pairs)), pairs, fontsize=7)
-    ax.set_xlabel("training step")
-    fig.colorbar(im, ax=ax, label="IMIB")
-    return save_figure(fig, path)
+    z = [[by_pair[p][s].scalars["imib"] if s in by_pair[p] else None for s in steps] for p in pairs]
+    return Chart(name="imib_heatmap", title="IMIB per pair and step", x_label="training step", y_label="method pair",
+                 series=[Heatmap(z=z, x=[str(s) for s in steps], y=pairs, name="IMIB", colour_label="IMIB")])

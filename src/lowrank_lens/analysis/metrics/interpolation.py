@@ -24,19 +24,20 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
 from torch import Tensor
 
 from ...errors import LensError
 from ..base import Metric, Result, finite_or_nan
+from ..charts import Chart, Series, lines_by_method, one_legend_entry, run_label
 from ..context import Context
 from ..maths.interpolation import BASELINES, interpolation_barrier, interpolation_curve
 from ..maths.landscape import ENGINE_METHODS
 from ..maths.loss import eval_mode, mean_nll
-from ..plotting import line_plot_by_method, method_colour, plt, save_figure
 from ..subjects import Subject
 from . import register
 
@@ -149,55 +150,73 @@ class Interpolation(Metric):
                       info={"baseline": self.cfg.baseline, "parameters": len(params_of(model_a)),
                             "steps": [ca.step, cb.step]})
 
-    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
-        paths = [_curves_per_run(results, out_dir / f"interpolation_curves_{run}.png", run)
-                 for run in sorted({r.subject["run"] for r in results})]
+    def charts(self, results: list[Result]) -> list[Chart]:
+        charts = [_curves_per_run(results, run) for run in sorted({r.subject["run"] for r in results})]
         consecutive = [r for r in results if r.subject.get("kind") == "consecutive"]
         if consecutive:
-            paths.append(_sequential_path(consecutive, out_dir / "interpolation_sequential_path.png"))
-            paths.append(line_plot_by_method(consecutive, "barrier", out_dir / "interpolation_barrier.png",
-                                             "barrier (consecutive checkpoints)"))
-        return paths
+            charts.append(_sequential_path(consecutive))
+            charts.append(lines_by_method(consecutive, "barrier", "interpolation_barrier",
+                                          "barrier (consecutive checkpoints)"))
+        return charts
 
 
-def _curves_per_run(results: list[Result], path: Path, run: str) -> Path:
-    """Loss vs alpha for one run: one curve per consecutive pair (viridis by step), init->final dashed."""
+def _pair(r: Result) -> str:
+    return f"{r.subject['step_from']}->{r.subject['step']}"
+
+
+def _hover(r: Result, n: int) -> dict[str, list]:
+    return {"run": [r.subject.get("run")] * n, "seed": [r.subject.get("seed")] * n,
+            "scale": [r.subject.get("scale")] * n, "pair": [_pair(r)] * n,
+            "barrier": [r.scalars.get("barrier")] * n, "barrier_linear": [r.scalars.get("barrier_linear")] * n}
+
+
+def step_colours(n: int) -> list[str]:
+    """n hex colours along viridis, early pairs dark, late ones yellow."""
+    cmap = colormaps["viridis"]
+    return [to_hex(cmap(i / max(1, n - 1))) for i in range(n)]
+
+
+def _curves_per_run(results: list[Result], run: str) -> Chart:
+    """Loss vs alpha for one run: one curve per consecutive pair (viridis by step), init->final dashed black.
+    Every curve is the run's method's (the method filter hides them all), but each pair has its own legend
+    entry and legend group, so a legend click hides one pair."""
     mine = sorted((r for r in results if r.subject["run"] == run), key=lambda r: (r.subject["step"],
                                                                                   r.subject["step_from"]))
     pairs = [r for r in mine if r.subject.get("kind") == "consecutive"]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    cmap = plt.get_cmap("viridis")
-    for i, r in enumerate(pairs):
-        ax.plot(r.arrays["alphas"], r.arrays["curve"], marker="o", ms=2, color=cmap(i / max(1, len(pairs) - 1)),
-                label=f"{r.subject['step_from']}->{r.subject['step']}")
+    method = str(mine[0].subject.get("method", "?")) if mine else ""
+    series = []
+    for r, colour in zip(pairs, step_colours(len(pairs)), strict=True):
+        n = len(r.arrays["alphas"])
+        series.append(Series(r.arrays["alphas"].tolist(), r.arrays["curve"].tolist(), name=_pair(r), method=method,
+                             colour=colour, marker_size=3.0, hover=_hover(r, n), group=_pair(r)))
     for r in mine:
         if r.subject.get("kind") == "init-final":
-            ax.plot(r.arrays["alphas"], r.arrays["curve"], ls="--", color="k",
-                    label=f"init-final {r.subject['step_from']}->{r.subject['step']}")
-    ax.set_xlabel("alpha")
-    ax.set_ylabel("loss")
-    ax.set_title(f"{run} ({mine[0].subject.get('method', '?')})" if mine else run, fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+            name = f"init-final {_pair(r)}"
+            series.append(Series(r.arrays["alphas"].tolist(), r.arrays["curve"].tolist(), name=name, method=method,
+                                 colour="#000000", mode="lines", dash="dash",
+                                 hover=_hover(r, len(r.arrays["alphas"])), group=name))
+    return Chart(name=f"interpolation_curves_{run}", title=f"{run} ({method})" if mine else run, x_label="alpha",
+                 y_label="loss", series=series)
 
 
-def _sequential_path(results: list[Result], path: Path) -> Path:
+def _sequential_path(results: list[Result]) -> Chart:
     """The study's sequential path: each pair's curve placed on [step_t, step_t+1] of the training-step
     axis, so one run's pairs join into one line (coloured by method)."""
     by_run: dict[tuple[str, str], list[Result]] = defaultdict(list)
     for r in results:
-        by_run[(r.subject["run"], r.subject.get("method", "?"))].append(r)
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+        by_run[run_label(r)].append(r)
+    series = []
     for (run, method), rs in sorted(by_run.items()):
-        xs, ys = [], []
+        xs, ys, hover = [], [], defaultdict(list)
         for r in sorted(rs, key=lambda r: r.subject["step_from"]):
             s0, s1 = r.subject["step_from"], r.subject["step"]
-            xs.append(s0 + r.arrays["alphas"] * (s1 - s0))
-            ys.append(r.arrays["curve"])
-        ax.plot(np.concatenate(xs), np.concatenate(ys), color=method_colour(method), label=run, lw=1.2)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("loss along the interpolation path")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+            alphas = r.arrays["alphas"]
+            xs += (s0 + alphas * (s1 - s0)).tolist()
+            ys += r.arrays["curve"].tolist()
+            for k, v in _hover(r, len(alphas)).items():
+                hover[k] += v
+            hover["alpha"] += alphas.tolist()
+        series.append(Series(xs, ys, name=run, method=method, mode="lines", width=1.2, hover=dict(hover)))
+    return Chart(name="interpolation_sequential_path", title="loss along the sequential interpolation path",
+                 x_label="training step", y_label="loss along the interpolation path",
+                 series=one_legend_entry(series))

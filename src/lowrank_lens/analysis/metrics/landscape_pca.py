@@ -22,15 +22,14 @@ a bug we do not reproduce (an even `points` raises). alpha_max defaults to the v
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ...errors import LensError
 from ..base import Metric, Result, finite_or_nan
+from ..charts import Chart, lines_by_method
 from ..context import Context
 from ..maths.curvature import second_derivative_at_zero
 from ..maths.directions import SVD_VARIANTS, SVDDirections
 from ..maths.landscape import landscape_summary
-from ..plotting import line_plot_by_method
 from ..subjects import Subject
 from . import register
 from .landscape_random import (
@@ -120,20 +119,18 @@ class LandscapePCA(Metric):
                             "n_parameters": sum(t.numel() for t in params0.values()),
                             "n_matrices": sum(1 for t in params0.values() if t.ndim >= 2)})
 
-    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
+    def charts(self, results: list[Result]) -> list[Chart]:
         if not results:
             return []
         top = max(self.cfg.reported())
-        out = [landscape_grid(results, out_dir / "landscape_pca1_curves.png", lambda r: r.arrays["curves"][:1],
-                              band=False, title=f"loss along the top-1 singular direction ({self.cfg.variant})")]
+        out = [landscape_grid(results, "landscape_pca1_curves", lambda r: r.arrays["curves"][:1], band=False,
+                              title=f"loss along the top-1 singular direction ({self.cfg.variant})")]
         if top > 1:
-            out.append(landscape_grid(results, out_dir / f"landscape_pca{top}_curves.png",
-                                      lambda r: r.arrays["curves"][:top], band=True,
+            out.append(landscape_grid(results, f"landscape_pca{top}_curves", lambda r: r.arrays["curves"][:top],
+                                      band=True,
                                       title=f"mean loss along the top-{top} singular directions (+-3 sigma)"))
-        out.append(line_plot_by_method(results, "es_pca1", out_dir / "landscape_pca_es_pca1.png", "ES_pca1"))
+        out.append(lines_by_method(results, "es_pca1", "landscape_pca_es_pca1", "ES_pca1"))
         if top > 1:
-            out += [line_plot_by_method(results, f"es_pca{top}", out_dir / f"landscape_pca_es_pca{top}.png",
-                                        f"ES_pca{top}"),
-                    line_plot_by_method(results, f"dv_pca{top}", out_dir / f"landscape_pca_dv_pca{top}.png",
-                                        f"DV_pca{top}")]
-        return [p for p in out if p is not None]
+            out += [lines_by_method(results, f"es_pca{top}", f"landscape_pca_es_pca{top}", f"ES_pca{top}"),
+                    lines_by_method(results, f"dv_pca{top}", f"landscape_pca_dv_pca{top}", f"DV_pca{top}")]
+        return [c for c in out if c is not None]

@@ -20,7 +20,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from torch import Tensor
 
 from ...errors import LensError
 from ..base import Metric, Result, finite_or_nan, part_range
+from ..charts import Chart, Series, lines_by_method, one_legend_entry, run_label
 from ..context import Context
 from ..maths.curvature import second_derivative_at_zero
 from ..maths.directions import NORMS, ONE_D_MODES, Direction, random_direction
@@ -39,7 +39,6 @@ from ..maths.landscape import (
     losses_along_directions,
 )
 from ..maths.loss import eval_mode, mean_nll
-from ..plotting import legend_labels, line_plot_by_method, method_colour, outside_legend, plt, save_figure
 from ..subjects import Subject
 from . import register
 
@@ -111,40 +110,31 @@ def _by_step(results: list[Result]) -> dict[int, list[Result]]:
     return dict(sorted(out.items()))
 
 
-def landscape_grid(results: list[Result], path: Path, curves: Callable[[Result], np.ndarray], band: bool,
-                   title: str, ylabel: str = "val loss") -> Path | None:
-    """One panel per checkpoint step (4 columns), one mean curve per run coloured by method and, with
-    `band`, a +-3 sigma band across directions (docs/study.md §4 figures 1-2). curves(r) -> [D, G]."""
+def landscape_grid(results: list[Result], name: str, curves: Callable[[Result], np.ndarray], band: bool,
+                   title: str, y_label: str = "val loss") -> Chart | None:
+    """One view per checkpoint step ("step N"), one mean curve per run coloured by method and, with `band`,
+    a +-3 sigma band across directions (docs/study.md §4 figures 1-2). curves(r) -> [D, G]."""
     groups = _by_step(results)
     if not groups:
         return None
-    cols = min(4, len(groups))
-    rows = math.ceil(len(groups) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
-    def run_method(r: Result) -> tuple[str, str]:
-        return str(r.subject.get("run")), str(r.subject.get("method", "?"))
-
-    for ax, (step, rs) in zip(axes.flat, groups.items(), strict=False):
-        labels = legend_labels([run_method(r) for r in rs])
-        for r in sorted(rs, key=run_method):
-            c = np.asarray(curves(r), dtype=np.float64).reshape(-1, r.arrays["alphas"].size)
-            x, mean = r.arrays["alphas"], c.mean(axis=0)
-            colour = method_colour(run_method(r)[1])
-            ax.plot(x, mean, color=colour, lw=1.4, label=labels[run_method(r)])
+    series = []
+    for step, rs in groups.items():
+        for r in sorted(rs, key=run_label):
+            run, method = run_label(r)
+            x = r.arrays["alphas"]
+            c = np.asarray(curves(r), dtype=np.float64).reshape(-1, x.size)
+            mean = c.mean(axis=0)
+            n = x.size
+            hover = {"run": [run] * n, "seed": [r.subject.get("seed")] * n, "scale": [r.subject.get("scale")] * n,
+                     "step": [step] * n, "directions": [c.shape[0]] * n}
+            low = high = None
             if band and c.shape[0] > 1:
                 sd = c.std(axis=0)
-                ax.fill_between(x, mean - 3 * sd, mean + 3 * sd, color=colour, alpha=0.2, lw=0)
-        ax.set_title(f"step {step}", fontsize=9)
-        ax.set_xlabel("alpha", fontsize=8)
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(groups):]:
-        ax.set_visible(False)
-    outside_legend(axes.flat[cols - 1], fontsize=6)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
+                low, high = (mean - 3 * sd).tolist(), (mean + 3 * sd).tolist()
+            series.append(Series(x.tolist(), mean.tolist(), name=run, method=method, mode="lines", width=1.4,
+                                 low=low, high=high, interval="band", hover=hover, view=f"step {step}"))
+    return Chart(name=name, title=title, x_label="alpha", y_label=y_label, series=one_legend_entry(series),
+                 views=[f"step {s}" for s in groups], view_label="step")
 
 
 # ---- the metric ------------------------------------------------------------------------------------
@@ -244,9 +234,9 @@ class LandscapeRandom(Metric):
                       info={"seed": cfg.seed, "norm": cfg.norm, "one_d": cfg.one_d, "directions": cfg.directions,
                             "n_parameters": first["n_parameters"], "n_tensors": first["n_tensors"]})
 
-    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
-        out = [landscape_grid(results, out_dir / "landscape_random_curves.png", lambda r: r.arrays["curves"],
-                              band=True, title="loss along random directions (mean, +-3 sigma across directions)")]
-        out += [line_plot_by_method(results, "es", out_dir / "landscape_random_es.png", "ES (random directions)"),
-                line_plot_by_method(results, "dv", out_dir / "landscape_random_dv.png", "DV (random directions)")]
-        return [p for p in out if p is not None]
+    def charts(self, results: list[Result]) -> list[Chart]:
+        grid = landscape_grid(results, "landscape_random_curves", lambda r: r.arrays["curves"], band=True,
+                              title="loss along random directions (mean, +-3 sigma across directions)")
+        return [c for c in (grid,) if c is not None] + [
+            lines_by_method(results, "es", "landscape_random_es", "ES (random directions)"),
+            lines_by_method(results, "dv", "landscape_random_dv", "DV (random directions)")]

@@ -13,8 +13,8 @@ Which matrices (`view`):
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,9 +22,9 @@ import torch
 from ...errors import LensError
 from ...model.architectures import block_index, of_model
 from ..base import Metric, Result
+from ..charts import Chart, Series, lines_by_method, one_legend_entry, run_label
 from ..context import Context
 from ..maths.spectra import ZERO_RULES, mean_metrics, singular_values, spectral_metrics
-from ..plotting import line_plot_by_method
 from ..subjects import CheckpointRef, Subject
 from . import register
 
@@ -114,6 +114,41 @@ class WeightSpectra(Metric):
         mats, basis = analysed_matrices(ctx, ckpt, self.cfg.view, self.cfg.max_elements)
         return spectra_result(self.name, subject, mats, basis, self.cfg)
 
-    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
-        return [line_plot_by_method(results, k, out_dir / f"spectra_{k}.png", f"weight {k.replace('_', ' ')}")
-                for k in ("effective_rank", "stable_rank", "spectral_gap", "n_sv_above_ratio")]
+    def charts(self, results: list[Result]) -> list[Chart]:
+        return [lines_by_method(results, k, f"spectra_{k}", f"weight {k.replace('_', ' ')}")
+                for k in ("effective_rank", "stable_rank", "spectral_gap", "n_sv_above_ratio")] + \
+               [per_layer_chart(results, "effective_rank", "spectra_effective_rank_per_layer",
+                                "weight effective rank")]
+
+
+def layer_view(layer: int) -> str:
+    return f"layer {layer}" if layer >= 0 else "outside the blocks"
+
+
+def per_layer_chart(results: list[Result], key: str, name: str, y_label: str) -> Chart:
+    """Column `key` of per_matrix averaged over each transformer block's matrices (unweighted, as the
+    checkpoint value averages all of them) vs step: one view per block ("layer i"), one line per run."""
+    points: dict[tuple[int, str, str], list[tuple[int, float, int, Result]]] = defaultdict(list)
+    for r in results:
+        if "per_matrix" not in r.arrays or "layer" not in r.arrays:
+            continue
+        keys = list(r.info.get("keys", SPECTRAL_KEYS))
+        column = r.arrays["per_matrix"][:, keys.index(key)]
+        layers = r.arrays["layer"]
+        for layer in np.unique(layers):
+            vals = column[(layers == layer) & np.isfinite(column)]
+            if vals.size:
+                points[(int(layer), *run_label(r))].append((int(r.subject.get("step", 0)), float(vals.mean()),
+                                                            int(vals.size), r))
+    series = []
+    for (layer, run, method), pts in sorted(points.items()):
+        pts.sort(key=lambda p: p[0])
+        series.append(Series([p[0] for p in pts], [p[1] for p in pts], name=run, method=method,
+                             view=layer_view(layer),
+                             hover={"run": [run] * len(pts), "seed": [p[3].subject.get("seed") for p in pts],
+                                    "scale": [p[3].subject.get("scale") for p in pts], "layer": [layer] * len(pts),
+                                    "matrices": [p[2] for p in pts]}))
+    layers = sorted({layer for layer, _, _ in points}, key=lambda x: (x < 0, x))
+    return Chart(name=name, title=f"{y_label} per layer (mean over the layer's matrices)", x_label="training step",
+                 y_label=y_label, series=one_legend_entry(series), views=[layer_view(x) for x in layers],
+                 view_label="layer")

@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ...errors import LensError
 from ..base import Metric, Result, finite_or_nan
+from ..charts import Chart, Series, one_legend_entry, run_label
 from ..context import Context
 from ..maths.curvature import second_derivative_at_zero
 from ..maths.directions import trajectory_pca
 from ..maths.landscape import landscape_summary
-from ..plotting import method_colour, plt, save_figure
 from ..subjects import Subject
 from . import register
 from .landscape_random import alpha_grid, check_engine, check_grid, curve_scalars, curves_along, native_params
@@ -126,23 +125,26 @@ class TrajectoryPCAMetric(Metric):
                             "alpha_max_source": "trajectory extent" if cfg.alpha_max is None else "config",
                             "one_d": cfg.one_d, "n_parameters": sum(t.numel() for t in params0.values())})
 
-    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
-        """The curves at the final step: one panel per axis, one curve per run coloured by method."""
-        if not results:
+    def charts(self, results: list[Result]) -> list[Chart]:
+        """The curves at the final step: one view per axis ("PC1", ...), one curve per run coloured by method,
+        the share of the trajectory's variance each axis explains in the hover."""
+        rs = [r for r in results if "curves" in r.arrays]
+        if not rs:
             return []
-        C = max(r.arrays["curves"].shape[0] for r in results)
-        fig, axes = plt.subplots(1, C, figsize=(3.6 * C, 3.0), squeeze=False)
-        for j, ax in enumerate(axes[0]):
-            for r in sorted(results, key=lambda r: str(r.subject.get("run"))):
-                if j < r.arrays["curves"].shape[0]:
-                    ev = float(r.arrays["explained"][j])
-                    ax.plot(r.arrays["alphas"], r.arrays["curves"][j], lw=1.4,
-                            color=method_colour(r.subject.get("method", "?")),
-                            label=f"{r.subject.get('run')} ({100 * ev:.0f}%)")
-            ax.set_title(f"trajectory PC{j + 1} (final step)", fontsize=9)
-            ax.set_xlabel("alpha (unit axis)", fontsize=8)
-            ax.set_ylabel("val loss", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=6)
-        return [save_figure(fig, out_dir / "trajectory_pca_curves.png")]
+        C = max(r.arrays["curves"].shape[0] for r in rs)
+        series = []
+        for j in range(C):
+            for r in sorted(rs, key=run_label):
+                if j >= r.arrays["curves"].shape[0]:
+                    continue
+                run, method = run_label(r)
+                n = r.arrays["alphas"].size
+                ev = float(r.arrays["explained"][j])
+                series.append(Series(
+                    r.arrays["alphas"].tolist(), r.arrays["curves"][j].tolist(), name=run, method=method,
+                    mode="lines", width=1.4, view=f"PC{j + 1}",
+                    hover={"run": [run] * n, "seed": [r.subject.get("seed")] * n, "scale": [r.subject.get("scale")] * n,
+                           "explained variance": [f"{100 * ev:.1f}%"] * n, "final step": [r.subject.get("step")] * n}))
+        return [Chart(name="trajectory_pca_curves", title="loss along the trajectory's principal axes (final step)",
+                      x_label="alpha (unit axis)", y_label="val loss", series=one_legend_entry(series),
+                      views=[f"PC{j + 1}" for j in range(C)], view_label="principal axis")]

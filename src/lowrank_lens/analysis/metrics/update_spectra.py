@@ -17,22 +17,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ...errors import LensError
 from ..base import Metric, Result, finite_or_nan
+from ..charts import Chart, lines_by_method
 from ..context import Context
 from ..maths.spectra import update_norms, weight_updates
-from ..plotting import line_plot_by_method
 from ..subjects import Subject
 from . import register
 from .spectra import SPECTRAL_KEYS, SpectraConfig, analysed_matrices, spectra_result
 
 UPDATE_NORM_KEYS = ("update_fro_mean", "update_relative_mean", "update_global_ratio")
-
-
 
 
 @dataclass
@@ -80,10 +77,11 @@ class UpdateSpectra(Metric):
         res.info["relative_left_out"] = len(names) - len(rel)
         return res
 
-    def plot(self, results: list[Result], out_dir: Path) -> list[Path]:
+    def charts(self, results: list[Result]) -> list[Chart]:
         """Update metrics against the later checkpoint's step, consecutive pairs only."""
         pairs = [r for r in results if r.subject.get("kind") == "consecutive"]
         if not pairs:
             return []
         keys = ("update_effective_rank", "update_stable_rank", "update_n_sv_above_ratio") + UPDATE_NORM_KEYS
-        return [line_plot_by_method(pairs, k, out_dir / f"{k}.png", k.replace("_", " ")) for k in keys]
+        return [lines_by_method(pairs, k, k, k.replace("_", " "), x_label="training step (later checkpoint)")
+                for k in keys]
