@@ -25,13 +25,14 @@ def test_runs_with_a_lens_series_get_its_figure_and_table(tiny_study: Path, tmp_
     write_findings(study)
     page = write_report(study)
     text = page.read_text()
-    assert "figures/runs/lens_curves.png" in text and "the lens during training" in text
-    assert (page.parent / "figures" / "runs" / "lens_curves.png").stat().st_size > 1000
+    assert "figures/runs/lens_spectra.png" in text and "lens during training: spectra" in text
+    assert 'id="fig-runs-lens_spectra"' in text  # drawn interactive by the page
+    assert (page.parent / "figures" / "runs" / "lens_spectra.png").stat().st_size > 1000
     rows = read_csv(page.parent / "tables" / "lens.csv")
     assert {r["run"] for r in rows} == {d.name for d in watched}
     assert len(rows) == sum(len(ll.load_run(d).steps) for d in watched)
 
 
 def test_without_a_series_the_report_has_no_lens_figure(report_page: Path):
-    assert "lens_curves.png" not in report_page.read_text()
+    assert "fig-runs-lens_" not in report_page.read_text()
     assert not (report_page.parent / "tables" / "lens.csv").exists()

@@ -60,14 +60,14 @@ def _run(tmp: Path, method: str, scale: str) -> RunInfo:
 
 def test_the_run_table_shows_published_values_at_study_scales_only(tmp_path):
     runs = [_run(tmp_path, "galore", "60m"), _run(tmp_path, "cola", "60m"), _run(tmp_path, "galore", "nano")]
-    study = Study(tmp_path, {}, runs, [], {}, [], [], None, "")
+    study = Study(tmp_path, {}, runs, [], {}, [], [], "")
     section = runs_section(study, tmp_path / "fig", "fig", tmp_path / "tables", "tables")
     table = section["table"]
     col = table.columns.index("published ppl")
     assert [row[col][0] for row in table.rows] == ["34.88 (GaLore T2)", "", ""]
     assert "compare it with val_ppl_ref" in section["note"] and "arXiv 2403.03507" in section["note"]
     # a study without study-scale runs has no such column and no source note
-    small = runs_section(Study(tmp_path, {}, runs[2:], [], {}, [], [], None, ""), tmp_path / "f2", "f2",
+    small = runs_section(Study(tmp_path, {}, runs[2:], [], {}, [], [], ""), tmp_path / "f2", "f2",
                          tmp_path / "t2", "t2")
     assert "published ppl" not in small["table"].columns and "Published:" not in small["note"]
 

@@ -5,6 +5,7 @@ available', and a new metric plugin shows up with no report change."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -40,7 +41,8 @@ SECTIONS = ("overview", "settings", "runs", "statistics", "matched", "claims", "
 
 
 class Page(HTMLParser):
-    """Ids, image sources, links and the run table's cells of a report page."""
+    """Ids, figures (image sources and interactive figures' PNG links), links and the run table's cells of a
+    report page."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
@@ -69,6 +71,10 @@ class Page(HTMLParser):
                 self.sections[self._section].append(a["src"])
         if tag == "a" and a.get("href") and not a["href"].startswith("#"):
             self.links.append(a["href"])
+            if a["href"].endswith(".png"):  # an interactive figure's PNG (report/interactive.py)
+                self.images.append(a["href"])
+                if self._section:
+                    self.sections[self._section].append(a["href"])
         if tag == "td":
             self._cell = True
 
@@ -117,8 +123,16 @@ def test_text_is_escaped(report_page: Path, tiny_study: Path):
     hostile = json.loads((tiny_study / "study.json").read_text())["spec"]["notes"][0]
     assert "<script>" in hostile
     text = report_page.read_text()
-    assert hostile not in text and "<script" not in text
+    assert hostile not in text
     assert "&lt;script&gt;window.__injected" in text
+    # the only script elements are the page's own: the two bundled assets and each figure's JSON (whose text
+    # has no '<', so no data can close the element early)
+    scripts = re.findall(r"<script[^>]*>", text)
+    own = {'<script src="assets/plotly.min.js">', '<script src="assets/report.js" defer>',
+           '<script type="application/json" class="spec">'}
+    assert set(scripts) <= own and scripts.count('<script type="application/json" class="spec">') > 10
+    for body in re.findall(r'<script type="application/json" class="spec">(.*?)</script>', text, re.S):
+        assert "<" not in body and json.loads(body)["data"]
 
 
 def test_analysis_sections_are_filled(report_page: Path):

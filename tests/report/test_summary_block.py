@@ -5,6 +5,7 @@ figures list each method once however many seeds it has."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lowrank_lens.analysis.tables import read_csv
 from lowrank_lens.methods import get_method, method_names
 from lowrank_lens.report import figures
 from lowrank_lens.report.collect import RunInfo
+from lowrank_lens.report.interactive import plotly_figure
 from lowrank_lens.report.summary import interval_plot, matched_rows, mean_pm, stats_leaves
 from lowrank_lens.study.presets import PAPER_METHODS
 
@@ -111,40 +113,37 @@ def _runs(methods: list[str], seeds: int) -> list[RunInfo]:
     return runs
 
 
-def _capture(monkeypatch) -> list:
-    figs = []
-    monkeypatch.setattr(figures, "save_figure", lambda fig, path: figs.append(fig) or path)
-    return figs
+def _legend(chart) -> list[str]:
+    """The legend entries of a chart as the page draws it (Plotly traces with showlegend) and as its PNG
+    labels them (the same series)."""
+    traces = plotly_figure(chart)["data"]
+    return [t["name"] for t in traces if t.get("showlegend") and t["type"] != "heatmap"]
 
 
-def _legend_texts(fig) -> list[str]:
-    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
-
-
-def test_validation_perplexity_figures_list_each_method_once(monkeypatch):
+def test_validation_perplexity_figures_list_each_method_once():
     methods = method_names()[:3]
     runs = _runs(methods, seeds=3)
-    figs = _capture(monkeypatch)
-    figures.training_curves(runs, Path("curves.png"))
     matches = [{"run": r.name, "method": r.method, "scale": r.scale, "seed": r.seed, "step": 4,
                 "val_ppl": r.checkpoints[1]["val_ppl"], "target": 20.0} for r in runs]
-    figures.matched_figure(runs, matches, Path("matched.png"))
-    for fig in figs:
-        assert sorted(_legend_texts(fig)) == sorted(methods)  # 3 entries for 9 runs
-    val = figs[0].axes[1]
-    thin = [ln for ln in val.get_lines() if ln.get_linewidth() < 1]
-    thick = [ln for ln in val.get_lines() if ln.get_linewidth() > 1.5]
+    charts = [*figures.training_charts(runs), figures.matched_chart(runs, matches)]
+    for chart in charts:
+        entries = [e for e in _legend(chart) if not e.startswith("target")]
+        assert sorted(entries) == sorted(methods), chart.name  # 3 entries for 9 runs
+    val = charts[1].series
+    thin = [s for s in val if s.width < 1]
+    thick = [s for s in val if s.width > 1.5]
     assert len(thin) == 9 and len(thick) == 3  # every seed thin, the mean over seeds thick
     for m in methods:
-        colour = get_method(m).colour
-        assert sum(ln.get_color() == colour for ln in thin) == 3
+        assert sum(s.method == m for s in thin) == 3
+        mean = next(s for s in thick if s.method == m)
+        seeds = [s for s in thin if s.method == m]
+        assert list(mean.y) == pytest.approx([sum(s.y[i] for s in seeds) / 3 for i in range(len(mean.y))])
+    assert get_method(methods[0]).colour in json.dumps(plotly_figure(charts[1]))
 
 
 @pytest.mark.parametrize("seeds", [1, 2])
-def test_downstream_figure_lists_each_method_once(monkeypatch, seeds):
+def test_downstream_figure_lists_each_method_once(seeds):
     methods = method_names()[:2]
     rows = [{"run": r.name, "method": r.method, "task": t, "acc": 0.5} for r in _runs(methods, seeds)
             for t in ("a", "b")]
-    figs = _capture(monkeypatch)
-    figures.downstream_figure(rows, Path("downstream.png"))
-    assert sorted(_legend_texts(figs[0])) == sorted(methods)
+    assert sorted(_legend(figures.downstream_chart(rows, "t"))) == sorted(methods)

@@ -51,6 +51,9 @@ class Series:
     """The view it is drawn in ('' for every view)."""
     legend: bool = True
     """Whether it has its own legend entry (seeds after the first share their method's)."""
+    also: Sequence[str] = ()
+    """Other methods it shows (a pair's second method): the report's method filter hides the series when
+    any of its methods is unticked."""
     group: str = ""
     """Legend group: series of one group toggle together, and its legend label (default: the method, else
     the name; the name is what a hover shows)."""

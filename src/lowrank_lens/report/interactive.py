@@ -76,7 +76,7 @@ def series_traces(s: Series) -> list[dict[str, Any]]:
     """The Plotly traces of one Series (a band is two more traces under the line, in its legend group)."""
     colour = s.colour or (method_colour(s.method) if s.method else "#555555")
     group = s.group or s.method or s.name
-    meta = {"method": s.method, "view": s.view}
+    meta = {"method": s.method, "methods": [m for m in (s.method, *s.also) if m], "view": s.view}
     customdata, template = _hover(s)
     trace: dict[str, Any] = {
         "x": _values(s.x), "y": _values(s.y), "name": _escape(group), "legendgroup": group,
@@ -126,14 +126,15 @@ def plotly_figure(chart: Chart) -> dict[str, Any]:
     data = []
     for s in chart.series:
         data += [heatmap_trace(s)] if isinstance(s, Heatmap) else series_traces(s)
-    bars = sum(1 for s in chart.series if isinstance(s, Series) and s.mode == "bar")
+    bars = [s for s in chart.series if isinstance(s, Series) and s.mode == "bar"]
+    shared = len({str(x) for s in bars for x in s.x}) < sum(len(s.x) for s in bars)  # bars side by side
     layout = {"title": {"text": _escape(chart.title), "font": {"size": 13}},
               "xaxis": {"title": {"text": _escape(chart.x_label)}, "type": "log" if chart.x_log else "-"},
               "yaxis": {"title": {"text": _escape(chart.y_label)}, "type": "log" if chart.y_log else "-"},
               "height": 360, "margin": {"l": 60, "r": 10, "t": 40, "b": 50}, "hovermode": "closest",
               "legend": {"font": {"size": 10}, "groupclick": "togglegroup"}}
-    if bars > 1:
-        layout["barmode"] = "group"
+    if bars:
+        layout["barmode"] = "group" if shared else "overlay"
     return {"data": data, "layout": layout, "views": list(chart.views), "view_label": chart.view_label}
 
 

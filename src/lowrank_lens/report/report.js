@@ -1,18 +1,22 @@
 /* lowrank-lens report: draws every figure of the page with the bundled Plotly (assets/plotly.min.js), offline.
    Each <figure class="ifig"> holds its Plotly figure as JSON (a <script type="application/json">). A trace's
-   meta names its method and view: it is shown when its view is the one selected in the figure's selector (if
-   the figure has views) and its method is not unticked in the page's method filter. A legend click is
+   meta names its methods (a pair's two) and view: it is shown when its view is the one selected in the figure's selector (if
+   the figure has views) and none of its methods is unticked in the page's method filter. A legend click is
    Plotly's own (it hides the method's group in that one figure) and is kept when the filter changes. */
 (function () {
   'use strict';
   var hidden = {};
 
+  function shown(meta, view) {
+    var methods = meta.methods || [];
+    for (var i = 0; i < methods.length; i++) if (hidden[methods[i]]) return false;
+    return !(meta.view && view && meta.view !== view);
+  }
+
   function visibility(div) {
     var view = div.getAttribute('data-view') || '';
     return div.data.map(function (t) {
-      var meta = t.meta || {};
-      if (meta.method && hidden[meta.method]) return false;
-      if (meta.view && view && meta.view !== view) return false;
+      if (!shown(t.meta || {}, view)) return false;
       return t.visible === 'legendonly' ? 'legendonly' : true;
     });
   }
@@ -26,10 +30,7 @@
     var div = fig.querySelector('.plot');
     var view = spec.views.length ? spec.views[0] : '';
     div.setAttribute('data-view', view);
-    spec.data.forEach(function (t) {
-      var meta = t.meta || {};
-      t.visible = !((meta.method && hidden[meta.method]) || (meta.view && view && meta.view !== view));
-    });
+    spec.data.forEach(function (t) { t.visible = shown(t.meta || {}, view); });
     return Plotly.newPlot(div, spec.data, spec.layout, {responsive: true, displaylogo: false}).then(function () {
       fig.setAttribute('data-rendered', '1');
     });

@@ -112,9 +112,9 @@ class IMIB(Metric):
         return [_final_bars(by_pair, pairs), _vs_step(by_pair, pairs), _heatmap(by_pair, pairs)]
 
 
-# A pair's series shows two methods. Series.method holds the first one (the bars' colour, and what the report's
-# method filter reads); the hover names both ("method A", "method B"), so a filter can hide the pair when EITHER
-# method is filtered out, and `group` is the pair, so each pair keeps its own legend entry (labelled by the pair)
+# A pair's series shows two methods. Series.method holds the first one (the bars' colour) and Series.also the
+# second, so the report's method filter hides the pair when EITHER method is filtered out; the hover names both
+# ("method A", "method B"), and `group` is the pair, so each pair keeps its own legend entry (labelled by the pair)
 # and a legend click hides that pair only. The lines vs step override the colour: one per pair, as before.
 
 
@@ -127,7 +127,7 @@ def _pair_series(rs: list[Result], x: list, pair: str, **kw: Any) -> Series:
              "step": [r.subject.get("step") for r in rs], "relative IMIB": [r.scalars.get("relative_imib") for r in rs],
              "argmax alpha": [r.scalars.get("argmax_alpha") for r in rs]}
     return Series(x, [r.scalars["imib"] for r in rs], name=pair, method=str(sub.get("method", "")), hover=hover,
-                  group=pair, **kw)
+                  also=(str(sub.get("other_method", "")),), group=pair, **kw)
 
 
 def _final_bars(by_pair: dict[str, dict[int, Result]], pairs: list[str]) -> Chart:
