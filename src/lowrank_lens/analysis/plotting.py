@@ -65,6 +65,7 @@ def line_plot_by_method(results: list[Result], key: str, path: Path, ylabel: str
 
 MPL_DASHES = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-."}
 MAX_PANELS = 16
+LEGEND_ROWS = 14
 """Views drawn as panels in a chart's PNG; the interactive figure selects among all of them."""
 
 
@@ -120,11 +121,18 @@ def chart_png(chart: Chart, path: Path) -> Path:
     views = chart.views[:MAX_PANELS] or [""]
     cols = min(4, len(views))
     rows = -(-len(views) // cols)
-    size = (5.5, 3.6) if len(views) == 1 else (3.6, 2.8)
-    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False,
-                             layout="constrained")
     categories = list(dict.fromkeys(str(x) for s in chart.series if isinstance(s, Series)
                                     for x in s.x if isinstance(x, str)))
+    size = (5.5, 3.6) if len(views) == 1 else (3.6, 2.8)
+    if len(categories) > 3:  # room for every category and its rotated label (IMIB's pairs)
+        longest = max(len(c) for c in categories)
+        size = (max(size[0], 0.3 * len(categories) + 2.0), size[1] + 0.06 * longest)
+    labels = list(dict.fromkeys(s.group or s.method or s.name for s in chart.series
+                                if isinstance(s, Series) and s.legend))
+    legend_cols = -(-len(labels) // LEGEND_ROWS)
+    legend_width = legend_cols * (0.6 + 0.065 * max((len(x) for x in labels), default=0))  # inches, fontsize 7
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols + legend_width, size[1] * rows), squeeze=False,
+                             layout="constrained")
     for ax, view in zip(axes.flat, views, strict=False):
         drawn = [s for s in chart.series if not s.view or not view or s.view == view]
         ax.set_xscale("log" if chart.x_log else "linear")  # before any tick: setting a scale resets them
@@ -155,7 +163,8 @@ def chart_png(chart: Chart, path: Path) -> Path:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(label, handle)
     if entries:
+        # a long legend (IMIB's 30 pairs) in columns of at most LEGEND_ROWS, so it never outgrows the figure
         axes.flat[len(views) - 1].legend(list(entries.values()), list(entries), fontsize=7, loc="upper left",
-                                         bbox_to_anchor=(1.01, 1.0), frameon=False)
+                                         bbox_to_anchor=(1.01, 1.0), frameon=False, ncols=legend_cols)
     fig.suptitle(chart.title, fontsize=10)
     return save_figure(fig, path)

@@ -47,15 +47,20 @@ def _values(seq: Any) -> list[Any]:
 
 
 def _hover(s: Series) -> tuple[list[list[Any]] | None, str]:
-    """customdata rows and the hovertemplate: the series name, x, y, the interval and the hover fields."""
-    keys = list(s.hover)
-    cols = [list(s.hover[k]) for k in keys]
+    """customdata rows and the hovertemplate: the series name, x, y, the interval and the hover fields. A
+    field with one value over the whole series is written into the template once, not into every point."""
+    fields = {k: list(v) for k, v in s.hover.items()}
     if s.low is not None and s.high is not None:
-        keys += ["low", "high"]
-        cols += [_values(s.low), _values(s.high)]
+        fields |= {"low": _values(s.low), "high": _values(s.high)}
     lines = [f"<b>{_escape(s.name)}</b>", "x: %{x}", "y: %{y:.4g}"]
-    lines += [f"{_escape(k)}: %{{customdata[{i}]}}" for i, k in enumerate(keys)]
-    rows = [[_jsonable(c[j]) for c in cols] for j in range(len(s.y))] if keys else None
+    varying = []
+    for k, col in fields.items():
+        if len({str(v) for v in col}) == 1 and col:
+            lines.append(f"{_escape(k)}: {_escape(str(_jsonable(col[0])))}")
+        else:
+            lines.append(f"{_escape(k)}: %{{customdata[{len(varying)}]}}")
+            varying.append(col)
+    rows = [[_jsonable(c[j]) for c in varying] for j in range(len(s.y))] if varying else None
     return rows, "<br>".join(lines) + "<extra></extra>"
 
 
