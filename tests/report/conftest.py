@@ -1,7 +1,8 @@
 """A tiny study directory shared by the report tests: nano runs of every method, all metrics with quick
 options, a synthetic downstream table (the lm-eval stage is tested in tests/downstream), the real
 prediction stage on it, and the report written from it, with checkpoint loading and metric computation
-disabled so the test proves the report reads files only."""
+disabled so the test proves the report reads files only. And a smaller-still study of the methods of the
+`zoo` preset (every registered one, 14 or more: the page's first screen as a study of that many shows it)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from lowrank_lens.analysis.tables import write_csv
 from lowrank_lens.presets import build_config
 from lowrank_lens.report import run_records, write_report
 from lowrank_lens.study.findings_stage import write_findings
-from lowrank_lens.study.presets import PAPER_METHODS
+from lowrank_lens.study.presets import PAPER_METHODS, zoo
 from lowrank_lens.study.spec import StudySpec
 from lowrank_lens.train import train
 
@@ -29,6 +30,14 @@ QUICK = ["landscape_random.directions=3", "landscape_random.points=5", "landscap
          "curvature.lanczos_iters=5", "curvature.hutchinson_probes=4"]
 SETTINGS = EvalSettings(sequences=8, batch_size=8)
 HOSTILE_NOTE = "<script>window.__injected = 1</script> & notes are escaped"
+ZOO_TRAINING = ["train.steps=4", "train.checkpoints=2", "train.eval_every=4"]
+"""The zoo study's runs: the fewest steps with two checkpoints and a final validation perplexity."""
+ZOO_METRICS = ["landscape_random", "landscape_pca", "activation_similarity"]
+"""The cheap metrics the claims' interval plots read (claims 1-5; imib, for claim 3, runs at the final step
+only: its 91 method pairs at 14 methods are most of the cost); claim 6 reads the synthetic downstream table, 7 the
+prediction stage, 8 the runs' final validation perplexity."""
+ZOO_QUICK = ["landscape_random.directions=2", "landscape_random.points=3", "landscape_pca.k=1",
+             "landscape_pca.points=3", "imib.points=3"]
 
 
 @pytest.fixture(scope="session")
@@ -82,4 +91,26 @@ def report_page(tiny_study: Path) -> Path:
         mp.setattr(loading, "load_checkpoint", _no_compute)
         write_findings(tiny_study)
         return write_report(tiny_study)
+
+
+@pytest.fixture(scope="session")
+def zoo_report_page(tmp_path_factory: pytest.TempPathFactory, single_thread_session) -> Path:
+    """The report of a study of the `zoo` preset's methods (every registered one, 14 or more) at nano: 4 steps,
+    the claims' cheap metrics (ZOO_METRICS, imib at the final step), the synthetic downstream table and the
+    prediction stage, so that every claim but 7 (permutation p-values) has its interval plot. About 25-35 s on
+    2 cores (14 methods)."""
+    from lowrank_lens.study.stages import run_prediction
+
+    study = tmp_path_factory.mktemp("zoo-study")
+    methods = zoo().methods
+    runs = [train(build_config("nano", m, ZOO_TRAINING), study / "runs") for m in methods]
+    spec = StudySpec(name="zoo-nano", methods=methods, scales=["nano"], seeds=[0], overrides=ZOO_TRAINING,
+                     metric_overrides=ZOO_QUICK, sequences=8, eval_batch_size=8, downstream_tasks=[])
+    (study / "study.json").write_text(json.dumps({"spec": spec.to_dict(), "runs": [r.name for r in runs]}))
+    analyze(runs, ZOO_METRICS, None, None, ZOO_QUICK, SETTINGS, study / "analysis", plots=False)
+    analyze(runs, ["imib"], [-1], None, ZOO_QUICK, SETTINGS, study / "analysis", plots=False)
+    run_prediction(runs, study / "analysis", _downstream(study), study / "prediction", ["landscape_random.es"],
+                   n_perm=20)
+    write_findings(study)
+    return write_report(study)
 
