@@ -80,7 +80,7 @@ def overview(study: Study) -> dict[str, Any]:
              if k in spec]
     ready = [r for r in study.runs if r.checkpoints]
     items.append(("runs", f"{len(ready)} with checkpoints of {len(study.runs)} listed"))
-    shas = sorted({f"{(r.config.get('provenance') or {}).get('git_sha', '?')[:10]}"
+    shas = sorted({f"{str((r.config.get('provenance') or {}).get('git_sha') or '?')[:10]}"
                    f"{' (dirty)' if (r.config.get('provenance') or {}).get('git_dirty') else ''}" for r in ready})
     items.append(("code versions (git)", ", ".join(shas) or "unknown"))
     evals = {_options(e) for md in study.metrics for e in md.evals}

@@ -1,8 +1,9 @@
 /* lowrank-lens report: draws every figure of the page with the bundled Plotly (assets/plotly.min.js), offline.
    Each <figure class="ifig"> holds its Plotly figure as JSON (a <script type="application/json">). A trace's
    meta names its methods (a pair's two) and view: it is shown when its view is the one selected in the figure's selector (if
-   the figure has views) and none of its methods is unticked in the page's method filter. A legend click is
-   Plotly's own (it hides the method's group in that one figure) and is kept when the filter changes. */
+   the figure has views) and none of its methods is unticked in the page's method filter. A legend click hides
+   (or shows again) the clicked legend group in that one figure; the script keeps that choice per figure, so it
+   holds across views and filter changes (Plotly's double-click isolation is off: one click, one group). */
 (function () {
   'use strict';
   var hidden = {};
@@ -15,9 +16,10 @@
 
   function visibility(div) {
     var view = div.getAttribute('data-view') || '';
+    var off = div.__legendOff || {};
     return div.data.map(function (t) {
       if (!shown(t.meta || {}, view)) return false;
-      return t.visible === 'legendonly' ? 'legendonly' : true;
+      return off[t.legendgroup] ? 'legendonly' : true;
     });
   }
 
@@ -31,7 +33,15 @@
     var view = spec.views.length ? spec.views[0] : '';
     div.setAttribute('data-view', view);
     spec.data.forEach(function (t) { t.visible = shown(t.meta || {}, view); });
+    div.__legendOff = {};
     return Plotly.newPlot(div, spec.data, spec.layout, {responsive: true, displaylogo: false}).then(function () {
+      div.on('plotly_legendclick', function (ev) {
+        var group = ev.data[ev.curveNumber].legendgroup;
+        div.__legendOff[group] = !div.__legendOff[group];
+        refresh(div);
+        return false;  // the script applies it, to every view of the figure
+      });
+      div.on('plotly_legenddoubleclick', function () { return false; });
       fig.setAttribute('data-rendered', '1');
     });
   }
