@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from browser import open_page
 from lens_testutil import run_cli
 from scipy import stats
 
@@ -130,3 +131,16 @@ def test_bad_sources_are_one_line_errors(two_studies, args, fragment, tmp_path, 
     where = {"A": str(two_studies[0]), "B": str(two_studies[1]), "C": str(tmp_path / "c")}
     code, err = run_cli(["report", *[where.get(x, x) for x in args]], capsys, monkeypatch)
     assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
+
+
+def test_the_side_by_side_page_opens_clean_in_chromium(combined):
+    """The combined page in headless Chromium: no console message, page error or network request; every
+    figure drawn, the differences figure among them with one view per quantity."""
+    page = combined / "report" / "index.html"
+    with open_page(page) as opened:
+        drawn = int(opened.page.get_attribute("body", "data-figures-rendered"))
+        views = opened.page.locator("#fig-sources-source_differences select.view option").all_text_contents()
+        problems, blocked = opened.problems(), list(opened.blocked)
+    assert not problems and not blocked, (problems, blocked)
+    assert drawn == page.read_text().count('<figure class="ifig"') > 5
+    assert len(views) >= 2 and all(" - " in v for v in views), views  # final_val_ppl and spectra's headline
