@@ -1,4 +1,4 @@
-"""The report in real headless Chromium (Debian's, driven by Playwright: tests/report/browser.py), as a reader
+"""The report in real headless Chromium (Debian's, driven by Playwright: tests/lens_browser.py), as a reader
 sees it: it opens with no console message, no uncaught exception and no network request (every request is
 routed; anything but file:// is aborted and recorded); every figure is drawn; a legend click, the method
 filter and a view selector change what is drawn; and the first screen at 1366 x 768 holds the verdict table,
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import FIRST_SCREEN, Opened, open_page, with_injected
+from lens_browser import FIRST_SCREEN, Opened, open_page, with_injected
 from lens_testutil import require_package
 
 from lowrank_lens.findings.claims import claim_texts

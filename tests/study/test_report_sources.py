@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from browser import open_page
+from lens_browser import open_page
 from lens_testutil import run_cli
 from scipy import stats
 
