@@ -17,6 +17,7 @@ from typing import Any
 from ..analysis.charts import Chart, Series
 from ..analysis.metrics import metric_names
 from ..errors import LensError
+from ..runfolder.files import imported_record, read_run_json
 from .collect import MetricData, Study, load_study, study_of_runs
 from .findings_files import SOURCE_DIFFERENCES, SOURCE_HEADLINE, Findings, load_findings
 from .html import fmt, make_table
@@ -27,7 +28,7 @@ def source_kind(path: Path) -> str:
     if (path / "study.json").is_file() or (path / "runs").is_dir():
         return "study"
     if (path / "config.json").is_file():
-        return "import" if '"imported"' in (path / "config.json").read_text() else "run"
+        return "import" if imported_record(read_run_json(path)) else "run"
     raise LensError(f"{path} is neither a study folder (study.json or runs/) nor a run folder (config.json); "
                     f"pass folders written by `lowrank-lens study`, `train` or `import`")
 
