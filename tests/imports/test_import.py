@@ -5,6 +5,7 @@ and whose target matrices are each architecture's projections as out x in; bad s
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 
@@ -15,6 +16,7 @@ from series_util import MAKERS, STEPS, write_series
 from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
 
 from lowrank_lens.analysis.subjects import RunRef
+from lowrank_lens.cli import report as report_command
 from lowrank_lens.errors import LensError
 from lowrank_lens.imports import ImportOptions, import_series
 from lowrank_lens.model.architectures import block_index
@@ -186,3 +188,16 @@ def test_every_metric_runs_on_each_architecture(series, tmp_path):
             assert all(r.arrays["per_layer"].shape[0] == 3 for r in out[name].results)
         else:
             assert done == set(MAKERS), (name, done)
+
+
+def test_imported_series_are_report_sources(series, tmp_path):
+    """Two imported series side by side (`lowrank-lens report A B --out DIR`): each is a source of kind
+    'import', labelled by its folder, and its runs appear in the page as '<label>/<run>'."""
+    a = import_series(str(series["gpt2"]), tmp_path / "gpt2-elsewhere", ImportOptions(label="gpt2", **QUICK))
+    b = import_series(str(series["llama"]), tmp_path / "llama-elsewhere", ImportOptions(label="llama", **QUICK))
+    report_command([a, b], tmp_path / "side-by-side")
+    listing = json.loads((tmp_path / "side-by-side" / "findings" / "findings.json").read_text())["sources"]
+    assert [(s["label"], s["kind"]) for s in listing] == [("gpt2-elsewhere", "import"), ("llama-elsewhere", "import")]
+    page = (tmp_path / "side-by-side" / "report" / "index.html").read_text()
+    assert "gpt2-elsewhere/gpt2-elsewhere" in page and "llama-elsewhere/llama-elsewhere" in page
+    assert "No method and scale appear in two sources" in page  # different models: nothing to subtract
