@@ -194,3 +194,10 @@ def test_draws_follow_the_seed_not_the_global_generator():
     b = _one_step(rank=4)[3]["Q"]
     assert torch.equal(a, b)  # the same for every rank and after a resume
     assert not torch.equal(initial_q((24, 4), draw_seed(7, 0), a), initial_q((24, 4), draw_seed(8, 0), a))
+
+
+def test_adamw_no_decay_spares_only_the_adamw_group(base_model):
+    model = copy.deepcopy(base_model)
+    _, opt = _ours(model, 8, ["method.adamw_no_decay=True"])
+    assert [(g["matrix"], g["weight_decay"]) for g in opt.param_groups] == [(True, WD), (False, 0.0)]
+    assert opt.replicated_state(opt.param_groups[0]) and not opt.replicated_state(opt.param_groups[1])
