@@ -192,3 +192,17 @@ def test_restatement_is_the_official_muon_py(base_model, batches):
             m.zero_grad(set_to_none=True)
     for a, b in zip(*matrices, strict=True):
         assert torch.equal(a, b)
+
+
+def test_one_optimizer_after_a_reload(base_model, batches):
+    """The inner AdamW sees the wrapper's groups and state, also after load_state_dict replaced them, so the
+    loop's lr schedule (group["lr"] on every group) reaches both rules."""
+    model = copy.deepcopy(base_model)
+    _, opt = _ours(model)
+    _step(model, [opt], batches[0], 1e-2)
+    fresh = _ours(copy.deepcopy(base_model))[1]
+    fresh.load_state_dict(opt.state_dict())
+    for o in (opt, fresh):
+        assert o._adamw.param_groups == [o.param_groups[1]] and o._adamw.param_groups[0] is o.param_groups[1]
+        assert o._adamw.state is o.state
+    assert [g["matrix"] for g in fresh.param_groups] == [True, False]
