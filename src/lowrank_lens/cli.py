@@ -39,13 +39,11 @@ from .imports import ImportOptions, import_series
 from .methods import get_method, method_names
 from .model import build_model, count_parameters
 from .presets import MODEL_SHAPES
-from .report import write_report
-from .report.sources import source_kind
 from .runfolder.files import load_run_config
 from .runfolder.folder import check_run_name
 from .runfolder.loading import expand_runs, parse_device
-from .study.findings_stage import write_findings, write_source_findings
 from .study.presets import demo as demo_spec
+from .study.reporting import report_sources
 from .study.runner import STAGES, describe_plan, run_study
 from .study.spec_files import existing_study_folder, load_spec
 from .study.stages import run_prediction
@@ -327,19 +325,7 @@ def report(sources: Annotated[list[Path], typer.Argument(
                     "report goes into <study>/report without it.")] = None) -> None:
     """The HTML report: of one study (its findings recomputed first), or of several sources side by side with
     the differences between them, each source labelled by its folder name."""
-    if len(sources) == 1 and out is None:
-        if source_kind(sources[0]) != "study":
-            raise LensError(f"{sources[0]} is a run folder: give --out DIR for its report (or several sources)")
-        write_findings(sources[0])
-        typer.echo(f"report: {write_report(sources[0])}")
-        return
-    if out is None:
-        raise LensError(f"{len(sources)} sources need --out DIR, the folder their report is written to")
-    folder = writable_folder(out, "--out")
-    if (folder / "study.json").is_file() or folder.resolve() in {Path(p).resolve() for p in sources}:
-        raise LensError(f"--out {out} is a source or a study folder; give a new folder for the combined report")
-    write_source_findings(sources, folder)
-    typer.echo(f"report: {write_report(folder)}")
+    typer.echo(f"report: {report_sources(sources, writable_folder(out, '--out') if out is not None else None)}")
 
 
 @app.command("config")

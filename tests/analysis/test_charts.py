@@ -307,3 +307,26 @@ def test_chart_png_draws_views_bars_and_heatmaps(tmp_path):
         path = chart_png(chart, tmp_path / f"{chart.name}.png")
         assert path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
     assert chart_png(heat, tmp_path / "heat.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_chart_png_draws_numbers_beside_labels_empty_heatmaps_and_dollar_names(tmp_path):
+    """Bars at numeric x, a category bar beside a numeric line, an empty heatmap, '$' in names and more views
+    than panels: each draws (a '$' is a character, not matplotlib math mode) instead of failing."""
+    numeric = Chart("numeric", "numeric bars", "step", "v", series=[Series([0, 1, 2], [1.0, 2.0, 3.0], "a",
+                                                                           mode="bar")])
+    mixed = Chart("mixed", "$x$ mixed", "x", "v", series=[Series(["a"], [1.0], "a$b", method="galore", mode="bar"),
+                                                          Series([0, 1], [1.0, 2.0], "$line", mode="lines")])
+    empty = Chart("empty", "empty", "x", "y", series=[Heatmap([], [], [], "nothing")])
+    many = Chart("many", "many views", "x", "y", views=[f"layer {i}" for i in range(20)],
+                 series=[Series([0, 1], [i, i + 1.0], f"r{i}", view=f"layer {i}") for i in range(20)])
+    for chart in (numeric, mixed, empty, many):
+        assert chart_png(chart, tmp_path / f"{chart.name}.png").stat().st_size > 1000
+
+
+def test_a_pair_in_a_report_over_several_sources_names_its_source():
+    """Two sources' pairs of the same methods, scale and seed stay two pairs (report/sources.py records the
+    source in each subject)."""
+    subject = {"method": "galore", "other_method": "full-rank", "scale": "nano", "seed": 0}
+    assert pair_label(subject) == "galore-full-rank nano s0"
+    assert pair_label({**subject, "source": "last-week"}) != pair_label({**subject, "source": "this-week"})
+    assert pair_label({**subject, "source": "last-week"}).startswith("last-week: ")

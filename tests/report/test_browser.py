@@ -319,6 +319,30 @@ def test_a_legend_choice_holds_across_views_and_the_filter(report_page: Path):
                 assert t["visible"] == ("legendonly" if t["group"] == name else True), (f["id"], t)
 
 
+def test_a_page_come_back_to_draws_what_its_restored_controls_say(report_page: Path):
+    """The browser restores form controls when a reader comes back to the page: a method unticked before stays
+    hidden in every figure, and a figure shows the view its restored selector names."""
+    with open_page(report_page) as opened:
+        page = opened.page
+        method = page.locator("#method-filter input[type=checkbox]").first.get_attribute("value")
+        page.locator("#method-filter summary").click()
+        page.locator(f"#method-filter input[type=checkbox][value='{method}']").uncheck()
+        fid = next(f["id"] for f in figures(opened) if len(f["views"]) >= 2)
+        second = page.locator(f"#{fid} select.view option").nth(1).get_attribute("value")
+        page.locator(f"#{fid} select.view").select_option(index=1)
+        page.goto("about:blank")
+        page.go_back()  # back to the page: the browser restores its form controls
+        page.wait_for_selector("body[data-figures-rendered]")
+        restored = page.locator(f"#method-filter input[type=checkbox][value='{method}']").is_checked()
+        after = figures(opened)
+        assert not opened.problems(), opened.problems()
+    assert restored is False  # the browser kept the unticked box: the drawing must agree with it
+    assert all(t["visible"] is False for f in after for t in f["traces"] if method in t["methods"])
+    assert any(method in t["methods"] for f in after for t in f["traces"])
+    viewed = next(f for f in after if f["id"] == fid)
+    assert viewed["view"] == second, (viewed["view"], second)
+
+
 # --------------------------------------------------------------------------- the first screen
 
 

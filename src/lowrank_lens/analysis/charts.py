@@ -111,8 +111,9 @@ def one_legend_entry(series: list[Series]) -> list[Series]:
     seen: set[tuple[str, str]] = set()
     for s in series:
         if s.method:
-            s.legend = (s.method, s.view) not in seen
-            seen.add((s.method, s.view))
+            key = (s.group or s.method, s.view)  # a group (a method of one source) is one entry
+            s.legend = key not in seen
+            seen.add(key)
     return series
 
 

@@ -14,7 +14,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
 from ..errors import LensError
@@ -41,22 +40,6 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-SCALE_STYLES = ("-", "--", ":", "-.")
-"""Line style per scale (in sorted order) where one figure shows several scales; colour is the method."""
-
-
-def method_legend(ax, methods: list[str], scales: list[str] | None = None, fontsize: int = 7) -> None:
-    """One legend entry per method (its colour) and, with several scales, one per scale (its line style),
-    to the right of the axes: a figure with 3 seeds of 6 methods lists 6 entries, not 18."""
-
-    handles = [Line2D([], [], color=method_colour(m), lw=2, label=m) for m in dict.fromkeys(methods)]
-    if scales and len(scales) > 1:
-        handles += [Line2D([], [], color="0.3", ls=SCALE_STYLES[i % len(SCALE_STYLES)], label=f"scale {s}")
-                    for i, s in enumerate(scales)]
-    if handles:
-        ax.legend(handles=handles, fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-
-
 def line_plot_by_method(results: list[Result], key: str, path: Path, ylabel: str) -> Path:
     """One line per run (coloured by method) of scalar `key` against the training step, drawn into `path`
     (charts.lines_by_method as a PNG; kept for plugins that override plot())."""
@@ -65,22 +48,33 @@ def line_plot_by_method(results: list[Result], key: str, path: Path, ylabel: str
 
 MPL_DASHES = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-."}
 MAX_PANELS = 16
+"""Views drawn as panels in a chart's PNG (the title says when there are more); the interactive figure
+selects among all of them."""
 LEGEND_ROWS = 14
-"""Views drawn as panels in a chart's PNG; the interactive figure selects among all of them."""
+
+
+def _plain(text: object) -> str:
+    """Text as matplotlib should print it: a '$' in a run or method name is a character, not math mode."""
+    return str(text).replace("$", r"\$")
+
+
+def _position(x: object, categories: list[str]) -> float:
+    """Where x lies on the axis: its category's index for a label, the number itself otherwise."""
+    return categories.index(x) if isinstance(x, str) else float(x)
 
 
 def _draw_series(ax, s: Series, categories: list[str], bar_slots: dict[str, tuple[int, int]]) -> None:
     """bar_slots: for a bar series, {category: (its place among the bar series with that category, their
     count)}, so bars of series with disjoint categories (one series per pair) each take the full width."""
     colour = s.colour or (method_colour(s.method) if s.method else None)
-    label = (s.group or s.method or s.name) if s.legend else "_nolegend_"
+    label = _plain(s.group or s.method or s.name) if s.legend else "_nolegend_"
     pts = [(x, finite(y), finite(lo) if s.low is not None else None, finite(hi) if s.high is not None else None)
            for x, y, lo, hi in zip(s.x, s.y, s.low if s.low is not None else [None] * len(s.y),
                                    s.high if s.high is not None else [None] * len(s.y), strict=True)]
     if s.mode == "bar":
         slots = [bar_slots.get(str(x), (0, 1)) for x, *_ in pts]
         width = [0.8 / n for _, n in slots]
-        xs = [categories.index(str(x)) - 0.4 + (k + 0.5) * w for (x, *_), (k, _), w in zip(pts, slots, width,
+        xs = [_position(x, categories) - 0.4 + (k + 0.5) * w for (x, *_), (k, _), w in zip(pts, slots, width,
                                                                                          strict=True)]
         ys = [y if y is not None else float("nan") for _, y, *_ in pts]
         err = None
@@ -89,7 +83,7 @@ def _draw_series(ax, s: Series, categories: list[str], bar_slots: dict[str, tupl
                    [(hi - y) if None not in (y, hi) else 0.0 for _, y, _, hi in pts]]
         ax.bar(xs, ys, width, yerr=err, color=colour, label=label, capsize=2, alpha=s.opacity)
         return
-    xs = [categories.index(str(x)) if categories else x for x, *_ in pts]
+    xs = [_position(x, categories) for x, *_ in pts]
     ys = [y if y is not None else float("nan") for _, y, *_ in pts]
     ls = MPL_DASHES.get(s.dash, "-") if "lines" in s.mode else "none"
     marker = "o" if "markers" in s.mode else None
@@ -108,11 +102,13 @@ def _draw_series(ax, s: Series, categories: list[str], bar_slots: dict[str, tupl
 
 
 def _draw_heatmap(fig, ax, h: Heatmap) -> None:
+    if not len(h.z) or not len(h.z[0]):  # nothing to draw
+        return
     z = np.array([[v if (v := finite(c)) is not None else np.nan for c in row] for row in h.z], dtype=float)
     im = ax.imshow(z, aspect="auto", cmap="magma")
-    ax.set_xticks(range(len(h.x)), list(h.x), fontsize=7, rotation=45 if len(h.x) > 8 else 0)
-    ax.set_yticks(range(len(h.y)), list(h.y), fontsize=7)
-    fig.colorbar(im, ax=ax, label=h.colour_label)
+    ax.set_xticks(range(len(h.x)), [_plain(x) for x in h.x], fontsize=7, rotation=45 if len(h.x) > 8 else 0)
+    ax.set_yticks(range(len(h.y)), [_plain(y) for y in h.y], fontsize=7)
+    fig.colorbar(im, ax=ax, label=_plain(h.colour_label))
 
 
 def chart_png(chart: Chart, path: Path) -> Path:
@@ -147,12 +143,13 @@ def chart_png(chart: Chart, path: Path) -> Path:
                 slots = {c: (ids.index(mine), len(ids)) for c, ids in sharing.items() if mine in ids}
                 _draw_series(ax, s, categories, slots)
         if categories and not any(isinstance(s, Heatmap) for s in drawn):
-            ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 3 else 0,
+            ax.set_xticks(range(len(categories)), [_plain(c) for c in categories],
+                          rotation=30 if len(categories) > 3 else 0,
                           ha="right" if len(categories) > 3 else "center", fontsize=7)
         if view:
-            ax.set_title(view, fontsize=9)
-        ax.set_xlabel(chart.x_label, fontsize=8)
-        ax.set_ylabel(chart.y_label, fontsize=8)
+            ax.set_title(_plain(view), fontsize=9)
+        ax.set_xlabel(_plain(chart.x_label), fontsize=8)
+        ax.set_ylabel(_plain(chart.y_label), fontsize=8)
         ax.tick_params(labelsize=7)
         if not any(isinstance(s, Heatmap) for s in drawn):
             ax.grid(alpha=0.3)
@@ -166,5 +163,7 @@ def chart_png(chart: Chart, path: Path) -> Path:
         # a long legend (IMIB's 30 pairs) in columns of at most LEGEND_ROWS, so it never outgrows the figure
         axes.flat[len(views) - 1].legend(list(entries.values()), list(entries), fontsize=7, loc="upper left",
                                          bbox_to_anchor=(1.01, 1.0), frameon=False, ncols=legend_cols)
-    fig.suptitle(chart.title, fontsize=10)
+    more = f" (first {MAX_PANELS} of {len(chart.views)} {chart.view_label}s; the report shows every one)" \
+        if len(chart.views) > MAX_PANELS else ""
+    fig.suptitle(_plain(chart.title) + more, fontsize=10)
     return save_figure(fig, path)

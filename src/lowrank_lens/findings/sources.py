@@ -23,7 +23,7 @@ import numpy as np
 from scipy import stats as st
 
 from .parts import StudyTables, headline_samples
-from .statistics import ALPHA, INSUFFICIENT, LEVEL, adjust, describe, welch_p
+from .statistics import ALPHA, LEVEL, describe, judge, welch_p
 
 QUANTITY = ("scale", "method", "metric", "column")
 
@@ -58,8 +58,8 @@ def source_findings(sources: Sequence[tuple[str, StudyTables]], alpha: float = A
     for key, by_source in samples.items():
         labels = list(by_source)
         for other in labels[1:]:
-            a, b = by_source[labels[0]], by_source[other]
-            sa, sb = describe(a), describe(b)
+            sa, sb = describe(by_source[labels[0]]), describe(by_source[other])
+            a, b = sa.values, sb.values  # the finite values: a diverged seed (NaN perplexity) is left out
             low, high = welch_interval(a, b)
             few = sa.n < 2 or sb.n < 2
             diffs.append({**dict(zip(QUANTITY, key, strict=True)), "source_a": labels[0], "source_b": other,
@@ -69,14 +69,5 @@ def source_findings(sources: Sequence[tuple[str, StudyTables]], alpha: float = A
     families: dict[tuple, list[int]] = {}
     for i, d in enumerate(diffs):
         families.setdefault((d["scale"], d["metric"], d["column"], d["source_a"], d["source_b"]), []).append(i)
-    for members in families.values():
-        for i, pa in zip(members, adjust([diffs[i]["p"] for i in members], "holm"), strict=True):
-            d = diffs[i]
-            d["p_adjusted"] = pa
-            if d["n_a"] < 2 or d["n_b"] < 2:
-                d["verdict"] = INSUFFICIENT
-            elif d["within_seed_spread"]:
-                d["verdict"] = "within seed spread"
-            else:
-                d["verdict"] = "different" if math.isfinite(pa) and pa < alpha else "not significant"
+    judge(diffs, list(families.values()), "holm", alpha)
     return {"headline": head, "differences": diffs}

@@ -278,9 +278,18 @@ def pairwise_differences(rows: Sequence[dict[str, Any]], column: str, metric: st
         families.append(members)
     if family == "all":
         families = [[i for f in families for i in f]]
+    judge(out, families, correction, alpha)
+    return out
+
+
+def judge(rows: list[dict[str, Any]], families: list[list[int]], correction: str = "holm",
+          alpha: float = ALPHA) -> None:
+    """Set p_adjusted (`correction` within each family of row indices), significant and the verdict of each
+    difference row (keys p, n_a, n_b, within_seed_spread): 'insufficient seeds' (n < 2 a side), 'within seed
+    spread' (flagged, never claimed), 'different' or 'not significant'."""
     for members in families:
-        for i, pa in zip(members, adjust([out[i]["p"] for i in members], correction), strict=True):
-            row = out[i]
+        for i, pa in zip(members, adjust([rows[i]["p"] for i in members], correction), strict=True):
+            row = rows[i]
             row["p_adjusted"] = pa
             row["significant"] = bool(math.isfinite(pa) and pa < alpha)
             if row["n_a"] < 2 or row["n_b"] < 2:
@@ -289,4 +298,3 @@ def pairwise_differences(rows: Sequence[dict[str, Any]], column: str, metric: st
                 row["verdict"] = "within seed spread"
             else:
                 row["verdict"] = "different" if row["significant"] else "not significant"
-    return out

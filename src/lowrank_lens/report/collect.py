@@ -257,7 +257,7 @@ def _instance(cls: type[Metric], config: dict[str, Any] | None) -> Metric:
     return cls(cls.Config())
 
 
-def _distinct(items: list[Any]) -> list[Any]:
+def distinct_configs(items: list[Any]) -> list[Any]:
     seen: dict[str, Any] = {}
     for x in items:
         if x is not None:
@@ -282,8 +282,8 @@ def collect_metric(name: str, run_dirs: list[Path], analysis_dir: Path, expected
 
     cls = get_metric(name)
     results = cached_results(name, run_dirs, expected)
-    configs = _distinct([r.info.get("config") for r in results])
-    evals = _distinct([r.info.get("eval") for r in results])
+    configs = distinct_configs([r.info.get("config") for r in results])
+    evals = distinct_configs([r.info.get("eval") for r in results])
     metric = _instance(cls, configs[0] if configs else None)
     notes = []
     if len(configs) > 1:

@@ -11,6 +11,7 @@ method is not filtered out. A legend click (Plotly's own) hides a method's group
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from importlib.resources import files
@@ -20,6 +21,8 @@ from typing import Any
 from ..analysis.charts import Chart, Heatmap, Series, finite
 from ..analysis.plotting import chart_png, method_colour
 from ..atomic import write_text_atomic
+
+log = logging.getLogger("lowrank_lens")
 
 ASSETS = "assets"
 PLOTLY_JS = "plotly.min.js"
@@ -42,8 +45,10 @@ def write_assets(out: Path) -> str:
 
 
 def _values(seq: Any) -> list[Any]:
-    """Numbers to 6 significant digits (what a hover shows; keeps the page small), gaps as null."""
-    return [v if isinstance(v, str) else (None if (f := finite(v)) is None else float(f"{f:.6g}")) for v in seq]
+    """Numbers to 6 significant digits (what a hover shows; keeps the page small), gaps as null; labels
+    escaped (Plotly renders them as a subset of HTML)."""
+    return [_escape(v) if isinstance(v, str) else (None if (f := finite(v)) is None else float(f"{f:.6g}"))
+            for v in seq]
 
 
 def _hover(s: Series) -> tuple[list[list[Any]] | None, str]:
@@ -56,7 +61,7 @@ def _hover(s: Series) -> tuple[list[list[Any]] | None, str]:
     varying = []
     for k, col in fields.items():
         if len({str(v) for v in col}) == 1 and col:
-            lines.append(f"{_escape(k)}: {_escape(str(_jsonable(col[0])))}")
+            lines.append(f"{_escape(k)}: {_jsonable(col[0])}")
         else:
             lines.append(f"{_escape(k)}: %{{customdata[{len(varying)}]}}")
             varying.append(col)
@@ -65,16 +70,17 @@ def _hover(s: Series) -> tuple[list[list[Any]] | None, str]:
 
 
 def _escape(text: str) -> str:
-    """Plotly renders hover and legend text as (a subset of) HTML: names are shown as text."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Plotly renders labels, legend and hover text as (a subset of) HTML and substitutes %{...} in hover
+    templates: a name is shown as the text it is."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("%", "&#37;")
 
 
 def _jsonable(v: Any) -> Any:
     if isinstance(v, float):
         return v if math.isfinite(v) else None
-    if v is None or isinstance(v, (int, str, bool)):
+    if v is None or isinstance(v, (int, bool)):
         return v
-    return str(v)
+    return _escape(str(v))
 
 
 def series_traces(s: Series) -> list[dict[str, Any]]:
@@ -120,7 +126,7 @@ def _alpha(colour: str, a: float) -> str:
 
 
 def heatmap_trace(h: Heatmap) -> dict[str, Any]:
-    return {"type": "heatmap", "z": [_values(row) for row in h.z], "x": list(h.x), "y": list(h.y),
+    return {"type": "heatmap", "z": [_values(row) for row in h.z], "x": _values(h.x), "y": _values(h.y),
             "name": _escape(h.name), "colorscale": "Magma", "colorbar": {"title": {"text": _escape(h.colour_label)}},
             "meta": {"method": "", "view": h.view},
             "hovertemplate": "%{y} / %{x}: %{z:.4g}<extra></extra>"}
@@ -152,10 +158,16 @@ def figure_json(chart: Chart) -> str:
 def render_charts(charts: list[Chart], folder: Path, href: str, section: str) -> list[dict[str, Any]]:
     """Each chart's PNG (for papers) written into `folder`, and the figure contexts the page template draws:
     element id (unique on the page: section and chart name), JSON, caption, PNG link, views."""
-    out = []
+    out: list[dict[str, Any]] = []
     for chart in charts:
-        png = chart_png(chart, folder / f"{chart.name}.png")
-        out.append({"id": f"fig-{section}-{chart.name}", "json": figure_json(chart),
+        try:
+            png = chart_png(chart, folder / f"{chart.name}.png")
+            spec = figure_json(chart)
+        except Exception as e:  # one broken chart must not cost the report: its place says what failed
+            log.warning(f"report: figure {chart.name} failed: {type(e).__name__}: {e}")
+            out.append({"error": f"figure {chart.name} failed: {type(e).__name__}: {e}"})
+            continue
+        out.append({"id": f"fig-{section}-{chart.name}", "json": spec,
                     "caption": chart.caption or chart.title, "png": f"{href}/{png.name}",
                     "views": list(chart.views), "view_label": chart.view_label})
     return out

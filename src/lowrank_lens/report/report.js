@@ -30,7 +30,8 @@
   function draw(fig) {
     var spec = JSON.parse(fig.querySelector('script.spec').textContent);
     var div = fig.querySelector('.plot');
-    var view = spec.views.length ? spec.views[0] : '';
+    var select = fig.querySelector('select.view');  // as the browser restored it (back/forward keeps controls)
+    var view = select ? select.value : (spec.views.length ? spec.views[0] : '');
     div.setAttribute('data-view', view);
     spec.data.forEach(function (t) { t.visible = shown(t.meta || {}, view); });
     div.__legendOff = {};
@@ -57,13 +58,34 @@
       });
     });
     document.querySelectorAll('.method-filter input[type=checkbox]').forEach(function (box) {
+      hidden[box.value] = !box.checked;  // a box the browser restored unticked hides its method from the start
       box.addEventListener('change', function () {
         hidden[box.value] = !box.checked;
         figs.forEach(function (fig) { refresh(fig.querySelector('.plot')); });
       });
     });
     var done = figs.map(draw);
-    Promise.all(done).then(function () { document.body.setAttribute('data-figures-rendered', String(figs.length)); });
+    Promise.all(done).then(function () {
+      // the browser restores form controls (reload, back/forward) once the page has loaded: draw what they
+      // say, then tell the reader (and the tests) the figures are ready
+      var finish = function () {
+        sync(figs);
+        document.body.setAttribute('data-figures-rendered', String(figs.length));
+      };
+      if (document.readyState === 'complete') finish(); else window.addEventListener('load', finish);
+    });
+    window.addEventListener('pageshow', function () { sync(figs); });
+  }
+
+  function sync(figs) {
+    document.querySelectorAll('.method-filter input[type=checkbox]').forEach(function (box) {
+      hidden[box.value] = !box.checked;
+    });
+    figs.forEach(function (fig) {
+      var select = fig.querySelector('select.view'), div = fig.querySelector('.plot');
+      if (select) div.setAttribute('data-view', select.value);
+      refresh(div);
+    });
   }
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start); else start();

@@ -18,7 +18,7 @@ from ..analysis.charts import Chart, Series
 from ..analysis.metrics import metric_names
 from ..errors import LensError
 from ..runfolder.files import imported_record, read_run_json
-from .collect import MetricData, Study, load_study, study_of_runs
+from .collect import MetricData, Study, distinct_configs, load_study, study_of_runs
 from .findings_files import SOURCE_DIFFERENCES, SOURCE_HEADLINE, Findings, load_findings
 from .html import fmt, make_table
 
@@ -37,16 +37,16 @@ def read_source(path: Path) -> Study:
     """A source as a Study: a study folder as it is, a run folder as a study of that one run."""
     path = Path(path)
     if not path.is_dir():
-        raise LensError(f"report source {path} does not exist")
+        raise LensError(f"report source {path} does not exist (moved since the combined findings were written? "
+                        f"run `lowrank-lens report A B ... --out DIR` again with its new place)")
     return load_study(path) if source_kind(path) == "study" else study_of_runs(path, {}, [path])
 
 
 def source_labels(paths: list[Path]) -> list[str]:
     """Each source's label: its folder name, with its parent's name (then a number) where two would clash."""
-    labels = [Path(p).resolve().name for p in paths]
-    for i, p in enumerate(paths):
-        if labels.count(labels[i]) > 1:
-            labels[i] = f"{Path(p).resolve().parent.name}/{labels[i]}"
+    names = [Path(p).resolve().name for p in paths]
+    labels = [f"{Path(p).resolve().parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(paths, names,
+                                                                                                  strict=True)]
     seen: dict[str, int] = {}
     out = []
     for label in labels:
@@ -56,7 +56,9 @@ def source_labels(paths: list[Path]) -> list[str]:
 
 
 def _relabel(subject: dict[str, Any], label: str) -> dict[str, Any]:
-    out = dict(subject)
+    """A subject of source `label`: its runs named '<label>/<run>', and the source recorded (charts that name
+    a subject by method and seed alone, IMIB's pairs, prefix it)."""
+    out = dict(subject, source=label)
     for key in ("run", "other_run"):
         if out.get(key) is not None:
             out[key] = f"{label}/{out[key]}"
@@ -75,10 +77,12 @@ def merged_study(folder: Path, sources: list[tuple[str, Study]]) -> Study:
         results = [dataclasses.replace(r, subject=_relabel(r.subject, label))
                    for (label, _), md in zip(sources, parts, strict=True) for r in md.results]
         rows = [_relabel(row, label) for (label, _), md in zip(sources, parts, strict=True) for row in md.rows]
-        metrics.append(MetricData(name, first.cls, first.metric, results, rows, first.table_source,
-                                  [c for md in parts for c in md.configs], [e for md in parts for e in md.evals],
-                                  [f"{label}: {n}" for (label, _), md in zip(sources, parts, strict=True)
-                                   for n in md.notes]))
+        configs = distinct_configs([c for md in parts for c in md.configs])
+        notes = [f"{label}: {n}" for (label, _), md in zip(sources, parts, strict=True) for n in md.notes]
+        if len(configs) > 1:
+            notes.append(f"the sources computed it with {len(configs)} different configs")
+        metrics.append(MetricData(name, first.cls, first.metric, results, rows, first.table_source, configs,
+                                  distinct_configs([e for md in parts for e in md.evals]), notes))
     return Study(dir=folder, spec={"name": " vs ".join(label for label, _ in sources)}, runs=runs, metrics=metrics,
                  timings={}, downstream=[], prediction=[], prediction_note="")
 
@@ -90,7 +94,8 @@ def difference_chart(rows: list[dict[str, Any]]) -> Chart | None:
     if not rows:
         return None
     def view(r: dict[str, Any]) -> str:
-        return f"{r['column']} ({r['scale']}): {r['source_b']} - {r['source_a']}"
+        quantity = f"{r['metric']}.{r['column']}" if r.get("metric") else r["column"]
+        return f"{quantity} ({r['scale']}): {r['source_b']} - {r['source_a']}"
     views = list(dict.fromkeys(view(r) for r in rows))
     series: list[Series] = []
     for v in views:
@@ -128,6 +133,7 @@ def sources_context(findings: Findings, listing: list[dict[str, Any]], studies: 
     cols = ["scale", "method", "column", "source_a", "source_b", "mean_a", "mean_b", "n_a", "n_b", "diff", "ci_low",
             "ci_high", "p_adjusted", "verdict"]
     return {"labels": [s["label"] for s in listing], "table": make_table(rows),
+            "headline_csv": f"{href}/{SOURCE_HEADLINE}",
             "claims": list(claims.values()),
             "differences": make_table(diffs, cols, csv=f"{href}/{SOURCE_DIFFERENCES}", caption=(
                 "Every method and scale two sources share: b - a with its 95% Welch CI and Holm-corrected p over "

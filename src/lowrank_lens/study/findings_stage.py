@@ -123,7 +123,7 @@ def write_source_findings(paths: list[Path], out: Path) -> Path:
     for label, p in zip(labels, paths, strict=True):
         own = load_findings(Path(p)) if (Path(p) / FINDINGS_DIR).is_dir() else None
         listing.append({"label": label, "path": str(Path(p).resolve()), "kind": source_kind(Path(p)),
-                        "findings": str(own.folder) if own is not None else "",
+                        "findings": str(own.folder.resolve()) if own is not None else "",
                         "claims": [{k: c.get(k) for k in ("id", "text", "verdict")} for c in own.claims]
                         if own is not None else []})
     ok = {"available": True, "message": ""}

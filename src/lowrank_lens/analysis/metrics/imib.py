@@ -56,8 +56,10 @@ class IMIBConfig:
 
 
 def pair_label(subject: dict) -> str:
-    """'methodA-methodB' plus scale and seed, naming one pair of runs in tables and plots."""
-    return f"{subject.get('method', '?')}-{subject.get('other_method', '?')} {subject.get('scale', '')} " \
+    """'methodA-methodB' plus scale and seed, naming one pair of runs in tables and plots (after the source's
+    label, in a report over several sources: report/sources.py)."""
+    source = f"{subject['source']}: " if subject.get("source") else ""
+    return f"{source}{subject.get('method', '?')}-{subject.get('other_method', '?')} {subject.get('scale', '')} " \
            f"s{subject.get('seed', '')}"
 
 
