@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +22,7 @@ from lowrank_lens.cli import report as report_command
 from lowrank_lens.findings.sources import source_findings, welch_interval
 from lowrank_lens.presets import build_config
 from lowrank_lens.report import run_records
+from lowrank_lens.report.sources import source_labels
 from lowrank_lens.study.findings_stage import write_findings
 from lowrank_lens.study.spec import StudySpec
 from lowrank_lens.train import train
@@ -61,6 +63,23 @@ def test_differences_only_where_two_sources_share_a_method_and_scale():
     assert d["p"] == pytest.approx(p) and d["verdict"] == ("different" if p < 0.05 else "not significant")
     one = source_findings([("a", _tables([_record("galore", 0, 1.0)])), ("b", _tables([_record("galore", 0, 2.0)]))])
     assert one["differences"][0]["verdict"] == "insufficient seeds"
+
+
+def test_a_diverged_seed_is_left_out_of_a_difference():
+    """A NaN final perplexity (a diverged seed) is left out of the means, the CI and the test alike, as the
+    seed statistics leave it out; it does not turn a clear difference into NaN."""
+    a = _tables([_record("galore", 0, 10.0), _record("galore", 1, 10.1), _record("galore", 2, math.nan)])
+    b = _tables([_record("galore", 0, 20.0), _record("galore", 1, 20.1), _record("galore", 2, 20.2)])
+    (d,) = source_findings([("a", a), ("b", b)])["differences"]
+    assert d["n_a"] == 2 and d["mean_a"] == pytest.approx(10.05)
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx(welch_interval([10.0, 10.1], [20.0, 20.1, 20.2]))
+    assert d["p"] == pytest.approx(stats.ttest_ind([10.0, 10.1], [20.0, 20.1, 20.2], equal_var=False).pvalue)
+    assert d["verdict"] == "different"
+
+
+def test_labels_of_folders_with_one_name_name_their_parents(tmp_path):
+    paths = [tmp_path / "a" / "s", tmp_path / "b" / "s", tmp_path / "c" / "t"]
+    assert source_labels(paths) == ["a/s", "b/s", "t"]
 
 
 def _study(folder: Path, extra: list[str]) -> Path:
@@ -124,11 +143,23 @@ def test_a_run_folder_is_a_source(two_studies, tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("args, fragment", [
     (["A", "B"], "need --out DIR"),
-    (["A", "B", "--out", "A"], "is a source or a study folder"),
+    (["A", "B", "--out", "A"], "inside source"),
     (["A", "/no/such/folder", "--out", "C"], "does not exist"),
+    (["A", "B", "--out", "A/report"], "inside source"),
+    (["A", "B", "--out", "A/runs"], "inside source"),
+    (["A/runs/x", "B", "--out", "A"], "holds it"),
+    (["A", "A", "--out", "C"], "given twice"),
+    (["A", "B", "--out", "other-run"], "is a run folder"),
+    (["R"], "is a run folder: give --out DIR"),
 ])
 def test_bad_sources_are_one_line_errors(two_studies, args, fragment, tmp_path, capsys, monkeypatch):
-    where = {"A": str(two_studies[0]), "B": str(two_studies[1]), "C": str(tmp_path / "c")}
+    run = next((two_studies[0] / "runs").iterdir())
+    other = tmp_path / "other-run"  # a run folder outside both sources
+    other.mkdir()
+    shutil.copyfile(run / "config.json", other / "config.json")
+    where = {"other-run": str(other), "A": str(two_studies[0]), "B": str(two_studies[1]), "C": str(tmp_path / "c"),
+             "R": str(run), "A/report": str(two_studies[0] / "report"), "A/runs": str(two_studies[0] / "runs"),
+             "A/runs/x": str(run)}
     code, err = run_cli(["report", *[where.get(x, x) for x in args]], capsys, monkeypatch)
     assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
 
