@@ -45,6 +45,16 @@ STEPS = 8
 LRS = [2e-2 * (1 - s / STEPS) + 1e-3 for s in range(STEPS)]
 WD, SEED = 0.05, 0
 
+BAD_VALUES = [
+    ("dion", "method.mu=1", "method.mu must be in [0, 1)"),
+    ("dion", "method.mu=-0.5", "method.mu must be in [0, 1)"),
+    ("dion", "method.adamw_no_decay=2", "method.adamw_no_decay"),
+    ("dion", "method.rank=65", "method.rank 65 exceeds 64"),
+]
+"""Invalid settings of this method and a fragment of each one's one-line error (tests/faults/test_bad_config.py
+runs them with every other method's)."""
+
+
 
 class OfficialDion(torch.optim.Optimizer):
     """dion/dion.py's single-device Dion step, restated (module docstring); `draws(i, t, P)` gives the sketch."""

@@ -42,6 +42,16 @@ LRS = [2e-2 * (1 - s / STEPS) + 1e-3 for s in range(STEPS)]  # a changing lr rea
 WD = 0.05
 INSTALL = "official Muon missing: pip install --no-deps muon-optimizer==0.1.0"
 
+BAD_VALUES = [
+    ("muon", "method.momentum=1", "method.momentum must be in [0, 1)"),
+    ("muon", "method.nesterov=2", "method.nesterov"),
+    ("muon", "method.ns_steps=0", "method.ns_steps must be >= 1"),
+    ("muon", "method.adjust_lr=spectral_norm", "method.adjust_lr must be one of original, match_rms_adamw"),
+]
+"""Invalid settings of this method and a fragment of each one's one-line error (tests/faults/test_bad_config.py
+runs them with every other method's)."""
+
+
 
 def _ours(model, sets=()):
     cfg = build_config("nano", NAME, [f"optim.weight_decay={WD}", *sets])

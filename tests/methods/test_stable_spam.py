@@ -32,6 +32,19 @@ CFG = ModelConfig(hidden_size=32, intermediate_size=88, num_layers=2, num_heads=
 LR, GAMMAS, DT, ETA = 1e-2, (0.85, 0.99999, 0.9), 6, 0.5  # γ3 0.9: the moving max forgets within a cycle
 STEPS = 20  # resets at 6, 12, 18; the β1 factor falls from 1 to about 0.5 over the 20 updates
 
+BAD_VALUES = [
+    ("stable-spam", "method.gamma1=1", "method.gamma1"),
+    ("stable-spam", "method.gamma2=-0.5", "method.gamma2"),
+    ("stable-spam", "method.gamma3=1.5", "method.gamma3"),
+    ("stable-spam", "method.reset_interval=-1", "method.reset_interval"),
+    ("stable-spam", "method.decay_steps=-2", "method.decay_steps"),
+    ("stable-spam", "method.decay_floor=1.5", "method.decay_floor"),
+    ("stable-spam", "method.official_reset=2", "method.official_reset"),
+]
+"""Invalid settings of this method and a fragment of each one's one-line error (tests/faults/test_bad_config.py
+runs them with every other method's)."""
+
+
 
 class OfficialStableSPAM(torch.optim.Optimizer):
     """The official StableSPAM (amsgrad off) restated (module docstring), counting what its mechanisms did."""
