@@ -34,13 +34,13 @@ with its parameter. State per parameter: `exp_avg` (the parameter's shape), `exp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from ..sharding import DTensor, full, is_sharded, local, local_part
-from .paramwise import closure_loss
+from .paramwise import ParamwiseOptimizer
 
 BLOCKS = ("row", "head", "tensor")
 
@@ -78,7 +78,7 @@ def block_mean_square(grad: torch.Tensor, blocks: str, head_rows: int) -> torch.
     return torch.mean(per_block * per_block, dim=1, keepdim=True)
 
 
-class AdamMini(torch.optim.Optimizer):
+class AdamMini(ParamwiseOptimizer):
     """AdamW with a second moment per block; each group's `blocks` (and `head_rows`) set the partition."""
 
     def __init__(self, params: Iterable[dict[str, Any]], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -92,19 +92,8 @@ class AdamMini(torch.optim.Optimizer):
         for group in self.param_groups:
             _check_group(group)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("AdamMini does not support sparse gradients")
-                self._update(p, group, self.state[p])
-        return loss
-
-    def _update(self, p: torch.Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+    def _step_param(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        state = self.state[p]
         blocks, head_rows = group["blocks"], group["head_rows"]
         if not state:
             state["step"] = 0
