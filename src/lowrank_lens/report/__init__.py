@@ -1,13 +1,18 @@
-"""The study's HTML report (issue 6 §3): one page that opens offline, figures (PNG) and tables (CSV) beside it.
+"""The study's HTML report (issue 6 §3, issue 28): one page that opens offline, every figure drawn interactive
+by the bundled Plotly (interactive.py), each also a PNG beside it, and tables as CSV.
 
     write_report(Path("studies/demo"))  ->  studies/demo/report/index.html
+                                                         /report/assets/plotly.min.js, report.js
                                                          /report/figures/<metric>/*.png, ...
                                                          /report/tables/*.csv
+
+A folder written by `lowrank-lens report A B --out DIR` (its findings list the sources) gets the report over
+all of them instead (sources.py).
 
 It reads only the study's files (study/runner.py layout) and never loads a checkpoint, computes a metric or a
 statistic: the seed statistics, matched-perplexity comparison and claims are the study's findings stage's
 tables (study/findings_stage.py writes <study>/findings/, findings_files.py reads it), rendered as they are.
-Metrics come from the registry (name, dimension, definition, plot()), so a new metric plugin gets its own
+Metrics come from the registry (name, dimension, definition, charts()), so a new metric plugin gets its own
 subsection with no report change. The page opens on a summary of the findings (summary.py: the claims'
 verdicts with their intervals, each method's headline metrics beside perplexity, the differences at matched
 perplexity), then the details. Sections: overview (spec, settings used, timings), runs (parameters,

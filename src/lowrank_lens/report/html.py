@@ -1,7 +1,9 @@
-"""HTML rendering of the report: table cells, and one jinja2 template (autoescaped) with inline CSS.
+"""HTML rendering of the report: table cells, and one jinja2 template (page.html, autoescaped) with its CSS
+(page.css) inlined.
 
-The page is self-contained in the offline sense: no external script, stylesheet or font; figures are PNG
-files and tables CSV files beside it (relative links), so the folder opens from disk with no server.
+The page is self-contained in the offline sense: no external stylesheet or font, and its only scripts are
+assets/plotly.min.js and assets/report.js beside it (interactive.py); figures are drawn from JSON in the page,
+with PNG files and CSV tables beside it (relative links), so the folder opens from disk with no server.
 """
 
 from __future__ import annotations

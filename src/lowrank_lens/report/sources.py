@@ -71,8 +71,8 @@ def merged_study(folder: Path, sources: list[tuple[str, Study]]) -> Study:
     runs, metrics = [], []
     for label, study in sources:
         runs += [dataclasses.replace(r, name=f"{label}/{r.name}", source=label) for r in study.runs]
-    for i, name in enumerate(metric_names()):
-        parts = [study.metrics[i] for _, study in sources]
+    for name in metric_names():
+        parts = [next(md for md in study.metrics if md.name == name) for _, study in sources]
         first = parts[0]
         results = [dataclasses.replace(r, subject=_relabel(r.subject, label))
                    for (label, _), md in zip(sources, parts, strict=True) for r in md.results]
