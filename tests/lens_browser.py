@@ -64,45 +64,77 @@ class Opened:
         return ([f"network request: {u}" for u in self.blocked] + [f"console {c}" for c in self.console]
                 + [f"page error: {e}" for e in self.errors] + [f"request failed: {f}" for f in self.failed])
 
+    def reload(self, path: Path) -> None:
+        """`path` loaded afresh in the same tab, with what was recorded so far forgotten; returns once every
+        figure is drawn. By way of about:blank, so that the load is a new navigation: a reload, or a return
+        through the history, would have the browser restore the form controls as the reader left them."""
+        for record in (self.requests, self.blocked, self.console, self.errors, self.failed):
+            record.clear()
+        self.page.goto("about:blank")
+        self.page.goto(Path(path).resolve().as_uri())
+        _wait_for_figures(self)
+
 
 @contextmanager
-def open_page(path: Path, width: int = FIRST_SCREEN[0], height: int = FIRST_SCREEN[1]) -> Iterator[Opened]:
-    """`path` open in headless Chromium with a width x height viewport, once every figure is drawn."""
-    from playwright.sync_api import Error as PlaywrightError
+def launched() -> Iterator[Any]:
+    """Headless Chromium (playwright's Browser), closed on exit. Playwright's sync API runs one of these per
+    thread at a time: tests that hold a page open while they open another pass this to both `open_page`s."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.set_default_timeout(ACTION_TIMEOUT_MS)
-            opened = Opened(page)
-
-            def route(r) -> None:
-                url = r.request.url
-                opened.requests.append(url)
-                if url.startswith("file:"):
-                    r.continue_()
-                else:
-                    opened.blocked.append(url)
-                    r.abort()
-
-            def on_console(msg) -> None:
-                at = msg.location or {}
-                opened.console.append(f"{msg.type}: {msg.text} ({at.get('url', '?')}:{at.get('lineNumber', '?')})")
-
-            page.route("**/*", route)
-            page.on("console", on_console)
-            page.on("pageerror", lambda e: opened.errors.append(str(e)))
-            page.on("requestfailed", lambda r: opened.failed.append(f"{r.url}: {r.failure}"))
-            page.goto(Path(path).resolve().as_uri())
-            try:
-                page.wait_for_selector(RENDERED, state="attached", timeout=RENDER_TIMEOUT_MS)
-            except PlaywrightError as e:
-                raise AssertionError(f"the page did not draw its figures ({e}); it did: {opened.problems()}") from e
-            yield opened
+            yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def open_page(path: Path, width: int = FIRST_SCREEN[0], height: int = FIRST_SCREEN[1],
+              browser: Any = None) -> Iterator[Opened]:
+    """`path` open in headless Chromium with a width x height viewport, once every figure is drawn: in a new
+    context (its own history, storage and cache) of `browser`, or of a Chromium launched for it."""
+    if browser is None:
+        with launched() as own, open_page(path, width, height, own) as opened:
+            yield opened
+        return
+    context = browser.new_context(viewport={"width": width, "height": height})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(ACTION_TIMEOUT_MS)
+        opened = Opened(page)
+
+        def route(r) -> None:
+            url = r.request.url
+            opened.requests.append(url)
+            if url.startswith("file:"):
+                r.continue_()
+            else:
+                opened.blocked.append(url)
+                r.abort()
+
+        def on_console(msg) -> None:
+            at = msg.location or {}
+            opened.console.append(f"{msg.type}: {msg.text} ({at.get('url', '?')}:{at.get('lineNumber', '?')})")
+
+        page.route("**/*", route)
+        page.on("console", on_console)
+        page.on("pageerror", lambda e: opened.errors.append(str(e)))
+        page.on("requestfailed", lambda r: opened.failed.append(f"{r.url}: {r.failure}"))
+        page.goto(Path(path).resolve().as_uri())
+        _wait_for_figures(opened)
+        yield opened
+    finally:
+        context.close()
+
+
+def _wait_for_figures(opened: Opened) -> None:
+    from playwright.sync_api import Error as PlaywrightError
+
+    try:
+        opened.page.wait_for_selector(RENDERED, state="attached", timeout=RENDER_TIMEOUT_MS)
+    except PlaywrightError as e:
+        raise AssertionError(f"the page did not draw its figures ({e}); it did: {opened.problems()}") from e
 
 
 def with_injected(page: Path, name: str, head: str) -> Path:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
-from lens_browser import FIRST_SCREEN, Opened, open_page, with_injected
+from lens_browser import FIRST_SCREEN, Opened, launched, open_page, with_injected
 from lens_testutil import require_package
 
 from lowrank_lens.findings.claims import claim_texts
@@ -157,20 +158,65 @@ def keep_artifact(shot: Path, name: str) -> None:
     shutil.copyfile(shot, ARTIFACTS / name)
 
 
+STATE_JS = ("() => ({boxes: Array.from(document.querySelectorAll('#method-filter input[type=checkbox]'))"
+            ".map(b => b.checked), views: Array.from(document.querySelectorAll('select.view')).map(s => s.value)})")
+"""What a reader can change on the page besides the figures' traces: the method filter's boxes and each view
+selector's choice."""
+
+
+def page_state(opened: Opened) -> dict[str, Any]:
+    return {"figures": figures(opened), **opened.page.evaluate(STATE_JS)}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One Chromium for the module (playwright's sync API allows one per thread at a time, and the shared page
+    below stays open while other tests open theirs)."""
+    with launched() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def shared_page(report_page: Path, browser: Any) -> Iterator[tuple[Opened, dict[str, Any]]]:
+    """The tiny study's page open in Chromium once for this module's tests, and its state as first drawn.
+    Drawing its dozens of figures is most of what a test here costs, and each test but the last leaves the page
+    as it found it (a legend entry clicked twice, a method unticked and ticked again)."""
+    with open_page(report_page, browser=browser) as opened:
+        yield opened, page_state(opened)
+
+
+@pytest.fixture
+def opened(shared_page: tuple[Opened, dict[str, Any]], report_page: Path) -> Opened:
+    """The shared page as a reader first sees it: scrolled to the top with the method filter shut, and loaded
+    afresh when the test before left a control changed or recorded a problem (so a failure does not carry
+    over). What it recorded (requests, console, errors) is from its last load."""
+    opened, first = shared_page
+    opened.page.evaluate("() => { document.getElementById('method-filter').open = false; window.scrollTo(0, 0); }")
+    if opened.problems() or page_state(opened) != first:
+        opened.reload(report_page)
+        assert page_state(opened) == first, "a fresh load of the page does not draw what its first load drew"
+    return opened
+
+
 # --------------------------------------------------------------------------- opening
 
 
-def test_report_opens_clean_in_chromium(report_page: Path, tmp_path: Path):
+def test_report_opens_clean_in_chromium(opened: Opened, report_page: Path, tmp_path: Path):
     """No console message, exception or network request; every figure drawn, each visible trace drawn; every
-    image loaded; nothing remote linked."""
-    with open_page(report_page) as opened:
-        counted = assert_clean(opened, report_page)
-        # the top of the page, kept to look at: as tall as a few screens (the whole page is long)
-        opened.page.screenshot(path=tmp_path / "report.png", full_page=True,
-                               clip={"x": 0, "y": 0, "width": FIRST_SCREEN[0], "height": 3000})
+    image loaded; nothing remote linked. At 1366 x 768 the page opens on its summary: the whole verdict table
+    (one row per claim) and the setup's distance from the paper's protocol are on screen (the DOM's layout
+    boxes). Kept to look at: test-artifacts/report-first-screen.png and report.png (the top of the page)."""
+    counted = assert_clean(opened, report_page)
+    seen = first_screen(opened)
+    opened.page.screenshot(path=tmp_path / "first-screen.png")
+    # the top of the page: as tall as a few screens (the whole page is long)
+    opened.page.screenshot(path=tmp_path / "report.png", full_page=True,
+                          clip={"x": 0, "y": 0, "width": FIRST_SCREEN[0], "height": 3000})
     assert counted["figures"] > 20, counted  # the tiny study has every metric: dozens of figures
+    assert_first_screen_holds_the_verdicts(seen)
     assert (tmp_path / "report.png").stat().st_size > 10_000
     keep_artifact(tmp_path / "report.png", "report.png")
+    keep_artifact(tmp_path / "first-screen.png", "report-first-screen.png")
 
 
 CDN = "https://cdn.example.invalid/x.js"
@@ -179,7 +225,7 @@ FAULTS = {"network request: ": CDN, "console error: ": "deliberate x", "console 
 """What a bad copy of the page does (test_the_checks_see_a_bad_page), and the problem each must show as."""
 
 
-def test_the_checks_see_a_bad_page(report_page: Path):
+def test_the_checks_see_a_bad_page(report_page: Path, browser: Any):
     """A copy of the page that loads a script from a CDN, logs an error, logs a line and throws is caught on
     each count, so the clean checks above cannot pass by seeing nothing; the CDN request was tried (and
     aborted), not merely absent."""
@@ -187,7 +233,7 @@ def test_the_checks_see_a_bad_page(report_page: Path):
                         "<script>console.error('deliberate x'); console.log('deliberate y');</script>"
                         "<script>throw new Error('deliberate z')</script>")
     try:
-        with open_page(bad) as opened:
+        with open_page(bad, browser=browser) as opened:
             problems, blocked = opened.problems(), list(opened.blocked)
             drawn = opened.page.get_attribute("body", "data-figures-rendered")
             with pytest.raises(AssertionError):
@@ -205,24 +251,23 @@ def test_the_checks_see_a_bad_page(report_page: Path):
 # --------------------------------------------------------------------------- interaction
 
 
-def test_a_legend_click_hides_its_group(report_page: Path):
+def test_a_legend_click_hides_its_group(opened: Opened):
     """Plotly's legend: a click on an entry hides its legend group in that figure ('legendonly', no longer
     drawn); a second click draws it again."""
-    with open_page(report_page) as opened:
-        before = next(f for f in figures(opened) if f["legend"] >= 2 and not f["views"])
-        fid = before["id"]
-        entry = opened.page.locator(f"#{fid} .legend .traces").first
-        name = entry.locator(".legendtext").text_content()
-        entry.locator(".legendtoggle").click()
-        # Plotly acts on a single click after its double-click delay: wait for the state, not for a time
-        opened.page.wait_for_function(f"() => document.querySelector('#{fid} .js-plotly-plot').data"
-                                      ".some(t => t.visible === 'legendonly')")
-        after = figure(opened, fid)
-        entry.locator(".legendtoggle").click()
-        opened.page.wait_for_function(f"() => !document.querySelector('#{fid} .js-plotly-plot').data"
-                                      ".some(t => t.visible === 'legendonly')")
-        again = figure(opened, fid)
-        assert not opened.problems(), opened.problems()
+    before = next(f for f in figures(opened) if f["legend"] >= 2 and not f["views"])
+    fid = before["id"]
+    entry = opened.page.locator(f"#{fid} .legend .traces").first
+    name = entry.locator(".legendtext").text_content()
+    entry.locator(".legendtoggle").click()
+    # Plotly acts on a single click after its double-click delay: wait for the state, not for a time
+    opened.page.wait_for_function(f"() => document.querySelector('#{fid} .js-plotly-plot').data"
+                                  ".some(t => t.visible === 'legendonly')")
+    after = figure(opened, fid)
+    entry.locator(".legendtoggle").click()
+    opened.page.wait_for_function(f"() => !document.querySelector('#{fid} .js-plotly-plot').data"
+                                  ".some(t => t.visible === 'legendonly')")
+    again = figure(opened, fid)
+    assert not opened.problems(), opened.problems()
     hidden = [i for i, t in enumerate(after["traces"]) if t["visible"] == "legendonly"]
     groups = {after["traces"][i]["group"] for i in hidden}
     assert groups == {name}, (groups, name)
@@ -233,27 +278,26 @@ def test_a_legend_click_hides_its_group(report_page: Path):
     assert again["traces"] == before["traces"] and again["drawn"] == before["drawn"]
 
 
-def test_the_method_filter_hides_a_method_everywhere(report_page: Path):
+def test_the_method_filter_hides_a_method_everywhere(opened: Opened):
     """Unticking a method in the page's filter hides its traces (visible false; a pair's when either of its
     methods is unticked) in every figure that has them and leaves every other trace as it was; ticking it again
     restores every figure."""
-    with open_page(report_page) as opened:
-        page = opened.page
-        before = figures(opened)
-        methods = page.locator("#method-filter input[type=checkbox]").evaluate_all("bs => bs.map(b => b.value)")
-        per_method = {m: sum(any(m in t["methods"] for t in f["traces"]) for f in before) for m in methods}
-        method = max(methods, key=lambda m: per_method[m])  # the method in the most figures
-        page.locator("#method-filter summary").click()
-        box = page.locator(f"#method-filter input[type=checkbox][value='{method}']")
-        box.uncheck()
-        page.wait_for_function(f"m => {TRACES_JS}.every(t => !t.methods.includes(m) || t.visible === false)",
-                               arg=method)
-        unticked = figures(opened)
-        box.check()
-        page.wait_for_function(f"m => {TRACES_JS}.some(t => t.methods.includes(m) && t.visible === true)",
-                               arg=method)
-        ticked = figures(opened)
-        assert not opened.problems(), opened.problems()
+    page = opened.page
+    before = figures(opened)
+    methods = page.locator("#method-filter input[type=checkbox]").evaluate_all("bs => bs.map(b => b.value)")
+    per_method = {m: sum(any(m in t["methods"] for t in f["traces"]) for f in before) for m in methods}
+    method = max(methods, key=lambda m: per_method[m])  # the method in the most figures
+    page.locator("#method-filter summary").click()
+    box = page.locator(f"#method-filter input[type=checkbox][value='{method}']")
+    box.uncheck()
+    page.wait_for_function(f"m => {TRACES_JS}.every(t => !t.methods.includes(m) || t.visible === false)",
+                           arg=method)
+    unticked = figures(opened)
+    box.check()
+    page.wait_for_function(f"m => {TRACES_JS}.some(t => t.methods.includes(m) && t.visible === true)",
+                           arg=method)
+    ticked = figures(opened)
+    assert not opened.problems(), opened.problems()
     assert per_method[method] >= 10, per_method
     changed = 0
     for b, u in zip(before, unticked, strict=True):
@@ -266,18 +310,22 @@ def test_the_method_filter_hides_a_method_everywhere(report_page: Path):
     assert [(f["traces"], f["drawn"]) for f in ticked] == [(f["traces"], f["drawn"]) for f in before]
 
 
-def test_a_view_selector_switches_the_view(report_page: Path):
+def test_a_view_selector_switches_the_view(opened: Opened):
     """A figure with views (layers, steps, ...) shows its first view; picking the second in its selector hides
-    the first view's traces and shows the second's."""
-    with open_page(report_page) as opened:
-        before = next(f for f in figures(opened) if len(f["views"]) >= 2
-                      and {t["view"] for t in f["traces"]} >= set(f["views"][:2]))
-        fid, (first, second) = before["id"], before["views"][:2]
-        opened.page.locator(f"#{fid} select.view").select_option(index=1)
-        opened.page.wait_for_function(f"() => document.querySelector('#{fid} .js-plotly-plot')"
-                                      f".getAttribute('data-view') === {second!r}")
-        after = figure(opened, fid)
-        assert not opened.problems(), opened.problems()
+    the first view's traces and shows the second's; picking the first again draws the figure as before."""
+    before = next(f for f in figures(opened) if len(f["views"]) >= 2
+                  and {t["view"] for t in f["traces"]} >= set(f["views"][:2]))
+    fid, (first, second) = before["id"], before["views"][:2]
+    opened.page.locator(f"#{fid} select.view").select_option(index=1)
+    opened.page.wait_for_function(f"() => document.querySelector('#{fid} .js-plotly-plot')"
+                                  f".getAttribute('data-view') === {second!r}")
+    after = figure(opened, fid)
+    opened.page.locator(f"#{fid} select.view").select_option(index=0)
+    opened.page.wait_for_function(f"() => document.querySelector('#{fid} .js-plotly-plot')"
+                                  f".getAttribute('data-view') === {first!r}")
+    back = figure(opened, fid)
+    assert not opened.problems(), opened.problems()
+    assert back == before
     assert before["view"] == first and after["view"] == second
     for b, a in ((before, first), (after, second)):
         for t in b["traces"]:
@@ -285,32 +333,39 @@ def test_a_view_selector_switches_the_view(report_page: Path):
     assert after["drawn"] == shown(after) == sum(t["view"] in (second, "") for t in after["traces"]) > 0
 
 
-def test_a_legend_choice_holds_across_views_and_the_filter(report_page: Path):
+def test_a_legend_choice_holds_across_views_and_the_filter(opened: Opened):
     """A group hidden by a legend click stays hidden when the figure switches view and when the method filter
     unticks and ticks its method again: the page keeps the choice per figure (report.js)."""
-    with open_page(report_page) as opened:
-        page = opened.page
-        before = next(f for f in figures(opened) if len(f["views"]) >= 2 and f["legend"] >= 2
-                      and {t["view"] for t in f["traces"]} >= set(f["views"][:2]))
-        fid = before["id"]
-        entry = page.locator(f"#{fid} .legend .traces").first
-        name = entry.locator(".legendtext").text_content()
-        entry.locator(".legendtoggle").click()
-        page.wait_for_function(f"() => document.querySelector('#{fid} .js-plotly-plot').data"
-                               ".some(t => t.visible === 'legendonly')")
-        page.locator(f"#{fid} select.view").select_option(index=1)
-        page.wait_for_function(f"() => document.querySelector('#{fid} .js-plotly-plot')"
-                               f".getAttribute('data-view') === {before['views'][1]!r}")
-        switched = figure(opened, fid)
-        method = next(m for t in before["traces"] if t["group"] == name for m in t["methods"])
-        page.locator("#method-filter summary").click()
-        box = page.locator(f"#method-filter input[type=checkbox][value='{method}']")
-        box.uncheck()
-        box.check()
-        page.wait_for_function(f"m => {TRACES_JS}.some(t => t.methods.includes(m) && t.visible === true)",
-                               arg=method)
-        refiltered = figure(opened, fid)
-        assert not opened.problems(), opened.problems()
+    page = opened.page
+    before = next(f for f in figures(opened) if len(f["views"]) >= 2 and f["legend"] >= 2
+                  and {t["view"] for t in f["traces"]} >= set(f["views"][:2]))
+    fid = before["id"]
+    entry = page.locator(f"#{fid} .legend .traces").first
+    name = entry.locator(".legendtext").text_content()
+    entry.locator(".legendtoggle").click()
+    page.wait_for_function(f"() => document.querySelector('#{fid} .js-plotly-plot').data"
+                           ".some(t => t.visible === 'legendonly')")
+    page.locator(f"#{fid} select.view").select_option(index=1)
+    page.wait_for_function(f"() => document.querySelector('#{fid} .js-plotly-plot')"
+                           f".getAttribute('data-view') === {before['views'][1]!r}")
+    switched = figure(opened, fid)
+    method = next(m for t in before["traces"] if t["group"] == name for m in t["methods"])
+    page.locator("#method-filter summary").click()
+    box = page.locator(f"#method-filter input[type=checkbox][value='{method}']")
+    box.uncheck()
+    box.check()
+    page.wait_for_function(f"m => {TRACES_JS}.some(t => t.methods.includes(m) && t.visible === true)",
+                           arg=method)
+    refiltered = figure(opened, fid)
+    page.locator(f"#{fid} select.view").select_option(index=0)  # undone: back to the first view, where the
+    page.wait_for_function(f"() => document.querySelector('#{fid} .js-plotly-plot')"  # first legend entry is
+                           f".getAttribute('data-view') === {before['views'][0]!r}")  # the group's again
+    entry.locator(".legendtoggle").click()
+    page.wait_for_function(f"() => !document.querySelector('#{fid} .js-plotly-plot').data"
+                           ".some(t => t.visible === 'legendonly')")
+    undone = figure(opened, fid)
+    assert not opened.problems(), opened.problems()
+    assert undone == before
     second = [t for t in switched["traces"] if t["view"] in (before["views"][1], "")]
     assert any(t["group"] == name for t in second), name  # the group is in the second view too
     for f in (switched, refiltered):
@@ -319,23 +374,22 @@ def test_a_legend_choice_holds_across_views_and_the_filter(report_page: Path):
                 assert t["visible"] == ("legendonly" if t["group"] == name else True), (f["id"], t)
 
 
-def test_a_page_come_back_to_draws_what_its_restored_controls_say(report_page: Path):
+def test_a_page_come_back_to_draws_what_its_restored_controls_say(opened: Opened):
     """The browser restores form controls when a reader comes back to the page: a method unticked before stays
     hidden in every figure, and a figure shows the view its restored selector names."""
-    with open_page(report_page) as opened:
-        page = opened.page
-        method = page.locator("#method-filter input[type=checkbox]").first.get_attribute("value")
-        page.locator("#method-filter summary").click()
-        page.locator(f"#method-filter input[type=checkbox][value='{method}']").uncheck()
-        fid = next(f["id"] for f in figures(opened) if len(f["views"]) >= 2)
-        second = page.locator(f"#{fid} select.view option").nth(1).get_attribute("value")
-        page.locator(f"#{fid} select.view").select_option(index=1)
-        page.goto("about:blank")
-        page.go_back()  # back to the page: the browser restores its form controls
-        page.wait_for_selector("body[data-figures-rendered]")
-        restored = page.locator(f"#method-filter input[type=checkbox][value='{method}']").is_checked()
-        after = figures(opened)
-        assert not opened.problems(), opened.problems()
+    page = opened.page
+    method = page.locator("#method-filter input[type=checkbox]").first.get_attribute("value")
+    page.locator("#method-filter summary").click()
+    page.locator(f"#method-filter input[type=checkbox][value='{method}']").uncheck()
+    fid = next(f["id"] for f in figures(opened) if len(f["views"]) >= 2)
+    second = page.locator(f"#{fid} select.view option").nth(1).get_attribute("value")
+    page.locator(f"#{fid} select.view").select_option(index=1)
+    page.goto("about:blank")
+    page.go_back()  # back to the page: the browser restores its form controls
+    page.wait_for_selector("body[data-figures-rendered]")
+    restored = page.locator(f"#method-filter input[type=checkbox][value='{method}']").is_checked()
+    after = figures(opened)
+    assert not opened.problems(), opened.problems()
     assert restored is False  # the browser kept the unticked box: the drawing must agree with it
     assert all(t["visible"] is False for f in after for t in f["traces"] if method in t["methods"])
     assert any(method in t["methods"] for f in after for t in f["traces"])
@@ -346,25 +400,14 @@ def test_a_page_come_back_to_draws_what_its_restored_controls_say(report_page: P
 # --------------------------------------------------------------------------- the first screen
 
 
-def test_first_screen_shows_the_findings(report_page: Path, tmp_path: Path):
-    """At 1366 x 768 the tiny study's page opens on its summary: the whole verdict table (one row per claim) and
-    the setup's distance from the paper's protocol are on screen (the DOM's layout boxes); kept as
-    test-artifacts/report-first-screen.png."""
-    with open_page(report_page) as opened:
-        seen = first_screen(opened)
-        opened.page.screenshot(path=tmp_path / "first-screen.png")
-    assert_first_screen_holds_the_verdicts(seen)
-    keep_artifact(tmp_path / "first-screen.png", "report-first-screen.png")
-
-
-def test_zoo_first_screen_holds_the_verdicts(zoo_report_page: Path, tmp_path: Path):
+def test_zoo_first_screen_holds_the_verdicts(zoo_report_page: Path, browser: Any, tmp_path: Path):
     """A study of the `zoo` preset's methods (every registered one: 14 or more): the page opens clean, its
     method filter lists every method, and at 1366 x 768 its first screen holds the whole verdict table. That
     screen is the README's screenshot (docs/report-first-screen.png), written only when these checks pass and
     LOWRANK_LENS_UPDATE_SCREENSHOT=1."""
     methods = zoo().methods
     assert len(methods) >= 14, methods
-    with open_page(zoo_report_page) as opened:
+    with open_page(zoo_report_page, browser=browser) as opened:
         assert_clean(opened, zoo_report_page)
         listed = opened.page.locator("#method-filter input[type=checkbox]").evaluate_all("bs => bs.map(b => b.value)")
         summary = opened.page.locator("#method-filter summary").text_content()
