@@ -60,10 +60,12 @@ def references(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def two_process(tmp_path_factory) -> Path:
-    """Every method on 2 gloo processes, under DDP (<out>/ddp) and FSDP2 (<out>/fsdp), in one torchrun."""
+    """Every method on 2 gloo processes, under DDP (<out>/ddp) and FSDP2 (<out>/fsdp), in one torchrun (one
+    start-up of its two interpreters)."""
     out = tmp_path_factory.mktemp("two")
-    _run(_many(out / "ddp", [], launcher=TORCHRUN))
-    _run(_many(out / "fsdp", ["train.parallel=fsdp"], launcher=TORCHRUN))
+    runs = [[str(out / parallel), method, [*SETS, f"train.parallel={parallel}"]]
+            for parallel in ("ddp", "fsdp") for method in method_names()]
+    _run([*TORCHRUN, str(DRIVER), "--plan", json.dumps(runs)])
     return out
 
 
