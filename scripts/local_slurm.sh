@@ -73,12 +73,14 @@ any_runs() {
 
 is_ours() { [ -f "$1" ] && [ "$(head -n 1 "$1")" = "$mark" ]; }
 
+# Every core of the machine. nproc alone honours OMP_NUM_THREADS, which test workers and many training
+# environments set to 1, and a one-CPU node runs a study's array tasks one after another.
+cores() { env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc; }
+
 write_conf() {
   local host cpus mem
   host=$(hostname -s)
-  # Every core of the machine: nproc alone honours OMP_NUM_THREADS, which a test worker sets to 1, and a
-  # one-CPU node would run a study's array tasks one after another.
-  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+  cpus=$(cores)
   mem=$(( $(awk '/MemTotal/{print $2}' /proc/meminfo) / 1024 * 8 / 10 ))
   mkdir -p "$dir"/state "$dir"/spool "$(dirname "$conf")"
   # Keep what was there once: a config this script did not write, or a note that there was none.
@@ -182,7 +184,7 @@ up() {
   host=$(hostname -s)
   for _ in $(seq 60); do
     if sinfo -h -o %T 2>/dev/null | grep -q idle; then
-      echo "local Slurm up: node $host, $(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) CPUs, partition debug"; exit 0
+      echo "local Slurm up: node $host, $(cores) CPUs, partition debug"; exit 0
     fi
     scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true
     sleep 1

@@ -169,3 +169,16 @@ def test_a_config_replaced_after_up_is_neither_overwritten_nor_removed(paths):
 
     assert res.returncode == 0 and "was replaced" in res.stderr, res.stderr
     assert conf.read_text() == "ClusterName=someone-else\n"
+
+
+def test_the_node_gets_every_core_whatever_omp_num_threads_says(paths):
+    """A test worker (and many a training shell) sets OMP_NUM_THREADS=1, which `nproc` honours: the node would
+    have one CPU and a study's array tasks would run one at a time."""
+    state, conf = paths
+    res = subprocess.run(["bash", str(SCRIPT), "config"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "LENS_SLURM_DIR": str(state), "LENS_SLURM_CONF": str(conf),
+                              "OMP_NUM_THREADS": "1", "OMP_THREAD_LIMIT": "1"})
+    assert res.returncode == 0, res.stderr
+    node = next(line for line in conf.read_text().splitlines() if line.startswith("NodeName="))
+    assert f" CPUs={len(os.sched_getaffinity(0))} " in node, node
+
