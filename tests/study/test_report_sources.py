@@ -16,12 +16,14 @@ from lens_browser import open_page
 from lens_testutil import run_cli
 from scipy import stats
 
+from lowrank_lens.analysis.charts import Chart, Series
 from lowrank_lens.analysis.context import EvalSettings
 from lowrank_lens.analysis.runner import analyze
 from lowrank_lens.cli import report as report_command
 from lowrank_lens.findings.sources import source_findings, welch_interval
 from lowrank_lens.presets import build_config
 from lowrank_lens.report import run_records
+from lowrank_lens.report.figures import style_sources
 from lowrank_lens.report.sources import source_labels
 from lowrank_lens.study.findings_stage import write_findings
 from lowrank_lens.study.spec import StudySpec
@@ -80,6 +82,26 @@ def test_a_diverged_seed_is_left_out_of_a_difference():
 def test_labels_of_folders_with_one_name_name_their_parents(tmp_path):
     paths = [tmp_path / "a" / "s", tmp_path / "b" / "s", tmp_path / "c" / "t"]
     assert source_labels(paths) == ["a/s", "b/s", "t"]
+
+
+def test_a_metric_series_of_each_source_has_its_own_group_line_style_and_legend_entry():
+    """As a metric's charts() leave them (one legend entry per method), then told apart by source: the labels
+    'a' and 'a/s' (one the other's prefix) each get their group, dash and one entry; a series of no source and
+    one of no method stay as they were; with one source nothing changes."""
+    def line(name: str, legend: bool = False, method: str = "galore") -> Series:
+        return Series([0, 1], [1.0, 2.0], name=name, method=method, legend=legend)
+
+    def chart() -> Chart:
+        return Chart("c", "t", "x", "y", [line("a/s/run0", legend=True), line("a/s/run1"), line("a/run0"),
+                                          line("a/run1"), line("a/s: galore-full-rank nano 0"), line("other"),
+                                          line("reference", legend=True, method="")])
+    (styled,) = style_sources([chart()], ["a/s", "a", "a"])
+    got = [(s.group, s.dash, s.legend) for s in styled.series]
+    assert got == [("galore (a/s)", "dash", True), ("galore (a/s)", "dash", False), ("galore (a)", "solid", True),
+                   ("galore (a)", "solid", False), ("galore (a/s)", "dash", False), ("", "solid", False),
+                   ("", "solid", True)]
+    (alone,) = style_sources([chart()], ["a"])
+    assert alone == chart()
 
 
 def _study(folder: Path, extra: list[str]) -> Path:
@@ -171,7 +193,19 @@ def test_the_side_by_side_page_opens_clean_in_chromium(combined):
     with open_page(page) as opened:
         drawn = int(opened.page.get_attribute("body", "data-figures-rendered"))
         views = opened.page.locator("#fig-sources-source_differences select.view option").all_text_contents()
+        spectra = opened.page.evaluate(SPECTRA_TRACES_JS)
         problems, blocked = opened.problems(), list(opened.blocked)
     assert not problems and not blocked, (problems, blocked)
     assert drawn == page.read_text().count('<figure class="ifig"') > 5
     assert len(views) >= 2 and all(" - " in v for v in views), views  # final_val_ppl and spectra's headline
+    # a metric's figures tell the sources apart: per method and source a legend group, its own line style
+    groups = {(t["group"], t["dash"]) for t in spectra}
+    assert groups == {(f"{m} ({label})", dash) for m in ("full-rank", "galore")
+                      for label, dash in (("last-week", "solid"), ("this-week", "dash"))}, groups
+    assert {t["group"] for t in spectra if t["legend"]} == {g for g, _ in groups}
+
+
+SPECTRA_TRACES_JS = """() => Array.from(document.querySelectorAll('figure.ifig[id^="fig-spectra-"] .js-plotly-plot'))
+  .flatMap(d => d.data.filter(t => (t.meta || {}).method && t.hoverinfo !== 'skip')
+  .map(t => ({group: t.legendgroup, dash: (t.line || {}).dash, legend: t.showlegend !== false})))"""
+"""The spectra figures' method traces (bands aside): legend group, line style, whether it has a legend entry."""

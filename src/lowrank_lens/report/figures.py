@@ -42,20 +42,46 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-def metric_charts(md: MetricData, out_dir: Path) -> tuple[list[Chart], list[Path], str]:
-    """The metric's figures from its computed results: its charts() (drawn by the page), or the files its own
-    plot() wrote into `out_dir` where it overrides plot() (shown as images); (charts, files, error or '')."""
+def metric_charts(md: MetricData, out_dir: Path, sources: list[str] | None = None
+                  ) -> tuple[list[Chart], list[Path], str]:
+    """The metric's figures from its computed results: its charts() (drawn by the page, each source told apart
+    in a report over several `sources`), or the files its own plot() wrote into `out_dir` where it overrides
+    plot() (shown as images); (charts, files, error or '')."""
     done = [r for r in md.results if not r.skipped]
     if not done:
         return [], [], ""
     try:
-        charts = md.metric.charts(done)
+        charts = style_sources(md.metric.charts(done), sources or [])
         paths = [] if charts else md.metric.plot(done, out_dir)
     except Exception as e:  # a broken plot must not cost the whole report; the section says what failed
         log.warning(f"report: {md.name} figures failed: {type(e).__name__}: {e}")
         return [], [], f"{type(e).__name__}: {e}"
     files = [Path(p) for p in paths or [] if p is not None]
     return charts, [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES], ""
+
+
+def style_sources(charts: list[Chart], sources: list[str]) -> list[Chart]:
+    """In a report over several sources, a metric's series tell their source apart as the training curves do:
+    a series named after a source's run ('<label>/<run>', or '<label>: ' before an IMIB pair) joins the legend
+    group '<method> (<label>)' and takes its source's line style (DASHES, in the sorted labels' order). Each
+    new group has one legend entry per view where its method had one."""
+    order = sorted(set(sources))
+    if len(order) < 2:
+        return charts
+    longest_first = sorted(order, key=len, reverse=True)  # a label may be another's prefix ('a/s' and 'a')
+    for chart in charts:
+        series = [s for s in chart.series if isinstance(s, Series) and s.method]
+        listed = {(s.group or s.method, s.view) for s in series if s.legend}
+        seen: set[tuple[str, str]] = set()
+        for s in series:
+            label = next((x for x in longest_first if s.name.startswith((f"{x}/", f"{x}: "))), None)
+            if label is None:
+                continue
+            had_entry = (s.group or s.method, s.view) in listed
+            s.group, s.dash = f"{s.group or s.method} ({label})", DASHES[order.index(label) % len(DASHES)]
+            s.legend = had_entry and (s.group, s.view) not in seen
+            seen.add((s.group, s.view))
+    return charts
 
 
 def _groups(runs: list[RunInfo]) -> dict[tuple[str, str, str], list[RunInfo]]:
