@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import compileall
+import importlib.util
 import os
 import socket
 from pathlib import Path
@@ -15,6 +17,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+
+def pytest_configure(config) -> None:  # noqa: ARG001
+    """The package compiled to bytecode once, before any worker starts: where PYTHONDONTWRITEBYTECODE is set (as
+    on this project's machines) no import writes it, and each of the ~90 interpreters the suite starts (the CLI,
+    torchrun ranks, Slurm and submitit tasks) would compile every module again (about 0.4 s each)."""
+    spec = importlib.util.find_spec("lowrank_lens")  # found, not imported: that alone takes seconds
+    if not os.environ.get("PYTEST_XDIST_WORKER") and spec and spec.submodule_search_locations:
+        compileall.compile_dir(spec.submodule_search_locations[0], quiet=1)
 
 
 @pytest.fixture(scope="session", autouse=True)
