@@ -18,7 +18,7 @@ from lowrank_lens.analysis.context import EvalSettings
 from lowrank_lens.analysis.runner import analyze
 from lowrank_lens.analysis.tables import write_csv
 from lowrank_lens.presets import build_config
-from lowrank_lens.report import run_records, write_report
+from lowrank_lens.report import interactive, run_records, write_report
 from lowrank_lens.study.findings_stage import write_findings
 from lowrank_lens.study.presets import PAPER_METHODS, zoo
 from lowrank_lens.study.spec import StudySpec
@@ -38,6 +38,19 @@ only: its 91 method pairs at 14 methods are most of the cost); claim 6 reads the
 prediction stage, 8 the runs' final validation perplexity."""
 ZOO_QUICK = ["landscape_random.directions=2", "landscape_random.points=3", "landscape_pca.k=1",
              "landscape_pca.points=3", "imib.points=3"]
+
+
+@pytest.fixture
+def pngs_only(monkeypatch: pytest.MonkeyPatch):
+    """`pngs_only(prefix)`: the report then writes only the PNGs of charts whose name starts with `prefix`, for
+    a test about other parts of the page, which would otherwise spend seconds drawing every metric's figure
+    with matplotlib (the page's interactive figures and PNG links are written as always)."""
+    real = interactive.chart_png
+
+    def only(prefix: str) -> None:
+        monkeypatch.setattr(interactive, "chart_png",
+                            lambda chart, path: real(chart, path) if chart.name.startswith(prefix) else path)
+    return only
 
 
 @pytest.fixture(scope="session")
