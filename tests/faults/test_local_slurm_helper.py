@@ -56,9 +56,9 @@ def paths(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "state", tmp_path / "etc" / "slurm.conf"
 
 
-def helper(command: str, paths: tuple[Path, Path]) -> subprocess.CompletedProcess:
+def helper(command: str, paths: tuple[Path, Path], **env_vars: str) -> subprocess.CompletedProcess:
     state, conf = paths
-    env = {**os.environ, "LENS_SLURM_DIR": str(state), "LENS_SLURM_CONF": str(conf)}
+    env = {**os.environ, "LENS_SLURM_DIR": str(state), "LENS_SLURM_CONF": str(conf), **env_vars}
     return subprocess.run(["bash", str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -174,11 +174,8 @@ def test_a_config_replaced_after_up_is_neither_overwritten_nor_removed(paths):
 def test_the_node_gets_every_core_whatever_omp_num_threads_says(paths):
     """A test worker (and many a training shell) sets OMP_NUM_THREADS=1, which `nproc` honours: the node would
     have one CPU and a study's array tasks would run one at a time."""
-    state, conf = paths
-    res = subprocess.run(["bash", str(SCRIPT), "config"], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "LENS_SLURM_DIR": str(state), "LENS_SLURM_CONF": str(conf),
-                              "OMP_NUM_THREADS": "1", "OMP_THREAD_LIMIT": "1"})
+    _, conf = paths
+    res = helper("config", paths, OMP_NUM_THREADS="1", OMP_THREAD_LIMIT="1")
     assert res.returncode == 0, res.stderr
     node = next(line for line in conf.read_text().splitlines() if line.startswith("NodeName="))
     assert f" CPUs={len(os.sched_getaffinity(0))} " in node, node
-

@@ -54,10 +54,11 @@ def test_measured_tensors_equal_the_plugin_footprint(method: str, preset: str) -
 def test_the_shipped_tables_found_every_preset_exact() -> None:
     """docs/memory.md as shipped: a row per method at each of the five presets (the unchecked ones included),
     each measured equal to its plugin's closed form when the benchmark wrote it."""
-    doc = (BENCH.parents[1] / "docs" / "memory.md").read_text()
-    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in doc.splitlines()
-             if line.split("|")[1:2] and line.split("|")[1].strip() in PRESETS]
-    rows = {(c[0], c[1]): c[9] for c in cells if len(c) == 11}
+    table = [[c.strip() for c in line.split("|")[1:-1]]
+             for line in (BENCH.parents[1] / "docs" / "memory.md").read_text().splitlines() if line.startswith("|")]
+    header = next(c for c in table if c[:2] == ["preset", "method"] and "state = closed form" in c)
+    column = header.index("state = closed form")
+    rows = {(c[0], c[1]): c[column] for c in table if len(c) == len(header) and c[0] in PRESETS}
     assert set(rows) == {(p, m) for p in PRESETS for m in method_names()}, "docs/memory.md misses rows: rerun " \
         "benchmarks/bench_memory.py"
     assert set(rows.values()) == {"exact"}, {k: v for k, v in rows.items() if v != "exact"}

@@ -155,11 +155,11 @@ def lr_source(config: dict[str, Any]) -> str:
 
 
 def metric_context(md: MetricData, findings: Findings | None, fig_root: Path, fig_href: str, tables_dir: Path,
-                   href: str, sources: list[str] | None = None) -> dict[str, Any]:
-    """One metric's subsection: definition, settings, its own figures (plot() on the cached results; each of
-    several `sources` in its own line style), its table and, with several seeds, the table over seeds."""
+                   href: str) -> dict[str, Any]:
+    """One metric's subsection: definition, settings, its own figures (plot() on the cached results), its
+    table and, with several seeds, the table over seeds."""
     out_dir = fig_root / md.name
-    charts, paths, error = metric_charts(md, out_dir, sources)
+    charts, paths, error = metric_charts(md, out_dir)
     figs = render_charts(charts, out_dir, f"{fig_href}/{md.name}", md.name)
     figs += [{"src": f"{fig_href}/{md.name}/{p.relative_to(out_dir).as_posix()}", "caption": p.stem}
              for p in paths if p.resolve().is_relative_to(out_dir.resolve())]
@@ -199,14 +199,12 @@ def dimensions(study: Study, findings: Findings | None, fig_root: Path, fig_href
                ) -> list[dict[str, Any]]:
     """One section per metric dimension (base.DIMENSIONS order, then any other), its metrics in registry order."""
     dims = list(DIMENSIONS) + sorted({md.cls.dimension for md in study.metrics} - set(DIMENSIONS))
-    sources = sorted({r.source for r in study.runs if r.source})  # a report over several sources
     out = []
     for dim in dims:
         mds = [md for md in study.metrics if md.cls.dimension == dim]
         if mds:
             out.append({"id": f"dim-{dim}", "title": DIMENSION_TITLES.get(dim, dim.replace("_", " ").capitalize()),
-                        "metrics": [metric_context(md, findings, fig_root, fig_href, tables_dir, href, sources)
-                                    for md in mds]})
+                        "metrics": [metric_context(md, findings, fig_root, fig_href, tables_dir, href) for md in mds]})
     return out
 
 

@@ -42,16 +42,15 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-def metric_charts(md: MetricData, out_dir: Path, sources: list[str] | None = None
-                  ) -> tuple[list[Chart], list[Path], str]:
+def metric_charts(md: MetricData, out_dir: Path) -> tuple[list[Chart], list[Path], str]:
     """The metric's figures from its computed results: its charts() (drawn by the page, each source told apart
-    in a report over several `sources`), or the files its own plot() wrote into `out_dir` where it overrides
-    plot() (shown as images); (charts, files, error or '')."""
+    in a report over several: their results' subjects name it, report/sources.py), or the files its own plot()
+    wrote into `out_dir` where it overrides plot() (shown as images); (charts, files, error or '')."""
     done = [r for r in md.results if not r.skipped]
     if not done:
         return [], [], ""
     try:
-        charts = style_sources(md.metric.charts(done), sources or [])
+        charts = style_sources(md.metric.charts(done), [r.subject.get("source", "") for r in done])
         paths = [] if charts else md.metric.plot(done, out_dir)
     except Exception as e:  # a broken plot must not cost the whole report; the section says what failed
         log.warning(f"report: {md.name} figures failed: {type(e).__name__}: {e}")
@@ -65,7 +64,7 @@ def style_sources(charts: list[Chart], sources: list[str]) -> list[Chart]:
     a series named after a source's run ('<label>/<run>', or '<label>: ' before an IMIB pair) joins the legend
     group '<method> (<label>)' and takes its source's line style (DASHES, in the sorted labels' order). Each
     new group has one legend entry per view where its method had one."""
-    order = sorted(set(sources))
+    order = sorted({x for x in sources if x})
     if len(order) < 2:
         return charts
     longest_first = sorted(order, key=len, reverse=True)  # a label may be another's prefix ('a/s' and 'a')
@@ -78,7 +77,7 @@ def style_sources(charts: list[Chart], sources: list[str]) -> list[Chart]:
             if label is None:
                 continue
             had_entry = (s.group or s.method, s.view) in listed
-            s.group, s.dash = f"{s.group or s.method} ({label})", DASHES[order.index(label) % len(DASHES)]
+            s.group, s.dash = source_group(s.group or s.method, label), source_dash(order, label)
             s.legend = had_entry and (s.group, s.view) not in seen
             seen.add((s.group, s.view))
     return charts
@@ -108,11 +107,21 @@ def _val_series(r: RunInfo, key: str) -> list[tuple[int, float]]:
     return [(s, v) for s, v in pts if math.isfinite(v)]
 
 
+def source_group(name: str, label: str) -> str:
+    """The legend group of a method's (or group's) series from source `label`, in a report over several."""
+    return f"{name} ({label})"
+
+
+def source_dash(labels: list[str], label: str) -> str:
+    """The line style of source `label` among `labels` (DASHES in sorted order), in a report over several."""
+    return DASHES[sorted(set(labels)).index(label) % len(DASHES)]
+
+
 def _dash(runs: list[RunInfo], run: RunInfo) -> str:
     """The line style of a run's group: per source in a report over several sources, else per scale."""
     sources = sorted({r.source for r in runs})
     if len(sources) > 1:
-        return DASHES[sources.index(run.source) % len(DASHES)]
+        return source_dash(sources, run.source)
     scales = sorted({r.scale for r in runs})
     return DASHES[scales.index(run.scale) % len(DASHES)]
 
@@ -126,7 +135,7 @@ def seed_series(group: list[RunInfo], curves: list[list[tuple[int, float]]], das
     if not kept:  # e.g. runs without a training log: nothing to draw
         return []
     method, scale, source = kept[0][0].method, kept[0][0].scale, kept[0][0].source
-    group = f"{method} ({source})" if source else ""
+    group = source_group(method, source) if source else ""
 
     def one(r: RunInfo, c: list[tuple[int, float]], **style) -> Series:
         return Series([s for s, _ in c], [v for _, v in c], name=r.name, method=method, mode=mode, dash=dash,
